@@ -1,0 +1,104 @@
+"""The `hopchain` command: synth, export, inspect.
+
+  hopchain synth --out DIR                 procedural HopChain data (no downloads, no weights)
+  hopchain synth --images PHOTOS --out DIR check user images (model-driven stages: not in this version)
+  hopchain export DIR --jsonl FILE         schema-v1 JSON Lines
+  hopchain inspect DIR --html OUT.html     gallery of queries with instance outlines
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+
+def _synth(args: argparse.Namespace) -> int:
+    if args.images:
+        from hopchain_jax.synth.user_images import scan_images
+        scan = scan_images(args.images)
+        for path, reason in scan.problems:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(f"{len(scan.readable)} readable images, {len(scan.problems)} skipped in {args.images}", file=sys.stderr)
+        print("user images need the model-driven stages (category identification with a VLM, instance "
+              "segmentation with SAM3), which this version of hopchain_jax does not include yet; nothing was "
+              "written. The procedural world needs neither: run `hopchain synth --out DIR` without --images.",
+              file=sys.stderr)
+        return 2
+    if not args.out:
+        print("hopchain synth: --out DIR is required (where the dataset is written)", file=sys.stderr)
+        return 2
+    from hopchain_jax.synth.composer import ComposerConfig
+    from hopchain_jax.synth.pipeline import SynthConfig, format_summary, run_synthesis
+    config = SynthConfig(seed=args.seed, num_images=args.num_images, images_per_shard=args.images_per_shard,
+                         composer=dataclasses.replace(ComposerConfig(), queries_per_image=args.queries_per_image))
+    try:
+        summary = run_synthesis(args.out, config, workers=args.workers, progress=not args.no_progress)
+    except ValueError as e:
+        print(f"hopchain synth: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from hopchain_jax.data.export import export_jsonl
+    n = export_jsonl(args.dir, args.jsonl, png_dir=args.png_dir, variants=tuple(args.variant),
+                     progress=not args.no_progress)
+    print(f"wrote {n} records to {args.jsonl}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from hopchain_jax.inspect.gallery import write_gallery
+    n = write_gallery(args.dir, args.html, limit=args.limit, variants=tuple(args.variant))
+    print(f"wrote a gallery of {n} queries to {args.html}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hopchain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="synthesize multi-hop queries into a TensorStore dataset")
+    s.add_argument("--out", help="dataset directory (created; rerun the same command to resume)")
+    s.add_argument("--images", help="a folder of user images (needs the model-driven stages)")
+    s.add_argument("--num-images", type=int, default=240, help="procedural scenes to render (default 240)")
+    s.add_argument("--queries-per-image", type=int, default=3, help="full chains per scene (default 3)")
+    s.add_argument("--images-per-shard", type=int, default=16, help="scenes per atomic shard (default 16)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=_synth)
+
+    variants = dict(nargs="+", choices=["full", "half", "single"], default=["full", "half", "single"])
+    e = sub.add_parser("export", help="write a dataset as schema-v1 JSON Lines")
+    e.add_argument("dir")
+    e.add_argument("--jsonl", required=True)
+    e.add_argument("--png-dir", help="also write each image as PNG here and put its path in the records")
+    e.add_argument("--variant", **variants)
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(fn=_export)
+
+    i = sub.add_parser("inspect", help="write an HTML gallery of a dataset")
+    i.add_argument("dir")
+    i.add_argument("--html", required=True)
+    i.add_argument("--limit", type=int, default=30, help="cards in the gallery (default 30)")
+    i.add_argument("--variant", **variants)
+    i.set_defaults(fn=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except FileNotFoundError as e:
+        print(f"hopchain {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets on disk: TensorStore shards, their Grain source, and JSONL export."""

@@ -1,0 +1,1 @@
+"""Looking at synthesized data."""

@@ -1,0 +1,1 @@
+"""HopChain synthesis: the four stages, the chain composer, programs and records."""

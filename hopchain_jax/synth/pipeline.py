@@ -1,0 +1,231 @@
+"""`hopchain synth`: run the four stages over procedural scenes and write a sharded dataset.
+
+Work is split into shards of `images_per_shard` consecutive scene seeds; each shard is synthesised
+and written by one worker process, atomically (data/store.py), so a killed run resumes by rerunning
+the same command. Scene seeds are `seed * 1_000_003 + image_index`, so shard contents do not depend on
+how many workers ran or in what order.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import tqdm
+
+import hopchain_jax
+from hopchain_jax.data import store
+from hopchain_jax.synth.composer import ComposerConfig
+from hopchain_jax.synth.record import build_record
+from hopchain_jax.synth.stages import (ChainQueryComposer, ImageInput, OracleCategoryIdentifier, OracleSegmenter,
+                                       ProgramVerifier)
+from hopchain_jax.world.render import render_scene
+from hopchain_jax.world.scene import SceneConfig, sample_scene
+
+MIN_INSTANCES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """Everything that determines a synthesized dataset.
+
+    seed: base seed; num_images: scenes to render; images_per_shard: scenes per atomic shard.
+    Run: `hopchain synth --out DIR [--num-images N] [--seed S] [--workers W]`.
+    """
+
+    seed: int = 0
+    num_images: int = 240
+    images_per_shard: int = 16
+    scene: SceneConfig = SceneConfig()
+    composer: ComposerConfig = ComposerConfig()
+
+    def __post_init__(self):
+        if self.num_images < 1 or self.images_per_shard < 1:
+            raise ValueError("SynthConfig: num_images and images_per_shard must be >= 1")
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_images // self.images_per_shard)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SynthConfig":
+        return cls(**{**data, "scene": SceneConfig(**data["scene"]), "composer": ComposerConfig(**data["composer"])})
+
+
+def scene_seed(config: SynthConfig, image_index: int) -> int:
+    return config.seed * 1_000_003 + image_index
+
+
+def _provenance(config: SynthConfig, seed: int, stages: dict) -> dict:
+    return {"backend": stages, "models": None, "seed": seed, "synth_seed": config.seed,
+            "versions": {"hopchain_jax": hopchain_jax.__version__, "numpy": np.__version__}}
+
+
+def synthesize_shard(config: SynthConfig, shard_index: int) -> tuple[list, list, list, dict]:
+    """Images, label maps, records and stats of one shard: a pure function of (config, shard_index)."""
+    identify, segment = OracleCategoryIdentifier(), OracleSegmenter()
+    compose, verify = ChainQueryComposer(config.composer), ProgramVerifier()
+    stages = {"categories": identify.name, "segmentation": segment.name, "composition": compose.name,
+              "verification": verify.name}
+    images, labels, records = [], [], []
+    stats = _empty_stats()
+    first = shard_index * config.images_per_shard
+    for image_index in range(first, min(first + config.images_per_shard, config.num_images)):
+        seed = scene_seed(config, image_index)
+        rendered = render_scene(sample_scene(seed, config.scene))
+        image = ImageInput(rendered.image, f"procedural:{seed}", rendered)
+        stats["images_seen"] += 1
+        seg = segment.segment(image, identify.identify(image))
+        if len(seg.instances) < MIN_INSTANCES:
+            stats["skipped"][f"fewer than {MIN_INSTANCES} instances"] += 1
+            continue
+        queries = compose.compose(image, seg.instances, np.random.default_rng([seed, 2]))
+        if not queries:
+            stats["skipped"]["no clear chain found"] += 1
+            continue
+        ref = {"shard": store.shard_name(shard_index), "index": len(images), "width": image.width,
+               "height": image.height, "sha256": image.sha256}
+        kept = 0
+        for variants in queries:
+            chain_records = []
+            for variant, query in variants.items():
+                rec = build_record(image=ref, instances=seg.instances, query=query,
+                                   chain_program=variants["full"].program, provenance=_provenance(config, seed, stages))
+                verdict = verify.verify(rec)
+                if not verdict.accepted:
+                    stats["rejected"][verdict.reason.split(":")[0]] += 1
+                    break
+                rec["verification"] = verdict.record_field
+                chain_records.append(rec)
+            else:  # a chain lands with all its variants or not at all
+                records.extend(chain_records)
+                kept += 1
+                for rec in chain_records:
+                    stats["queries"][rec["variant"]] += 1
+                    if rec["variant"] == "full":
+                        stats["hops"][str(len(rec["hops"]))] += 1
+                        for hop in rec["hops"]:
+                            stats["ops"][hop["op"]] += 1
+        if kept:
+            images.append(rendered.image)
+            labels.append(seg.labels)
+        else:
+            stats["skipped"]["every chain failed verification"] += 1
+    return images, labels, records, stats
+
+
+def _empty_stats() -> dict:
+    return {"images_seen": 0, "skipped": collections.Counter(), "rejected": collections.Counter(),
+            "queries": collections.Counter(), "hops": collections.Counter(), "ops": collections.Counter()}
+
+
+def merge_stats(parts: Iterable[dict]) -> dict:
+    total = _empty_stats()
+    for part in parts:
+        total["images_seen"] += part["images_seen"]
+        for key in ("skipped", "rejected", "queries", "hops", "ops"):
+            total[key].update(part[key])
+    return total
+
+
+def _run_shard(args: tuple[str, dict, int]) -> dict:
+    root, config_json, shard_index = args
+    config = SynthConfig.from_json(config_json)
+    images, labels, records, stats = synthesize_shard(config, shard_index)
+    stats = json.loads(json.dumps(stats))  # Counters -> plain dicts
+    store.write_shard(root, shard_index, images, labels, records, {"stats": stats})
+    return stats
+
+
+def prepare_output(root: str | os.PathLike, config: SynthConfig) -> None:
+    """Create `root` or check that it holds a run of this same config; refuse to mix runs."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "config.json"
+    wanted = config.to_json()
+    if path.exists():
+        have = json.loads(path.read_text())
+        if have != wanted:
+            diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
+            raise ValueError(
+                f"{root} already holds a dataset made with a different config (differs in {diff}); "
+                "rerun with the same options to finish it, or choose a new --out directory")
+    else:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(wanted, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def run_synthesis(root: str | os.PathLike, config: SynthConfig, workers: int = 0, progress: bool = True) -> dict:
+    """Synthesize every missing shard of `config` under `root`; returns the summary of the whole dataset."""
+    prepare_output(root, config)
+    cleaned = store.clean_partial_shards(root)
+    done = store.committed_shards(root)
+    todo = [i for i in range(config.num_shards) if i not in done]
+    workers = workers or os.cpu_count() or 1
+    workers = max(1, min(workers, len(todo) or 1))
+    start = time.perf_counter()
+    new_stats = []
+    bar = tqdm.tqdm(total=config.num_images, unit="img", desc="synth", disable=not progress,
+                    initial=sum(min(config.images_per_shard, config.num_images - i * config.images_per_shard)
+                                for i in done if i < config.num_shards))
+    jobs = [(str(root), config.to_json(), i) for i in todo]
+    if workers == 1:
+        results = map(_run_shard, jobs)
+        pool = None
+    else:
+        pool = mp.get_context("spawn").Pool(workers)
+        results = pool.imap_unordered(_run_shard, jobs)
+    try:
+        for stats in results:
+            new_stats.append(stats)
+            bar.update(stats["images_seen"])
+            bar.set_postfix(queries=sum(sum(s["queries"].values()) for s in new_stats))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    elapsed = time.perf_counter() - start
+    all_stats = merge_stats(json.loads((p / "shard.json").read_text())["stats"]
+                            for _, p in sorted(store.committed_shards(root).items()))
+    made = merge_stats(new_stats)
+    return {
+        "out": str(root), "shards": config.num_shards, "shards_resumed": len(done), "partial_shards_removed": cleaned,
+        "images_seen": all_stats["images_seen"], "skipped": dict(all_stats["skipped"]),
+        "rejected": dict(all_stats["rejected"]), "queries": dict(all_stats["queries"]),
+        "hops": dict(sorted(all_stats["hops"].items())), "ops": dict(all_stats["ops"].most_common()),
+        "this_run": {"images": made["images_seen"], "records": sum(made["queries"].values()),
+                     "full_queries": made["queries"].get("full", 0), "seconds": round(elapsed, 2),
+                     "full_queries_per_s": round(made["queries"].get("full", 0) / elapsed, 1) if elapsed else None,
+                     "records_per_s": round(sum(made["queries"].values()) / elapsed, 1) if elapsed else None,
+                     "workers": workers},
+    }
+
+
+def format_summary(summary: dict) -> str:
+    run = summary["this_run"]
+    lines = [
+        f"dataset: {summary['out']}  ({summary['shards']} shards, {summary['shards_resumed']} already done"
+        + (f", {summary['partial_shards_removed']} partial shards redone" if summary["partial_shards_removed"] else "") + ")",
+        f"images seen: {summary['images_seen']}   skipped: {sum(summary['skipped'].values())}"
+        + "".join(f"\n  - {why}: {n}" for why, n in summary["skipped"].items()),
+        "queries per variant: " + ", ".join(f"{v}={summary['queries'].get(v, 0)}" for v in ("full", "half", "single")),
+        "hops per full chain: " + ", ".join(f"{k} hops: {v}" for k, v in summary["hops"].items()),
+        "hop ops (full chains): " + ", ".join(f"{k}={v}" for k, v in summary["ops"].items()),
+    ]
+    if summary["rejected"]:
+        lines.append("rejected by verification: " + ", ".join(f"{k}={v}" for k, v in summary["rejected"].items()))
+    lines.append(f"this run: {run['images']} images, {run['full_queries']} full-chain queries "
+                 f"({run['records']} records with variants) in {run['seconds']} s with {run['workers']} workers "
+                 f"= {run['full_queries_per_s']} full queries/s, {run['records_per_s']} records/s")
+    return "\n".join(lines)
