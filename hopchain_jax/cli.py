@@ -4,6 +4,7 @@
   hopchain synth --images PHOTOS --out DIR check user images (model-driven stages: not in this version)
   hopchain export DIR --jsonl FILE         schema-v1 JSON Lines
   hopchain inspect DIR --html OUT.html     gallery of queries with instance outlines
+  hopchain generate --model CKPT --image IMG --prompt "..." [--greedy --json]
 """
 from __future__ import annotations
 
@@ -56,6 +57,27 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from hopchain_jax.infer.generate import Generator
+    mesh = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None
+    try:
+        gen = Generator(args.model, dtype=args.dtype, mesh_shape=mesh, max_pixels=args.max_pixels,
+                        progress=not args.json)
+        result = gen(args.prompt, args.image or [], greedy=args.greedy, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, n=args.n,
+                     stop=args.stop or (), seed=args.seed)
+    except (ValueError, OSError) as e:
+        print(f"hopchain generate: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        keys = ("input_ids", "image_grid_thw", "output_ids", "text") + (("samples",) if args.n > 1 else ())
+        print(json.dumps({k: result[k] for k in keys}))
+    else:
+        for k, sample in enumerate(result["samples"]):
+            print((f"--- sample {k} ({sample['finish_reason']})\n" if args.n > 1 else "") + (sample["text"] or ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hopchain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,6 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--limit", type=int, default=30, help="cards in the gallery (default 30)")
     i.add_argument("--variant", **variants)
     i.set_defaults(fn=_inspect)
+    g = sub.add_parser("generate", help="generate with a Qwen2.5-VL / Qwen3-VL checkpoint directory")
+    g.add_argument("--model", required=True, help="Hugging Face checkpoint directory (config.json + safetensors)")
+    g.add_argument("--image", action="append", help="image file (repeat for several)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--greedy", action="store_true", help="greedy decoding (ignores temperature/top-p/top-k)")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top-p", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=20)
+    g.add_argument("--n", type=int, default=1, help="samples per prompt")
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU, else bfloat16")
+    g.add_argument("--mesh", help="data,fsdp,tensor device counts (default: all devices on fsdp)")
+    g.add_argument("--max-pixels", type=int, help="cap on resized image pixels (fewer image tokens)")
+    g.add_argument("--json", action="store_true", help="print one JSON object: input_ids, image_grid_thw, output_ids, text")
+    g.set_defaults(fn=_generate)
     return parser
 
 

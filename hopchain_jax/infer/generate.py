@@ -1,0 +1,96 @@
+"""One-call generation from a checkpoint directory: `hopchain generate` and its Python API.
+
+    from hopchain_jax.infer.generate import Generator
+    gen = Generator("Qwen2.5-VL-7B-Instruct/")           # config.json + safetensors (+ tokenizer files)
+    result = gen("How many ladybugs are there?", images=["photo.jpg"], greedy=True)
+    result["text"], result["output_ids"]
+
+The prompt goes through the Qwen chat template, each image through the Qwen-VL image processor
+(settings from the checkpoint's preprocessor_config.json when present), its <|image_pad|> is expanded
+to the image's token count, and the token budget is checked before anything runs.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams
+from hopchain_jax.models import image_processor as improc
+from hopchain_jax.models.checkpoint import load_pretrained
+from hopchain_jax.models.sharding import make_mesh
+from hopchain_jax.models.tokenizer import build_chat_prompt, check_image_token_budget, expand_image_tokens, load_tokenizer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def default_dtype() -> str:
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+class Generator:
+    def __init__(self, model_dir: str | os.PathLike, *, dtype: str | None = None, mesh_shape: tuple[int, int, int] | None = None,
+                 max_length: int | None = None, max_pixels: int | None = None, progress: bool = True):
+        """mesh_shape: (data, fsdp, tensor); default puts every device on fsdp."""
+        dtype = dtype or default_dtype()
+        if dtype not in DTYPES:
+            raise ValueError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+        self.mesh = make_mesh(*mesh_shape) if mesh_shape else make_mesh()
+        self.model = load_pretrained(model_dir, dtype=DTYPES[dtype], mesh=self.mesh, progress=progress)
+        self.config = self.model.config
+        self.tokenizer = load_tokenizer(model_dir)
+        self.processor = improc.from_pretrained_dir(model_dir)
+        if max_pixels is not None:
+            self.processor = self.processor.replace(max_pixels=max_pixels)
+        self.max_length = max_length or self.config.text.max_position_embeddings
+        self.engine = InferenceEngine(self.model, self.tokenizer, mesh=self.mesh)
+
+    def build_request(self, prompt: str, images: Sequence[str | os.PathLike | Image.Image | np.ndarray] = (),
+                      max_new_tokens: int = 256) -> tuple[Request, dict]:
+        pil = []
+        for im in images:
+            if isinstance(im, (str, os.PathLike)):
+                with Image.open(im) as f:
+                    pil.append(f.convert("RGB"))
+            else:
+                pil.append(im)
+        content = [{"type": "image"} for _ in pil] + [{"type": "text", "text": prompt}]
+        text = build_chat_prompt([{"role": "user", "content": content}])
+        pixel_values = grid = None
+        merge = self.config.vision.spatial_merge_size
+        if pil:
+            processed = improc.preprocess(pil, self.processor)
+            pixel_values, grid = processed.pixel_values, processed.image_grid_thw
+            n_unexpanded = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            check_image_token_budget(n_unexpanded + max_new_tokens, grid, merge, self.max_length,
+                                     self.processor.max_pixels, patch_size=self.processor.patch_size,
+                                     min_pixels=self.processor.min_pixels)
+            text = expand_image_tokens(text, grid, merge)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if max(ids) >= self.config.text.vocab_size:
+            raise ValueError(f"token id {max(ids)} is outside the model's vocabulary ({self.config.text.vocab_size}): "
+                             "the tokenizer does not belong to this checkpoint; put the model's tokenizer files "
+                             "in its directory")
+        if len(ids) + max_new_tokens > self.max_length:
+            raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds max_length "
+                             f"{self.max_length}: shorten the prompt or lower --max-new-tokens")
+        request = Request(ids, pixel_values, grid, max_new_tokens)
+        return request, {"input_ids": [int(i) for i in ids],
+                         "image_grid_thw": grid.tolist() if grid is not None else []}
+
+    def __call__(self, prompt: str, images=(), *, greedy: bool = False, max_new_tokens: int = 256,
+                 temperature: float = 0.7, top_p: float = 0.8, top_k: int = 20, n: int = 1, stop: Sequence[str] = (),
+                 seed: int = 0) -> dict:
+        request, info = self.build_request(prompt, images, max_new_tokens)
+        params = SamplingParams(temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
+                                top_k=0 if greedy else top_k, max_new_tokens=max_new_tokens, n=n, stop=tuple(stop),
+                                seed=seed)
+        outs = self.engine.generate([request], params)
+        info["samples"] = [{"output_ids": o.token_ids, "text": o.text, "finish_reason": o.finish_reason,
+                            "logprobs": o.logprobs} for o in outs]
+        info["output_ids"], info["text"] = outs[0].token_ids, outs[0].text
+        return info

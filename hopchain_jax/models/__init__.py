@@ -1,0 +1,1 @@
+"""Qwen-VL model components (config, vision tower, LM), image preprocessing and tokenizer."""

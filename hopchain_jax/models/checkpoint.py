@@ -1,0 +1,228 @@
+"""Hugging Face checkpoints: load into (sharded) NNX models one tensor at a time, and save back.
+
+Only safetensors are read — parsed here from the file header and memory-mapped, so nothing is
+unpickled, bfloat16 needs no torch, and each tensor is read straight into its (sharded) device array
+without a full host copy of the model. Single files and sharded `model.safetensors.index.json`
+checkpoints are accepted, in both key layouts:
+  Qwen2.5-VL hub layout   visual.*, model.layers.*, model.embed_tokens.*, model.norm.*, lm_head.*
+  transformers-5 layout   model.visual.*, model.language_model.*, lm_head.*
+`save_pretrained` writes the layout of the architecture's official checkpoints (the first for 2.5-VL,
+the second for Qwen3-VL) plus config.json, so transformers and vLLM load a model trained here.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import tqdm
+from flax import nnx
+from jax.sharding import Mesh
+
+from hopchain_jax.models.config import QwenVLConfig
+from hopchain_jax.models.qwen_vl import QwenVL
+from hopchain_jax.models.sharding import param_sharding, path_str
+
+DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+          "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+          "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2}
+DTYPE_NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
+
+
+class SafetensorsFile:
+    """Memory-mapped safetensors file: `.keys()`, `.get(name) -> np.ndarray` (a view, no copy)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > 100_000_000:
+                raise ValueError(f"{self.path}: not a safetensors file (header length {n})")
+            self.header = json.loads(f.read(n))
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.header.pop("__metadata__", None)
+        self._base = 8 + n
+
+    def keys(self) -> list[str]:
+        return list(self.header)
+
+    def get(self, name: str) -> np.ndarray:
+        info = self.header[name]
+        if info["dtype"] not in DTYPES:
+            raise ValueError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        arr = np.frombuffer(self._mm, dtype=DTYPES[info["dtype"]], count=int(np.prod(info["shape"], dtype=np.int64)),
+                            offset=self._base + start)
+        if arr.nbytes != end - start:
+            raise ValueError(f"{self.path}: tensor {name} has inconsistent offsets")
+        return arr.reshape(info["shape"])
+
+
+def open_checkpoint(path: str | os.PathLike) -> dict[str, SafetensorsFile]:
+    """Tensor name -> the file that holds it, for a checkpoint directory."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = {f: SafetensorsFile(path / f) for f in sorted(set(weight_map.values()))}
+        return {name: files[f] for name, f in weight_map.items()}
+    singles = sorted(path.glob("*.safetensors"))
+    if not singles:
+        found = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        hint = " (found .bin/.pt files: convert them to safetensors first; pickles are never loaded)" if any(
+            n.endswith((".bin", ".pt", ".pth")) for n in found) else ""
+        raise FileNotFoundError(f"{path} holds no *.safetensors weights{hint}")
+    out = {}
+    for f in singles:
+        st = SafetensorsFile(f)
+        out.update({k: st for k in st.keys()})
+    return out
+
+
+# -- key mapping ---------------------------------------------------------------------------------------
+def canonical_key(key: str) -> str:
+    """Either hub layout -> the transformers-5 layout."""
+    if key.startswith("visual."):
+        return "model." + key
+    if key.startswith("model.") and not key.startswith(("model.visual.", "model.language_model.")):
+        return "model.language_model." + key[len("model."):]
+    return key
+
+
+def hf_key_for(path: tuple, config: QwenVLConfig) -> str:
+    """Our parameter path -> the key in the architecture's official checkpoint layout."""
+    parts = [str(p) for p in path]
+    if parts[0] == "lm_head":
+        return "lm_head.weight"
+    if parts[0] == "visual" and parts[1] == "merger" and parts[2] == "mlp":
+        parts[3] = {"0": "0", "1": "2"}[parts[3]]  # torch Sequential(Linear, GELU, Linear)
+    if parts[0] == "visual" and parts[1] == "patch_embed":
+        parts = ["visual", "patch_embed", "proj", parts[2]]
+    leaf = parts[-1]
+    if leaf == "kernel":
+        parts[-1] = "weight"
+    if parts[:2] in (["visual", "pos_embed"], ["language_model", "embed_tokens"]):
+        parts.append("weight")
+    key = ".".join(parts)
+    canonical = "model." + key
+    if config.arch == "qwen2_5_vl":  # the Qwen2.5-VL hub layout
+        return canonical[len("model."):] if canonical.startswith("model.visual.") else \
+            "model." + canonical[len("model.language_model."):]
+    return canonical
+
+
+def to_hf_array(path: tuple, value: np.ndarray, config: QwenVLConfig) -> np.ndarray:
+    if str(path[-1]) != "kernel":
+        return value
+    if path[:2] == ("visual", "patch_embed"):
+        v = config.vision
+        return value.T.reshape(v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+    return value.T
+
+
+def from_hf_array(path: tuple, value: np.ndarray) -> np.ndarray:
+    if str(path[-1]) != "kernel":
+        return value
+    if path[:2] == ("visual", "patch_embed"):
+        return value.reshape(value.shape[0], -1).T
+    return value.T
+
+
+def _param_paths(state: nnx.State) -> Iterator[tuple[tuple, Any]]:
+    for path, leaf in nnx.to_flat_state(state):
+        yield tuple(getattr(p, "key", p) for p in path), leaf
+
+
+def abstract_model(config: QwenVLConfig, dtype) -> QwenVL:
+    return nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, rngs=nnx.Rngs(0)))
+
+
+def load_pretrained(path: str | os.PathLike, *, dtype=jnp.bfloat16, mesh: Mesh | None = None,
+                    progress: bool = True) -> QwenVL:
+    """Load a checkpoint directory into a QwenVL whose parameters are placed by the sharding rules."""
+    config = QwenVLConfig.from_pretrained_dir(path)
+    files = {canonical_key(k): (k, f) for k, f in open_checkpoint(path).items()}
+    model = abstract_model(config, dtype)
+    graphdef, state = nnx.split(model)
+    flat = list(_param_paths(state))
+    wanted = {canonical_key(hf_key_for(p, config)): p for p, _ in flat}
+    missing = sorted(k for k in wanted if k not in files)
+    unexpected = sorted(k for k in files if k not in wanted and not (k == "lm_head.weight" and config.tie_word_embeddings))
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match the {config.arch} config: "
+                         f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                         f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+    values, leaves = {}, dict(flat)
+    for key, p in tqdm.tqdm(sorted(wanted.items()), desc="load", unit="tensor", disable=not progress):
+        leaf = leaves[p]
+        name, file = files[key]
+        host = from_hf_array(p, file.get(name))
+        if tuple(host.shape) != tuple(leaf.shape):
+            raise ValueError(f"{key}: checkpoint shape {tuple(host.shape)} != model shape {tuple(leaf.shape)}")
+        host = np.asarray(host).astype(leaf.dtype, copy=False)
+        if mesh is not None:
+            values[p] = jax.device_put(host, param_sharding(path_str(p), host.shape, mesh))
+        else:
+            values[p] = jnp.asarray(host)
+    for p, var in flat:
+        var.set_value(values[p])
+    return nnx.merge(graphdef, state)
+
+
+def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    header, offset = {}, 0
+    for name, arr in tensors.items():
+        header[name] = {"dtype": DTYPE_NAMES[arr.dtype], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    header["__metadata__"] = {"format": "pt"}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for arr in tensors.values():
+            f.write(np.ascontiguousarray(arr).tobytes())
+    os.replace(tmp, path)
+
+
+def save_pretrained(model: QwenVL, path: str | os.PathLike, *, max_shard_bytes: int = 4 << 30,
+                    dtype=None) -> Path:
+    """Write config.json + safetensors (sharded with an index past max_shard_bytes) in the official layout."""
+    config = model.config
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for p, var in _param_paths(nnx.state(model, nnx.Param)):
+        arr = np.asarray(jax.device_get(var.get_value()))
+        if dtype is not None:
+            arr = arr.astype(dtype)
+        arr = to_hf_array(p, arr, config)
+        if size and size + arr.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][hf_key_for(p, config)] = arr
+        size += arr.nbytes
+    if len(shards) == 1:
+        _write_safetensors(path / "model.safetensors", shards[0])
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            _write_safetensors(path / name, shard)
+            weight_map.update({k: name for k in shard})
+        total = sum(a.nbytes for s in shards for a in s.values())
+        (path / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    (path / "config.json").write_text(json.dumps(config.to_hf(), indent=1))
+    return path

@@ -1,0 +1,117 @@
+"""Declarative sharding: one table of rules for every parameter and activation, used by inference and
+training alike.
+
+A mesh has axes (data, fsdp, tensor). Each parameter path matches the first rule whose regex finds it;
+the rule names a logical axis per array dimension, and LOGICAL_TO_MESH maps logical axes to mesh axes.
+A dimension that the mesh axis does not divide is replicated instead (so tiny test models and odd
+head counts still shard what they can). Activations use ACTIVATION_RULES the same way.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_TO_MESH: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "mlp": "tensor",
+    "vision_embed": "fsdp",
+    "length": None,
+    "cache_heads": "tensor",
+}
+
+# (regex on the "/"-joined parameter path, logical axes per dimension). First match wins.
+PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    (r"language_model/embed_tokens$", ("vocab", "embed")),
+    (r"lm_head/kernel$", ("embed", "vocab")),
+    (r"self_attn/(q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
+    (r"self_attn/(q_proj|k_proj|v_proj)/bias$", ("heads",)),
+    (r"self_attn/o_proj/kernel$", ("heads", "embed")),
+    (r"language_model/.*mlp/(gate_proj|up_proj)/kernel$", ("embed", "mlp")),
+    (r"language_model/.*mlp/down_proj/kernel$", ("mlp", "embed")),
+    (r"visual/.*/kernel$", ("vision_embed", None)),
+    (r"visual/pos_embed$", (None, "vision_embed")),
+    (r".*", ()),  # norms, biases, everything else: replicated
+)
+
+ACTIVATION_RULES: dict[str, tuple[str | None, ...]] = {
+    "tokens": ("batch", "length"),            # input_ids, attention_mask [B, T]
+    "positions": (None, "batch", "length"),   # position_ids [3, B, T]
+    "kv_cache": (None, "batch", "length", "cache_heads", None),  # [L, B, S, KV, D]
+    "cache_valid": ("batch", "length"),
+    "logits": ("batch", "length", "vocab"),
+    "vision": (),                             # packed patches of all images: replicated
+}
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; -1 takes the remaining devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError("make_mesh: at most one axis may be -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"make_mesh: {len(devices)} devices do not divide into {sizes}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(f"make_mesh: mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+                         f"have {len(devices)}")
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def _axis_size(mesh: Mesh, axes) -> int:
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def spec_for(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> P:
+    """PartitionSpec for an array of `shape` with logical axes; indivisible dimensions are replicated."""
+    out = []
+    for i, dim in enumerate(shape):
+        axes = LOGICAL_TO_MESH.get(logical[i]) if i < len(logical) and logical[i] else None
+        out.append(axes if axes is not None and dim % _axis_size(mesh, axes) == 0 else None)
+    return P(*out)
+
+
+def param_logical_axes(path: str) -> tuple[str | None, ...]:
+    for pattern, axes in PARAM_RULES:
+        if re.search(pattern, path):
+            return axes
+    return ()
+
+
+def path_str(path: Sequence[Any]) -> str:
+    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+
+
+def param_sharding(path: str, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, spec_for(param_logical_axes(path), shape, mesh))
+
+
+def activation_sharding(kind: str, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, spec_for(ACTIVATION_RULES[kind], shape, mesh))
+
+
+def state_shardings(state: nnx.State, mesh: Mesh) -> Any:
+    """A pytree of NamedShardings matching an nnx state (of arrays or ShapeDtypeStructs)."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: param_sharding(path_str(p), x.shape, mesh), state)
+
+
+def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
+    """Place every parameter of `model` by the rules (in place) and return it."""
+    state = nnx.state(model)
+    nnx.update(model, jax.device_put(state, state_shardings(state, mesh)))
+    return model

@@ -1,0 +1,259 @@
+"""Vision towers of Qwen2.5-VL and Qwen3-VL.
+
+Host side (`prepare_vision_inputs`, numpy): everything that depends only on the images' grids —
+the window permutation (2.5-VL), per-patch rotary (h, w) positions, attention segment ids, the
+bilinear resampling of Qwen3-VL's learned position table — packed into fixed-size arrays padded to a
+bucket so the jitted tower does not recompile for every new image size.
+
+Device side (`VisionTower`, NNX): patch embedding (the 3-D conv as a linear map over flattened
+C x T x P x P patches), transformer blocks with 2-D rotary attention restricted to the same image
+(or the same window, for 2.5-VL's windowed blocks), the 2x2 patch merger, and for Qwen3-VL the
+deepstack mergers whose features are added to early LM layers.
+Shapes: P = padded patch count, M = P / merge^2 merged tokens, D_v = vision width, D = LM width.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hopchain_jax.models.config import QwenVLConfig, VisionConfig
+from hopchain_jax.models.layers import ACTIVATIONS, GatedMLP, LayerNorm, Linear, RMSNorm, apply_rope, attention
+
+
+@dataclasses.dataclass
+class VisionInputs:
+    """Arrays for one jitted tower call (all numpy, padded to `num_patches`).
+
+    pixel_values  float [P, patch_dim]   patches in processing order (window order for 2.5-VL)
+    rot_pos       int32 [P, 2]           (row, col) of each patch in its image, for the 2-D rope
+    full_segment  int32 [P]              attention group of full-attention blocks (image/frame); pads -1
+    window_segment int32 [P]             attention group of windowed blocks (2.5-VL); pads -1
+    pos_index     int32 [P, 4]           Qwen3-VL: taps into the learned position table
+    pos_weight    float32 [P, 4]         Qwen3-VL: bilinear weights of those taps
+    out_index     int32 [M]              merged output order -> image-token order (undoes the window order)
+    num_tokens    int                    valid merged tokens (the rest is padding)
+    """
+
+    pixel_values: np.ndarray
+    rot_pos: np.ndarray
+    full_segment: np.ndarray
+    window_segment: np.ndarray
+    pos_index: np.ndarray
+    pos_weight: np.ndarray
+    out_index: np.ndarray
+    num_tokens: int
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "num_tokens"}
+
+
+def _rot_positions(grid_thw: np.ndarray, merge: int) -> np.ndarray:
+    """Per-patch (row, col) in merge-block order, as the processor lays patches out."""
+    out = []
+    for t, h, w in grid_thw.tolist():
+        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        shape = (h // merge, merge, w // merge, merge)
+        rows = rows.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+        cols = cols.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+        out.append(np.tile(np.stack([rows, cols], -1), (t, 1)))
+    return np.concatenate(out).astype(np.int32)
+
+
+def _window_index(grid_thw: np.ndarray, cfg: VisionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(merged-unit permutation into window order, window id of each merged unit in that order)."""
+    merge = cfg.spatial_merge_size
+    win = cfg.window_size // merge // cfg.patch_size
+    index, window_ids, offset, next_window = [], [], 0, 0
+    for t, h, w in grid_thw.tolist():
+        lh, lw = h // merge, w // merge
+        idx = np.arange(t * lh * lw).reshape(t, lh, lw)
+        ph, pw = (win - lh % win) % win, (win - lw % win) % win
+        padded = np.pad(idx, ((0, 0), (0, ph), (0, pw)), constant_values=-1)
+        nh, nw = (lh + ph) // win, (lw + pw) // win
+        padded = padded.reshape(t, nh, win, nw, win).transpose(0, 1, 3, 2, 4).reshape(t * nh * nw, win * win)
+        for wid, row in enumerate(padded):
+            keep = row[row >= 0]
+            index.append(keep + offset)
+            window_ids.append(np.full(len(keep), next_window + wid))
+        offset += t * lh * lw
+        next_window += t * nh * nw
+    return np.concatenate(index), np.concatenate(window_ids)
+
+
+def _bilinear_taps(grid_thw: np.ndarray, side: int, merge: int) -> tuple[np.ndarray, np.ndarray]:
+    """Qwen3-VL: resample the side x side learned table to each image grid (align_corners=True)."""
+    idx_all, w_all = [], []
+    for t, h, w in grid_thw.tolist():
+        rows = _rot_positions(np.array([[1, h, w]]), merge)
+        r = rows[:, 0] * (side - 1) / max(h - 1, 1)
+        c = rows[:, 1] * (side - 1) / max(w - 1, 1)
+        r0, c0 = np.floor(r), np.floor(c)
+        fr, fc = r - r0, c - c0
+        r0, c0 = r0.astype(np.int64), c0.astype(np.int64)
+        r1, c1 = np.minimum(r0 + 1, side - 1), np.minimum(c0 + 1, side - 1)
+        idx = np.stack([r0 * side + c0, r0 * side + c1, r1 * side + c0, r1 * side + c1], -1)
+        wts = np.stack([(1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc], -1)
+        idx_all.append(np.tile(idx, (t, 1)))
+        w_all.append(np.tile(wts, (t, 1)))
+    return np.concatenate(idx_all).astype(np.int32), np.concatenate(w_all).astype(np.float32)
+
+
+def vision_bucket(num_patches: int, merge_unit: int, minimum: int = 64) -> int:
+    """Padded patch count: the next power of two (>= minimum), a multiple of the merge unit."""
+    size = max(minimum, 1 << (int(num_patches) - 1).bit_length())
+    return -(-size // merge_unit) * merge_unit
+
+
+def prepare_vision_inputs(pixel_values: np.ndarray, grid_thw: np.ndarray, config: QwenVLConfig,
+                          num_patches: int | None = None) -> VisionInputs:
+    """Pack images (processor output) for the tower. num_patches: pad target (default: bucketed)."""
+    cfg = config.vision
+    grid_thw = np.asarray(grid_thw, np.int64).reshape(-1, 3)
+    pixel_values = np.asarray(pixel_values)
+    merge_unit = cfg.spatial_merge_size ** 2
+    total = int(np.prod(grid_thw, axis=1).sum())
+    if pixel_values.shape != (total, cfg.patch_dim):
+        raise ValueError(f"pixel_values has shape {pixel_values.shape}, but image_grid_thw {grid_thw.tolist()} "
+                         f"needs ({total}, {cfg.patch_dim}); preprocess images with this model's processor")
+    padded = num_patches or vision_bucket(total, merge_unit)
+    if padded < total or padded % merge_unit:
+        raise ValueError(f"num_patches {padded} must be >= {total} and a multiple of {merge_unit}")
+    rot = _rot_positions(grid_thw, cfg.spatial_merge_size)
+    frames = np.repeat(np.arange(int(grid_thw[:, 0].sum())), np.repeat(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0]))
+    full = frames.astype(np.int32)
+    window = full.copy()
+    order = np.arange(total // merge_unit)
+    if config.arch == "qwen2_5_vl":
+        order, window_ids = _window_index(grid_thw, cfg)
+        window = np.repeat(window_ids, merge_unit).astype(np.int32)
+        patch_order = (order[:, None] * merge_unit + np.arange(merge_unit)).reshape(-1)
+        pixel_values, rot, full = pixel_values[patch_order], rot[patch_order], full[patch_order]
+    if config.arch == "qwen3_vl":
+        side = int(cfg.num_position_embeddings ** 0.5)
+        pos_index, pos_weight = _bilinear_taps(grid_thw, side, cfg.spatial_merge_size)
+    else:
+        pos_index, pos_weight = np.zeros((total, 4), np.int32), np.zeros((total, 4), np.float32)
+    pad = padded - total
+
+    def _pad(a, value=0):
+        return np.concatenate([a, np.full((pad,) + a.shape[1:], value, a.dtype)]) if pad else a
+
+    m_total, m_pad = total // merge_unit, padded // merge_unit
+    out_index = np.concatenate([np.argsort(order), np.arange(m_total, m_pad)]).astype(np.int32)
+    return VisionInputs(_pad(pixel_values.astype(np.float32)), _pad(rot), _pad(full, -1), _pad(window, -1),
+                        _pad(pos_index), _pad(pos_weight), out_index, m_total)
+
+
+class VisionAttention(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype, rngs: nnx.Rngs):
+        self.qkv = Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True, dtype=dtype, rngs=rngs)
+        self.proj = Linear(cfg.hidden_size, cfg.hidden_size, bias=True, dtype=dtype, rngs=rngs)
+        self.heads = cfg.num_heads
+
+    def __call__(self, x, cos, sin, segment):
+        p, d = x.shape
+        q, k, v = jnp.moveaxis(self.qkv(x).reshape(p, 3, self.heads, d // self.heads), 1, 0)
+        q = apply_rope(q.astype(jnp.float32), cos, sin).astype(x.dtype)
+        k = apply_rope(k.astype(jnp.float32), cos, sin).astype(x.dtype)
+        mask = segment[:, None] == segment[None, :]
+        out = attention(q[None], k[None], v[None], mask[None])[0]
+        return self.proj(out.reshape(p, d))
+
+
+class VisionBlock(nnx.Module):
+    def __init__(self, cfg: VisionConfig, arch: str, *, dtype, rngs: nnx.Rngs):
+        if arch == "qwen2_5_vl":
+            self.norm1 = RMSNorm(cfg.hidden_size, eps=1e-6, dtype=dtype)
+            self.norm2 = RMSNorm(cfg.hidden_size, eps=1e-6, dtype=dtype)
+            self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, bias=True, dtype=dtype,
+                                rngs=rngs)
+        else:
+            self.norm1 = LayerNorm(cfg.hidden_size, eps=1e-6, dtype=dtype)
+            self.norm2 = LayerNorm(cfg.hidden_size, eps=1e-6, dtype=dtype)
+            self.mlp = PlainMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, dtype=dtype, rngs=rngs)
+        self.attn = VisionAttention(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, cos, sin, segment):
+        x = x + self.attn(self.norm1(x), cos, sin, segment)
+        return x + self.mlp(self.norm2(x))
+
+
+class PlainMLP(nnx.Module):
+    """linear_fc2(act(linear_fc1(x))) — Qwen3-VL's vision MLP."""
+
+    def __init__(self, dim: int, hidden: int, *, act: str, dtype, rngs: nnx.Rngs):
+        self.linear_fc1 = Linear(dim, hidden, bias=True, dtype=dtype, rngs=rngs)
+        self.linear_fc2 = Linear(hidden, dim, bias=True, dtype=dtype, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x):
+        return self.linear_fc2(ACTIVATIONS[self.act](self.linear_fc1(x)))
+
+
+class PatchMerger(nnx.Module):
+    """Groups 2x2 neighbouring patches (already adjacent in processing order) into one LM token.
+
+    2.5-VL: ln_q (RMSNorm) -> mlp.0 -> GELU -> mlp.2. Qwen3-VL: norm (LayerNorm, before or, for the
+    deepstack mergers, after the 2x2 shuffle) -> linear_fc1 -> GELU -> linear_fc2.
+    """
+
+    def __init__(self, cfg: VisionConfig, arch: str, *, postshuffle: bool = False, dtype, rngs: nnx.Rngs):
+        unit = cfg.hidden_size * cfg.spatial_merge_size ** 2
+        self.arch, self.unit, self.postshuffle = arch, unit, postshuffle
+        if arch == "qwen2_5_vl":
+            self.ln_q = RMSNorm(cfg.hidden_size, eps=1e-6, dtype=dtype)
+            self.mlp = nnx.List([Linear(unit, unit, bias=True, dtype=dtype, rngs=rngs),
+                                 Linear(unit, cfg.out_hidden_size, bias=True, dtype=dtype, rngs=rngs)])
+        else:
+            self.norm = LayerNorm(unit if postshuffle else cfg.hidden_size, eps=1e-6, dtype=dtype)
+            self.linear_fc1 = Linear(unit, unit, bias=True, dtype=dtype, rngs=rngs)
+            self.linear_fc2 = Linear(unit, cfg.out_hidden_size, bias=True, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        gelu = ACTIVATIONS["gelu"]
+        if self.arch == "qwen2_5_vl":
+            x = self.ln_q(x).reshape(-1, self.unit)
+            return self.mlp[1](gelu(self.mlp[0](x)))
+        x = self.norm(x.reshape(-1, self.unit)) if self.postshuffle else self.norm(x).reshape(-1, self.unit)
+        return self.linear_fc2(gelu(self.linear_fc1(x)))
+
+
+class VisionTower(nnx.Module):
+    def __init__(self, config: QwenVLConfig, *, dtype, rngs: nnx.Rngs):
+        cfg = self.cfg = config.vision
+        self.arch = config.arch
+        self.patch_embed = Linear(cfg.patch_dim, cfg.hidden_size, bias=self.arch == "qwen3_vl", dtype=dtype, rngs=rngs)
+        if self.arch == "qwen3_vl":
+            self.pos_embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (cfg.num_position_embeddings,
+                                                                                   cfg.hidden_size), dtype))
+            self.deepstack_merger_list = nnx.List([
+                PatchMerger(cfg, self.arch, postshuffle=True, dtype=dtype, rngs=rngs)
+                for _ in cfg.deepstack_visual_indexes])
+        self.blocks = nnx.List([VisionBlock(cfg, self.arch, dtype=dtype, rngs=rngs) for _ in range(cfg.depth)])
+        self.merger = PatchMerger(cfg, self.arch, dtype=dtype, rngs=rngs)
+
+    def __call__(self, inputs: dict[str, jax.Array]) -> tuple[jax.Array, list[jax.Array]]:
+        """Returns (tokens [M, D], deepstack features: list of [M, D]) in image-token order."""
+        dtype = self.patch_embed.kernel[...].dtype
+        x = self.patch_embed(inputs["pixel_values"].astype(dtype))
+        if self.arch == "qwen3_vl":
+            table = self.pos_embed[...]
+            x = x + jnp.einsum("pk,pkd->pd", inputs["pos_weight"].astype(jnp.float32),
+                               table[inputs["pos_index"]].astype(jnp.float32)).astype(x.dtype)
+        half = self.cfg.head_dim // 2
+        inv_freq = 1.0 / (self.cfg.rope_theta ** (np.arange(0, half, 2, dtype=np.float32) / half))
+        freqs = inputs["rot_pos"][..., None].astype(jnp.float32) * inv_freq  # [P, 2, hd/4]
+        freqs = freqs.reshape(freqs.shape[0], -1)  # [P, hd/2]: rows then cols
+        cos, sin = jnp.cos(jnp.concatenate([freqs, freqs], -1)), jnp.sin(jnp.concatenate([freqs, freqs], -1))
+        deepstack = []
+        for i, block in enumerate(self.blocks):
+            windowed = self.arch == "qwen2_5_vl" and i not in self.cfg.fullatt_block_indexes
+            x = block(x, cos, sin, inputs["window_segment"] if windowed else inputs["full_segment"])
+            if self.arch == "qwen3_vl" and i in self.cfg.deepstack_visual_indexes:
+                merger = self.deepstack_merger_list[self.cfg.deepstack_visual_indexes.index(i)]
+                deepstack.append(merger(x)[inputs["out_index"]])
+        return self.merger(x)[inputs["out_index"]], deepstack
