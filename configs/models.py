@@ -40,7 +40,7 @@ def qwen2_5_vl_3b() -> QwenVLConfig:
 def qwen2_5_vl_7b() -> QwenVLConfig:
     return QwenVLConfig(
         arch="qwen2_5_vl", tie_word_embeddings=False,
-        text=TextConfig(vocab_size=QWEN_VOCAB, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+        text=TextConfig(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                         num_attention_heads=28, num_key_value_heads=4, head_dim=128, rms_norm_eps=1e-6,
                         rope_theta=1e6, mrope_section=(16, 24, 24)),
         vision=VisionConfig(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,

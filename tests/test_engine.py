@@ -102,3 +102,23 @@ def test_image_token_mismatch_is_reported(tiny):
     bad = Request(list(requests[0].prompt_ids)[:-8], pixels, grid)
     with pytest.raises(ValueError, match="expand the image tokens"):
         InferenceEngine(model).generate([bad])
+
+
+def test_stop_strings_cut_text_and_tokens():
+    from configs.models import PRESETS
+    from flax import nnx
+
+    from hopchain_jax.models.qwen_vl import QwenVL
+    from hopchain_jax.models.tokenizer import load_tokenizer
+    tok = load_tokenizer()
+    model = QwenVL(PRESETS["tiny"](), rngs=nnx.Rngs(4))
+    engine = InferenceEngine(model, tok, length_bucket=16, decode_chunk=4)
+    prompt = tok("Count the dots.", add_special_tokens=False)["input_ids"]
+    free = engine.generate([Request(prompt)], SamplingParams(temperature=0, max_new_tokens=24))[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 24
+    piece = tok.decode(free.token_ids[5:7])
+    assert piece.strip(), "need a visible stop string"
+    stopped = engine.generate([Request(prompt)], SamplingParams(temperature=0, max_new_tokens=24, stop=(piece,)))[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free.text[:free.text.find(piece)]
+    assert stopped.token_ids == free.token_ids[:len(stopped.token_ids)] and len(stopped.token_ids) <= 7

@@ -176,11 +176,12 @@ class QwenVLConfig:
                   "out_hidden_size": v.out_hidden_size, "patch_size": v.patch_size,
                   "spatial_merge_size": v.spatial_merge_size, "temporal_patch_size": v.temporal_patch_size,
                   "in_channels": v.in_channels, "hidden_act": v.hidden_act}
+        # Both architectures' fields are written (each model ignores the other's), so configs round-trip.
+        vision.update(num_position_embeddings=v.num_position_embeddings,
+                      deepstack_visual_indexes=list(v.deepstack_visual_indexes),
+                      window_size=v.window_size, fullatt_block_indexes=list(v.fullatt_block_indexes))
         if qwen3:
-            vision.update(num_position_embeddings=v.num_position_embeddings,
-                          deepstack_visual_indexes=list(v.deepstack_visual_indexes))
-        else:
-            vision.update(window_size=v.window_size, fullatt_block_indexes=list(v.fullatt_block_indexes))
+            vision["rope_parameters"] = {"rope_type": "axial", "rope_theta": v.rope_theta}
         return {"model_type": self.arch, "architectures": [
                     "Qwen3VLForConditionalGeneration" if qwen3 else "Qwen2_5_VLForConditionalGeneration"],
                 "text_config": text, "vision_config": vision, "tie_word_embeddings": self.tie_word_embeddings,
