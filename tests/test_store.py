@@ -32,9 +32,20 @@ def test_round_trip(tmp_path):
 
 def test_failed_write_leaves_nothing(tmp_path):
     bad = [np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)]
-    with pytest.raises(ValueError, match="share one size"):
+    with pytest.raises(ValueError, match="must be"):
         store.write_shard(tmp_path, 0, bad, [np.zeros((4, 4), np.uint8)] * 2, [], {})
     assert list((tmp_path / "shards").iterdir()) == []
+
+
+def test_images_of_different_sizes_share_a_shard(tmp_path):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((5, 9), (12, 4), (7, 7))]
+    labels = [np.full(im.shape[:2], k, np.uint8) for k, im in enumerate(images)]
+    store.write_shard(tmp_path, 0, images, labels, [{"id": "a"}], {})
+    ds = store.HopChainDataset(tmp_path)
+    for k, im in enumerate(images):
+        assert np.array_equal(ds.image("shard-00000", k), im)
+        assert np.array_equal(ds.labels("shard-00000", k), labels[k])
 
 
 def test_empty_directory_gives_a_clear_error(tmp_path):

@@ -3,11 +3,12 @@
 Layout of a dataset directory:
   config.json                     the synthesis config (a rerun must match it)
   shards/shard-00003/             one committed shard
-      images/   zarr3 uint8  [n_images, H, W, 3]    one chunk per image, zstd
+          images/   zarr3 uint8  [n_images, H, W, 3]    one chunk per image, zstd; H, W = the shard's largest
+                                                    image, each image top-left in its slot
       labels/   zarr3 uint8  [n_images, H, W]       0 background, k+1 = instance "i<k>"
       records/  zarr3 uint8  [total_bytes]          UTF-8 JSON of every record, back to back
       offsets/  zarr3 int64  [n_records + 1]        record r is records[offsets[r]:offsets[r+1]]
-      shard.json                                    counts and synthesis stats; written last
+      shard.json                                    counts, each image's [h, w], stats; written last
   shards/.tmp-shard-00003-<nonce>/  a shard being written (never read; removed on the next run)
 
 Crash safety: a shard is built in a temporary directory and renamed into place only when complete
@@ -65,19 +66,30 @@ def write_shard(root: str | os.PathLike, index: int, images: Sequence[np.ndarray
     tmp = shards / f".tmp-{shard_name(index)}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
+        sizes = []
         if images:
-            h, w = images[0].shape[:2]
-            if any(im.shape != (h, w, 3) for im in images) or any(lb.shape != (h, w) for lb in labels):
-                raise ValueError("write_shard: every image of a shard must share one size")
-            _write_array(tmp / "images", np.stack(images).astype(np.uint8), (1, h, w, 3), "uint8")
-            _write_array(tmp / "labels", np.stack(labels).astype(np.uint8), (1, h, w), "uint8")
+            if len(labels) != len(images):
+                raise ValueError("write_shard: one label map per image")
+            for im, lb in zip(images, labels):
+                if im.ndim != 3 or im.shape[2] != 3 or lb.shape != im.shape[:2]:
+                    raise ValueError(f"write_shard: image {im.shape} / labels {lb.shape} must be [H, W, 3] / [H, W]")
+                sizes.append([int(im.shape[0]), int(im.shape[1])])
+            # Images of one shard may differ in size: each is stored top-left in an [H_max, W_max] slot.
+            h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+            stacked = np.zeros((len(images), h, w, 3), np.uint8)
+            stacked_labels = np.zeros((len(images), h, w), np.uint8)
+            for k, (im, lb) in enumerate(zip(images, labels)):
+                stacked[k, :im.shape[0], :im.shape[1]] = im
+                stacked_labels[k, :lb.shape[0], :lb.shape[1]] = lb
+            _write_array(tmp / "images", stacked, (1, h, w, 3), "uint8")
+            _write_array(tmp / "labels", stacked_labels, (1, h, w), "uint8")
         blobs = [json.dumps(r, sort_keys=True, separators=(",", ":")).encode() for r in records]
         offsets = np.zeros(len(blobs) + 1, np.int64)
         offsets[1:] = np.cumsum([len(b) for b in blobs])
         data = np.frombuffer(b"".join(blobs), np.uint8) if blobs else np.zeros(0, np.uint8)
         _write_array(tmp / "records", data, (max(1, min(len(data), 1 << 22)),), "uint8")
         _write_array(tmp / "offsets", offsets, (len(offsets),), "int64")
-        meta = {"index": index, "n_images": len(images), "n_records": len(records), **info}
+        meta = {"index": index, "n_images": len(images), "n_records": len(records), "image_sizes": sizes, **info}
         (tmp / "shard.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
         _fsync_tree(tmp)
         os.rename(tmp, final)
@@ -185,13 +197,21 @@ class HopChainDataset:
             for r in range(shard.meta["n_records"]):
                 yield json.loads(data[shard.offsets[r]:shard.offsets[r + 1]])
 
+    def _size(self, shard: str, index: int) -> tuple[int, int]:
+        sizes = self.shards[shard].meta.get("image_sizes")
+        if sizes:
+            return tuple(sizes[index])
+        return tuple(self.shards[shard].images.shape[1:3])
+
     def image(self, shard: str, index: int) -> np.ndarray:
-        """uint8 [H, W, 3]."""
-        return self.shards[shard].images[index].read().result()
+        """uint8 [H, W, 3] (this image's own size)."""
+        h, w = self._size(shard, index)
+        return self.shards[shard].images[index, :h, :w].read().result()
 
     def labels(self, shard: str, index: int) -> np.ndarray:
         """uint8 [H, W]; value k+1 marks instance "i<k>"."""
-        return self.shards[shard].labels[index].read().result()
+        h, w = self._size(shard, index)
+        return self.shards[shard].labels[index, :h, :w].read().result()
 
     def image_of(self, record: dict) -> np.ndarray:
         ref = record["image"]
