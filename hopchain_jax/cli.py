@@ -4,6 +4,7 @@
   hopchain synth --images PHOTOS --out DIR check user images (model-driven stages: not in this version)
   hopchain export DIR --jsonl FILE         schema-v1 JSON Lines
   hopchain inspect DIR --html OUT.html     gallery of queries with instance outlines
+  hopchain import --jsonl MINE.jsonl --out DIR   your image/question/answer data in the same format
   hopchain generate --model CKPT --image IMG --prompt "..." [--greedy --json]
 """
 from __future__ import annotations
@@ -78,6 +79,18 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from hopchain_jax.data.importer import format_import_summary, import_jsonl
+    try:
+        summary = import_jsonl(args.jsonl, args.out, images_root=args.images_root,
+                               images_per_shard=args.images_per_shard, progress=not args.no_progress)
+    except (ValueError, OSError) as e:
+        print(f"hopchain import: {e}", file=sys.stderr)
+        return 2
+    print(format_import_summary(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hopchain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--limit", type=int, default=30, help="cards in the gallery (default 30)")
     i.add_argument("--variant", **variants)
     i.set_defaults(fn=_inspect)
+    m = sub.add_parser("import", help="convert your JSONL (image path, question, numeric answer) to a dataset")
+    m.add_argument("--jsonl", required=True, help='one {"image": path, "question": str, "answer": number} per line')
+    m.add_argument("--out", required=True, help="dataset directory (rerun the same command to resume)")
+    m.add_argument("--images-root", help="folder image paths are relative to (default: the JSONL's folder)")
+    m.add_argument("--images-per-shard", type=int, default=64)
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(fn=_import)
+
     g = sub.add_parser("generate", help="generate with a Qwen2.5-VL / Qwen3-VL checkpoint directory")
     g.add_argument("--model", required=True, help="Hugging Face checkpoint directory (config.json + safetensors)")
     g.add_argument("--image", action="append", help="image file (repeat for several)")

@@ -1,0 +1,1 @@
+"""SAPO RLVR and SFT training."""

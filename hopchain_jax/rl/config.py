@@ -1,0 +1,94 @@
+"""Typed training configs. A config names everything a run needs and the command that runs it:
+
+    python launch/train.py --config tiny                      # CPU, minutes, default synthesized data
+    python launch/train.py --config qwen2_5_vl_3b --model CKPT --data DIR:1.0 --data HOPCHAIN:0.3
+    python launch/train.py --config tiny --resume             # continue exactly where the last run stopped
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    model: a model preset name (configs/models.py, random init) or a checkpoint directory.
+    data: (dataset directory, mixture weight) pairs; an empty directory list with synth_images > 0 makes the
+      default procedural dataset under out_dir/data first.
+    mode: "rl" (SAPO over sampled groups) or "sft" (cross-entropy on gold rationales).
+    Batch: prompts_per_step prompts x group_size samples per rollout; the rollout batch is split into
+      minibatches optimizer steps (SPEC §4: several updates per rollout batch; 2 in the paper's VL runs).
+    Optimizer: AdamW, linear warmup then cosine decay to lr * min_lr_ratio over total_steps optimizer steps,
+      global-norm clipping. tau_pos / tau_neg: SAPO gate temperatures. kl_coef > 0 adds a k3 KL penalty to
+      the initial policy. Mesh: (data, fsdp, tensor) device counts, -1 = the rest.
+    """
+
+    name: str = "tiny"
+    model: str = "tiny"
+    dtype: str = "float32"
+    data: tuple[tuple[str, float], ...] = ()
+    synth_images: int = 48
+    mode: str = "rl"
+    steps: int = 8
+    prompts_per_step: int = 4
+    group_size: int = 4
+    minibatches: int = 2
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    lr: float = 1e-4
+    warmup_steps: int = 2
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    tau_pos: float = 1.0
+    tau_neg: float = 1.05
+    kl_coef: float = 0.0
+    freeze_vision: bool = False
+    max_prompt_tokens: int = 2048
+    max_pixels: int = 64 * 28 * 28
+    mesh: tuple[int, int, int] = (1, -1, 1)
+    seed: int = 0
+    out_dir: str = "runs/tiny"
+    save_every: int = 2
+    keep_checkpoints: int = 3
+    log_every: int = 1
+    kernel_impl: str = "auto"
+
+    def __post_init__(self):
+        if self.mode not in ("rl", "sft"):
+            raise ValueError(f"mode must be 'rl' or 'sft', got {self.mode!r}")
+        if self.prompts_per_step * self.group_size % self.minibatches:
+            raise ValueError(f"prompts_per_step x group_size ({self.prompts_per_step * self.group_size}) must split "
+                             f"into minibatches={self.minibatches} equal parts")
+        for name, weight in self.data:
+            if weight <= 0:
+                raise ValueError(f"data source {name!r} has weight {weight}; weights must be > 0")
+
+    @property
+    def total_optimizer_steps(self) -> int:
+        return self.steps * (self.minibatches if self.mode == "rl" else 1)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = dict(data)
+        data["data"] = tuple((str(d), float(w)) for d, w in data.get("data", ()))
+        data["mesh"] = tuple(data.get("mesh", (1, -1, 1)))
+        return cls(**data)
+
+    def replace(self, **kw) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+    def command(self) -> str:
+        return f"python launch/train.py --config {self.name}"
+
+
+def dumps(config: TrainConfig) -> str:
+    return json.dumps(config.to_json(), indent=1, sort_keys=True)

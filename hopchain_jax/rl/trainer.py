@@ -1,0 +1,272 @@
+"""The training loop: rollouts with the inference engine, verifiable rewards, SAPO updates (or SFT),
+metrics, and exact-resume checkpoints.
+
+One RL step:
+  1. the next `prompts_per_step` prompts from the data mixture (this process's shard; all processes then
+     share their prompts so every process holds the global batch);
+  2. `group_size` samples per prompt from the engine, which reads the trainer's current weights (no copy);
+  3. reward 1/0 per sample (numeric answer check), group-normalised advantages; all-equal groups counted;
+  4. old log-probs recomputed by the trainer's forward (the sampler's are only compared: logprob_gap);
+  5. `minibatches` SAPO optimizer steps over shuffled slices of the rollout batch.
+SFT mode replaces 2-5 with one cross-entropy step on prompt + gold rationale.
+Everything random derives from (seed, step), so a resumed run repeats the uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from hopchain_jax.data.mixture import make_mixture
+from hopchain_jax.data.prompts import PromptConfig, prompt_transforms
+from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams
+from hopchain_jax.models import image_processor as improc
+from hopchain_jax.models.checkpoint import load_pretrained
+from hopchain_jax.models.qwen_vl import QwenVL
+from hopchain_jax.models.sharding import make_mesh, shard_model
+from hopchain_jax.models.tokenizer import load_tokenizer
+from hopchain_jax.rl.checkpointing import Checkpointer
+from hopchain_jax.rl.config import TrainConfig, dumps
+from hopchain_jax.rl.metrics import MetricsWriter
+from hopchain_jax.rl.reward import group_advantages, reward
+from hopchain_jax.rl.sequences import Prompt, pack
+from hopchain_jax.rl.update import Updater
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(cfg: TrainConfig, mesh) -> QwenVL:
+    """A preset name (random init, jit-created on the mesh) or a checkpoint directory."""
+    from configs.models import PRESETS
+    dtype = DTYPES[cfg.dtype]
+    if cfg.model in PRESETS:
+        config = PRESETS[cfg.model]()
+        graphdef, _ = nnx.split(nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, rngs=nnx.Rngs(cfg.seed))))
+        state = jax.jit(lambda: nnx.state(QwenVL(config, dtype=dtype, rngs=nnx.Rngs(cfg.seed))))()
+        return shard_model(nnx.merge(graphdef, state), mesh)
+    if not Path(cfg.model).is_dir():
+        raise FileNotFoundError(f"--model {cfg.model!r} is neither a preset ({sorted(PRESETS)}) nor a checkpoint directory")
+    return load_pretrained(cfg.model, dtype=dtype, mesh=mesh, progress=jax.process_index() == 0)
+
+
+def default_data(cfg: TrainConfig) -> list[tuple[str, float]]:
+    """cfg.data, or the procedural HopChain dataset synthesized under out_dir/data (resumable)."""
+    if cfg.data:
+        return [(d, w) for d, w in cfg.data]
+    from hopchain_jax.synth.pipeline import SynthConfig, run_synthesis
+    root = Path(cfg.out_dir) / "data"
+    if jax.process_index() == 0:
+        run_synthesis(root, SynthConfig(seed=cfg.seed, num_images=cfg.synth_images), workers=1, progress=False)
+    multihost_utils.sync_global_devices("synth data ready")
+    return [(str(root), 1.0)]
+
+
+def to_host(x) -> np.ndarray:
+    """A (possibly multi-process, globally sharded) array as a numpy array on every process."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def _allgather_prompts(local: list[dict]) -> list[dict]:
+    """Every process's prompts, in process order (single process: unchanged)."""
+    if jax.process_count() == 1:
+        return local
+    keys = ("prompt_ids", "pixel_values", "image_grid_thw", "target_ids")
+    arrays = {}
+    for key in keys:
+        arrs = [np.asarray(el[key]) for el in local]
+        flat = np.concatenate([a.reshape(-1) for a in arrs]).astype(np.float32 if key == "pixel_values" else np.int64)
+        shapes = np.asarray([list(a.shape) + [0] * (2 - a.ndim) for a in arrs], np.int64)
+        arrays[key] = (flat, shapes)
+    answers = np.asarray([el["answer"] for el in local], np.float64)
+    gathered = []
+    n_local = len(local)
+    for key in keys:
+        flat, shapes = arrays[key]
+        sizes = multihost_utils.process_allgather(np.asarray([flat.size]))
+        padded = np.zeros(int(sizes.max()), flat.dtype)
+        padded[:flat.size] = flat
+        gathered.append((multihost_utils.process_allgather(padded), multihost_utils.process_allgather(shapes), sizes))
+    all_answers = multihost_utils.process_allgather(answers)
+    out = []
+    for p in range(jax.process_count()):
+        for i in range(n_local):
+            el = {"answer": float(all_answers[p][i])}
+            for key, (flat, shapes, sizes) in zip(keys, gathered):
+                offset = int(sum(int(np.prod([d for d in s if d])) for s in shapes[p][:i]))
+                shape = tuple(int(d) for d in shapes[p][i] if d)
+                el[key] = flat[p][offset:offset + int(np.prod(shape))].reshape(shape)
+            out.append(el)
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True):
+        self.cfg = cfg
+        self.is_main = jax.process_index() == 0
+        self.out = Path(cfg.out_dir)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(dumps(cfg))
+        self.mesh = make_mesh(*cfg.mesh)
+        self.progress = progress and self.is_main
+        model = build_model(cfg, self.mesh)
+        self.model_config = model.config
+        tok_dir = cfg.model if Path(cfg.model).is_dir() else None
+        self.tokenizer = load_tokenizer(tok_dir)
+        processor = improc.from_pretrained_dir(cfg.model) if tok_dir else (
+            improc.QWEN3_VL if model.config.arch == "qwen3_vl" else improc.QWEN2_5_VL)
+        self.prompt_config = PromptConfig(processor=processor.replace(max_pixels=cfg.max_pixels),
+                                          max_prompt_tokens=cfg.max_prompt_tokens, on_over_budget="skip")
+        self.sources = default_data(cfg)
+        self.data = make_mixture(self.sources, seed=cfg.seed, batch_size=cfg.prompts_per_step,
+                                 transforms=prompt_transforms(self.tokenizer, self.prompt_config,
+                                                              model.config.vision.spatial_merge_size))
+        self.data_iter = iter(self.data)
+        self.updater = Updater(model, cfg, self.mesh)
+        self.engine = InferenceEngine(self.updater.model(), self.tokenizer, mesh=self.mesh)
+        self.checkpointer = Checkpointer(self.out / "checkpoints", keep=cfg.keep_checkpoints)
+        self.metrics = MetricsWriter(self.out, enabled=self.is_main)
+        self.step = 0
+        self.pad_id = model.config.pad_token_id or 0
+        self._flops_per_token = 6 * sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def save(self) -> None:
+        self.checkpointer.save(self.step, self.updater.params, self.updater.opt_state, self.data_iter,
+                               {"step": self.step, "seed": self.cfg.seed, "config": json.loads(dumps(self.cfg))})
+
+    def restore(self) -> bool:
+        step = self.checkpointer.latest_step()
+        if step is None:
+            return False
+        params, opt_state, meta = self.checkpointer.restore(step, self.updater.params, self.updater.opt_state,
+                                                            self.data_iter)
+        if meta["config"] != json.loads(dumps(self.cfg)):
+            diff = sorted(k for k in meta["config"] if meta["config"][k] != json.loads(dumps(self.cfg)).get(k))
+            raise ValueError(f"{self.out}: the checkpoint was made with a different config (differs in {diff}); "
+                             "resume with the same config or use a new --out")
+        self.updater.params, self.updater.opt_state = params, opt_state
+        self.step = int(meta["step"])
+        self.metrics.truncate_after(self.step)
+        return True
+
+    # -- one step ----------------------------------------------------------------------------------------
+    def _prompts(self) -> list[dict]:
+        local = next(self.data_iter)
+        digest = hashlib.sha256("|".join(str(el["id"]) for el in local).encode()).digest()[:7]
+        codes = multihost_utils.process_allgather(np.asarray([int.from_bytes(digest, "little")], np.int64)) \
+            if jax.process_count() > 1 else np.asarray([int.from_bytes(digest, "little")])
+        self._data_fingerprint = "-".join(f"{int(c):014x}" for c in np.asarray(codes).reshape(-1))
+        return _allgather_prompts(local)
+
+    def rl_step(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        elements = self._prompts()
+        prompts = [Prompt(el["prompt_ids"], el["pixel_values"], el["image_grid_thw"]) for el in elements]
+        self.engine.update_weights(self.updater.model())
+        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                max_new_tokens=cfg.max_new_tokens, n=cfg.group_size,
+                                seed=cfg.seed * 1_000_003 + self.step)
+        outs = self.engine.generate([Request(p.prompt_ids, p.pixel_values, p.image_grid_thw) for p in prompts], params)
+        t_roll = time.perf_counter() - t0
+        rewards = np.asarray([reward(o.text or "", elements[o.prompt_index]["answer"]) for o in outs],
+                             np.float32).reshape(len(prompts), cfg.group_size)
+        adv, zero_var = group_advantages(rewards)
+        rows = [o.prompt_index for o in outs]
+        responses = [o.token_ids for o in outs]
+        batch_np = pack(prompts, rows, responses, self.model_config, pad_id=self.pad_id)
+        batch = self.updater.put_batch(batch_np.arrays())
+        old_logp, entropy = self.updater.score(batch)
+        old_np = to_host(old_logp)
+        sampler = np.zeros_like(old_np)
+        for r, o in enumerate(outs):
+            start = len(prompts[rows[r]].prompt_ids) - 1
+            sampler[r, start:start + len(o.logprobs)] = o.logprobs
+        mask = batch_np.loss_mask
+        gap = float(np.abs(sampler - old_np)[mask].mean()) if mask.any() else 0.0
+        # minibatch updates over a seeded shuffle of the rows
+        order = np.random.default_rng([cfg.seed, self.step]).permutation(len(outs))
+        per = len(outs) // cfg.minibatches
+        stats = []
+        for k in range(cfg.minibatches):
+            idx = np.sort(order[k * per:(k + 1) * per])
+            sub_np = pack(prompts, [rows[i] for i in idx], [responses[i] for i in idx], self.model_config,
+                          pad_id=self.pad_id, min_length=batch_np.input_ids.shape[1])
+            sub = self.updater.put_batch(sub_np.arrays())
+            old = self.updater.put_batch({"old": old_np[idx]})["old"]
+            ref = self.updater.ref_score(sub)
+            stats.append({k: float(to_host(v)) for k, v in self.updater.rl_step(sub, old, adv.reshape(-1)[idx], ref).items()})
+        seconds = time.perf_counter() - t0
+        lengths = np.asarray([len(r) for r in responses])
+        tokens = int(batch_np.num_tokens)
+        m = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
+        m.update(reward_mean=float(rewards.mean()), accuracy=float((rewards > 0).mean()),
+                 zero_variance_groups=float(zero_var.mean()), response_length=float(lengths.mean()),
+                 entropy=float(to_host(entropy)[mask].mean()) if mask.any() else 0.0,
+                 logprob_gap=gap, rollout_seconds=t_roll, step_seconds=seconds, tokens_per_s=tokens / seconds,
+                 learning_rate=self.updater.learning_rate(self.step * cfg.minibatches),
+                 skipped_steps=float(sum(s["skipped"] for s in stats)),
+                 mfu=self._mfu(tokens * (1 + cfg.minibatches) / 3, seconds))
+        m["data"] = self._data_fingerprint
+        m["rollout"] = hashlib.sha256(np.asarray([t for r in responses for t in r], np.int64).tobytes()).hexdigest()[:16]
+        return m
+
+    def sft_step(self) -> dict:
+        t0 = time.perf_counter()
+        elements = self._prompts()
+        prompts = [Prompt(el["prompt_ids"], el["pixel_values"], el["image_grid_thw"]) for el in elements]
+        batch_np = pack(prompts, list(range(len(prompts))), [el["target_ids"] for el in elements],
+                        self.model_config, pad_id=self.pad_id)
+        m = self.updater.sft_step(self.updater.put_batch(batch_np.arrays()))
+        m = {k: float(to_host(v)) for k, v in m.items()}
+        seconds = time.perf_counter() - t0
+        m.update(step_seconds=seconds, tokens_per_s=batch_np.num_tokens / seconds,
+                 learning_rate=self.updater.learning_rate(self.step), mfu=self._mfu(batch_np.num_tokens, seconds))
+        m["data"] = self._data_fingerprint
+        return m
+
+    def _mfu(self, tokens: float, seconds: float) -> float:
+        peak = {"gpu": 989e12, "tpu": 459e12}.get(jax.default_backend())
+        if not peak:
+            return float("nan")
+        return self._flops_per_token * tokens / seconds / (peak * jax.device_count())
+
+    # -- loop --------------------------------------------------------------------------------------------
+    def train(self, max_steps: int | None = None) -> list[dict]:
+        """Run until cfg.steps (or max_steps) steps are done; returns the metrics of the steps run."""
+        end = min(self.cfg.steps, max_steps) if max_steps is not None else self.cfg.steps
+        history = []
+        bar = tqdm.tqdm(total=self.cfg.steps, initial=self.step, desc=f"{self.cfg.mode} {self.cfg.name}",
+                        disable=not self.progress)
+        try:
+            while self.step < end:
+                m = self.rl_step() if self.cfg.mode == "rl" else self.sft_step()
+                self.step += 1
+                history.append(m)
+                if self.step % self.cfg.log_every == 0 or self.step == end:
+                    self.metrics.write(self.step, m)
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.4f}", **({"reward": f"{m['reward_mean']:.2f}"}
+                                                             if "reward_mean" in m else {}))
+                if self.step % self.cfg.save_every == 0 or self.step == end:
+                    self.save()  # the NaN guard kept the last finite state, so what is saved is always good
+        finally:
+            bar.close()
+            self.checkpointer.wait()
+        return history
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        self.metrics.close()
