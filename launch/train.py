@@ -38,6 +38,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--num-processes", type=int, default=int(os.environ.get("JAX_NUM_PROCESSES", "1")))
     p.add_argument("--process-id", type=int, default=int(os.environ.get("JAX_PROCESS_ID", "0")))
     p.add_argument("--local-devices", type=int, help="simulated CPU devices per process")
+    p.add_argument("--export-hf", action="store_true",
+                   help="after training, write the weights as a Hugging Face checkpoint to OUT/hf (with the tokenizer)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -90,6 +92,10 @@ def main(argv=None) -> int:
                   "a new --out", file=sys.stderr)
             return 2
         history = trainer.train(max_steps=args.max_steps)
+        if args.export_hf:
+            path = trainer.export_hf()
+            if jax.process_index() == 0:
+                print(f"wrote a Hugging Face checkpoint to {path}", file=sys.stderr)
         if history:  # every process reports, so a launcher can check they agree
             last = history[-1]
             print(json.dumps({"process": jax.process_index(), "step": trainer.step, "loss": last["loss"],

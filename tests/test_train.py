@@ -137,6 +137,10 @@ def test_rl_resume_in_process_repeats_the_same_rollouts(tmp_path):
     again.close()
     for key in ("data", "rollout", "loss", "reward_mean", "zero_variance_groups"):
         assert tail[0][key] == full[2][key], key
+    hf = straight.export_hf()  # the trained weights load back as a checkpoint (e.g. to start RL after SFT)
+    from hopchain_jax.models.checkpoint import load_pretrained
+    reloaded = load_pretrained(hf, progress=False)
+    assert reloaded.config.arch == "qwen2_5_vl" and (hf / "tokenizer.json").exists()
     assert {"reward_mean", "accuracy", "zero_variance_groups", "response_length", "entropy", "gate_weight_mean",
             "logprob_gap", "tokens_per_s", "mfu"} <= set(full[0])
     assert (tmp_path / "a" / "tensorboard").exists()

@@ -203,8 +203,13 @@ def save_pretrained(model: QwenVL, path: str | os.PathLike, *, max_shard_bytes: 
     path.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
+    writer = jax.process_index() == 0  # every process joins the gathers; process 0 writes
     for p, var in _param_paths(nnx.state(model, nnx.Param)):
-        arr = np.asarray(jax.device_get(var.get_value()))
+        value = var.get_value()
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            from jax.experimental import multihost_utils
+            value = multihost_utils.process_allgather(value, tiled=True)
+        arr = np.asarray(jax.device_get(value))
         if dtype is not None:
             arr = arr.astype(dtype)
         arr = to_hf_array(p, arr, config)
@@ -213,6 +218,8 @@ def save_pretrained(model: QwenVL, path: str | os.PathLike, *, max_shard_bytes: 
             size = 0
         shards[-1][hf_key_for(p, config)] = arr
         size += arr.nbytes
+    if not writer:
+        return path
     if len(shards) == 1:
         _write_safetensors(path / "model.safetensors", shards[0])
     else:

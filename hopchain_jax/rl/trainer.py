@@ -267,6 +267,15 @@ class Trainer:
             self.checkpointer.wait()
         return history
 
+    def export_hf(self) -> Path:
+        """Current weights as a Hugging Face checkpoint in OUT/hf (+ tokenizer): loadable by transformers,
+        vLLM, `hopchain generate`, or `--model OUT/hf` of a next run (e.g. RL after SFT)."""
+        from hopchain_jax.models.checkpoint import save_pretrained
+        path = save_pretrained(self.updater.model(), self.out / "hf")
+        if self.is_main:
+            self.tokenizer.save_pretrained(path)
+        return path
+
     def close(self) -> None:
         self.checkpointer.close()
         self.metrics.close()
