@@ -147,8 +147,10 @@ def test_rl_resume_in_process_repeats_the_same_rollouts(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_local_processes_train_together(tmp_path):
-    cfg = _config(tmp_path, mode="sft", steps=2, out_dir=str(tmp_path / "mp"))
+@pytest.mark.parametrize("mode", ["sft", "rl"])
+def test_two_local_processes_train_together(tmp_path, mode):
+    """Two JAX processes (2 CPU devices each) train on one 4-device mesh; rl also runs multi-host rollouts."""
+    cfg = _config(tmp_path, mode=mode, steps=2, out_dir=str(tmp_path / "mp"))
     port = portpicker.pick_unused_port()
     env = {**os.environ, "XLA_FLAGS": ""}
     procs = [subprocess.Popen([sys.executable, str(ROOT / "launch" / "train.py"), "--config", cfg, "--no-progress",

@@ -71,6 +71,14 @@ class Completion:
     text: str | None = None
 
 
+def to_host(x) -> np.ndarray:
+    """numpy copy of a device array; globally sharded multi-process arrays are all-gathered first."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def _bucket(n: int, buckets: Sequence[int]) -> int:
     for b in buckets:
         if n <= b:
@@ -219,7 +227,7 @@ class InferenceEngine:
         tok, logp, cache = self._prefill(self.state, self._put(ids, "tokens"), self._put(pos, "positions"),
                                          self._put(mask, "tokens"), features, self._put(image_index, "tokens"),
                                          cache, jax.random.fold_in(key, 0), *samp)
-        tok, logp = np.asarray(tok), np.asarray(logp)
+        tok, logp = to_host(tok), to_host(logp)
         out_tokens = [[int(tok[r])] for r in range(b)]
         out_logps = [[float(logp[r])] for r in range(b)]
         finished_by_stop = np.zeros(b, bool)
@@ -239,8 +247,8 @@ class InferenceEngine:
             cache, tok_d, pos_d, done_d, rem_d, toks, logps = self._decode(
                 self.state, state[0], state[1], state[2], jnp.int32(start), state[3], state[4],
                 jax.random.fold_in(key, chunk), *samp, steps)
-            toks, logps, was_done = np.asarray(toks), np.asarray(logps), done.copy()
-            done = np.asarray(done_d).copy()
+            toks, logps, was_done = to_host(toks), to_host(logps), done.copy()
+            done = to_host(done_d).copy()
             check_stop = bool(params.stop) and self.tokenizer is not None
             for r in range(len(rows)):
                 if was_done[r]:

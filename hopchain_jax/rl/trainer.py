@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 
 from hopchain_jax.data.mixture import make_mixture
 from hopchain_jax.data.prompts import PromptConfig, prompt_transforms
-from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams
+from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams, to_host
 from hopchain_jax.models import image_processor as improc
 from hopchain_jax.models.checkpoint import load_pretrained
 from hopchain_jax.models.qwen_vl import QwenVL
@@ -68,13 +68,6 @@ def default_data(cfg: TrainConfig) -> list[tuple[str, float]]:
         run_synthesis(root, SynthConfig(seed=cfg.seed, num_images=cfg.synth_images), workers=1, progress=False)
     multihost_utils.sync_global_devices("synth data ready")
     return [(str(root), 1.0)]
-
-
-def to_host(x) -> np.ndarray:
-    """A (possibly multi-process, globally sharded) array as a numpy array on every process."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
 
 
 def _allgather_prompts(local: list[dict]) -> list[dict]:
