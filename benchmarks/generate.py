@@ -32,20 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs.models import PRESETS  # noqa: E402
 from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams  # noqa: E402
-from hopchain_jax.models.qwen_vl import QwenVL  # noqa: E402
-from hopchain_jax.models.sharding import make_mesh, shard_model  # noqa: E402
-
-
-def build_model(config, dtype, mesh):
-    model = nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def init():
-        return nnx.state(QwenVL(config, dtype=dtype, rngs=nnx.Rngs(0)))
-
-    model = nnx.merge(graphdef, init())
-    return shard_model(model, mesh)
+from hopchain_jax.models.qwen_vl import init_sharded  # noqa: E402
+from hopchain_jax.models.sharding import make_mesh  # noqa: E402
 
 
 def param_bytes(model) -> int:
@@ -121,7 +109,7 @@ def main():
     on_cpu = jax.default_backend() == "cpu"
     dtype = jnp.float32 if on_cpu else jnp.bfloat16
     mesh = make_mesh()
-    model = build_model(config, dtype, mesh)
+    model = init_sharded(config, dtype=dtype, mesh=mesh)
     rng = np.random.default_rng(0)
     prompts = rng.integers(10, 50000 if config.text.vocab_size > 50000 else config.text.vocab_size - 10,
                            size=(args.batch, args.prompt_len)).tolist()

@@ -26,8 +26,8 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs.models import PRESETS  # noqa: E402
-from hopchain_jax.models.qwen_vl import QwenVL  # noqa: E402
-from hopchain_jax.models.sharding import make_mesh, shard_model  # noqa: E402
+from hopchain_jax.models.qwen_vl import init_sharded  # noqa: E402
+from hopchain_jax.models.sharding import make_mesh  # noqa: E402
 from hopchain_jax.rl.config import TrainConfig  # noqa: E402
 from hopchain_jax.rl.sequences import Prompt, pack  # noqa: E402
 from hopchain_jax.rl.update import Updater  # noqa: E402
@@ -46,9 +46,7 @@ def main():
     dtype = jnp.float32 if on_cpu else jnp.bfloat16
     config = PRESETS[args.preset]()
     mesh = make_mesh()
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, rngs=nnx.Rngs(0))))
-    state = jax.jit(lambda: nnx.state(QwenVL(config, dtype=dtype, rngs=nnx.Rngs(0))))()
-    model = shard_model(nnx.merge(graphdef, state), mesh)
+    model = init_sharded(config, dtype=dtype, mesh=mesh)
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     cfg = TrainConfig(dtype="float32" if on_cpu else "bfloat16", prompts_per_step=args.batch, group_size=1,
                       minibatches=1, freeze_vision=args.freeze_vision, kernel_impl="auto")

@@ -22,11 +22,9 @@ from PIL import Image
 from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams
 from hopchain_jax.models import image_processor as improc
 from hopchain_jax.models.checkpoint import load_pretrained
+from hopchain_jax.models.config import DTYPE_NAMES
 from hopchain_jax.models.sharding import make_mesh
 from hopchain_jax.models.tokenizer import build_chat_prompt, check_image_token_budget, expand_image_tokens, load_tokenizer
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
 
 def default_dtype() -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
@@ -37,10 +35,10 @@ class Generator:
                  max_length: int | None = None, max_pixels: int | None = None, progress: bool = True):
         """mesh_shape: (data, fsdp, tensor); default puts every device on fsdp."""
         dtype = dtype or default_dtype()
-        if dtype not in DTYPES:
-            raise ValueError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"--dtype {dtype!r}: choose one of {DTYPE_NAMES}")
         self.mesh = make_mesh(*mesh_shape) if mesh_shape else make_mesh()
-        self.model = load_pretrained(model_dir, dtype=DTYPES[dtype], mesh=self.mesh, progress=progress)
+        self.model = load_pretrained(model_dir, dtype=jnp.dtype(dtype), mesh=self.mesh, progress=progress)
         self.config = self.model.config
         self.tokenizer = load_tokenizer(model_dir)
         self.processor = improc.from_pretrained_dir(model_dir)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 ARCHES = ("qwen2_5_vl", "qwen3_vl")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # --dtype choices; jnp.dtype(name) gives the dtype
 
 
 @dataclasses.dataclass(frozen=True)

@@ -183,6 +183,15 @@ class QwenVL(nnx.Module):
         return ModelOutput(logits, hidden, new_cache)
 
 
+def init_sharded(config: QwenVLConfig, *, dtype=jnp.float32, mesh=None, seed: int = 0) -> "QwenVL":
+    """A randomly initialised model created under jit (no host copy), placed by the sharding rules."""
+    from hopchain_jax.models.sharding import shard_model
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, rngs=nnx.Rngs(seed))))
+    state = jax.jit(lambda: nnx.state(QwenVL(config, dtype=dtype, rngs=nnx.Rngs(seed))))()
+    model = nnx.merge(graphdef, state)
+    return shard_model(model, mesh) if mesh is not None else model
+
+
 def trainable_filter(freeze_vision: bool = False, freeze_language: bool = False) -> Any:
     """nnx filter selecting the parameters to train (vision tower and LM freezable independently)."""
     parts = []

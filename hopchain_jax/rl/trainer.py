@@ -31,8 +31,8 @@ from hopchain_jax.data.prompts import PromptConfig, prompt_transforms
 from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams, to_host
 from hopchain_jax.models import image_processor as improc
 from hopchain_jax.models.checkpoint import load_pretrained
-from hopchain_jax.models.qwen_vl import QwenVL
-from hopchain_jax.models.sharding import make_mesh, shard_model
+from hopchain_jax.models.qwen_vl import QwenVL, init_sharded
+from hopchain_jax.models.sharding import make_mesh
 from hopchain_jax.models.tokenizer import load_tokenizer
 from hopchain_jax.rl.checkpointing import Checkpointer
 from hopchain_jax.rl.config import TrainConfig, dumps
@@ -41,18 +41,12 @@ from hopchain_jax.rl.reward import group_advantages, reward
 from hopchain_jax.rl.sequences import Prompt, pack
 from hopchain_jax.rl.update import Updater
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
 def build_model(cfg: TrainConfig, mesh) -> QwenVL:
     """A preset name (random init, jit-created on the mesh) or a checkpoint directory."""
     from configs.models import PRESETS
-    dtype = DTYPES[cfg.dtype]
+    dtype = jnp.dtype(cfg.dtype)
     if cfg.model in PRESETS:
-        config = PRESETS[cfg.model]()
-        graphdef, _ = nnx.split(nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, rngs=nnx.Rngs(cfg.seed))))
-        state = jax.jit(lambda: nnx.state(QwenVL(config, dtype=dtype, rngs=nnx.Rngs(cfg.seed))))()
-        return shard_model(nnx.merge(graphdef, state), mesh)
+        return init_sharded(PRESETS[cfg.model](), dtype=dtype, mesh=mesh, seed=cfg.seed)
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(f"--model {cfg.model!r} is neither a preset ({sorted(PRESETS)}) nor a checkpoint directory")
     return load_pretrained(cfg.model, dtype=dtype, mesh=mesh, progress=jax.process_index() == 0)
