@@ -173,39 +173,48 @@ class Trainer:
         adv, zero_var = group_advantages(rewards)
         rows = [o.prompt_index for o in outs]
         responses = [o.token_ids for o in outs]
-        batch_np = pack(prompts, rows, responses, self.model_config, pad_id=self.pad_id)
-        batch = self.updater.put_batch(batch_np.arrays())
-        old_logp, entropy = self.updater.score(batch)
-        old_np = to_host(old_logp)
-        sampler = np.zeros_like(old_np)
-        for r, o in enumerate(outs):
-            start = len(prompts[rows[r]].prompt_ids) - 1
-            sampler[r, start:start + len(o.logprobs)] = o.logprobs
-        mask = batch_np.loss_mask
-        gap = float(np.abs(sampler - old_np)[mask].mean()) if mask.any() else 0.0
-        # minibatch updates over a seeded shuffle of the rows
+        # Minibatches over a seeded shuffle of the rows. Old log-probs of every minibatch are scored
+        # before the first update (they must come from the weights that sampled).
         order = np.random.default_rng([cfg.seed, self.step]).permutation(len(outs))
         per = len(outs) // cfg.minibatches
-        stats = []
+        length = max(len(prompts[r].prompt_ids) + len(resp) for r, resp in zip(rows, responses)) + 1
+        t1 = time.perf_counter()
+        minibatches = []
+        gaps, entropies, tokens = [], [], 0
         for k in range(cfg.minibatches):
             idx = np.sort(order[k * per:(k + 1) * per])
             sub_np = pack(prompts, [rows[i] for i in idx], [responses[i] for i in idx], self.model_config,
-                          pad_id=self.pad_id, min_length=batch_np.input_ids.shape[1])
+                          pad_id=self.pad_id, min_length=length)
             sub = self.updater.put_batch(sub_np.arrays())
-            old = self.updater.put_batch({"old": old_np[idx]})["old"]
-            ref = self.updater.ref_score(sub)
-            stats.append({k: float(to_host(v)) for k, v in self.updater.rl_step(sub, old, adv.reshape(-1)[idx], ref).items()})
+            old, ent = self.updater.score(sub)
+            old_np, mask = to_host(old), sub_np.loss_mask
+            sampler = np.zeros_like(old_np)
+            for j, i in enumerate(idx):
+                start = len(prompts[rows[i]].prompt_ids) - 1
+                sampler[j, start:start + len(outs[i].logprobs)] = outs[i].logprobs
+            gaps.append(np.abs(sampler - old_np)[mask])
+            entropies.append(to_host(ent)[mask])
+            tokens += sub_np.num_tokens
+            minibatches.append((idx, sub, old))
+        stats = []
+        for idx, sub, old in minibatches:
+            out = self.updater.rl_step(sub, old, adv.reshape(-1)[idx], self.updater.ref_score(sub))
+            stats.append({k: float(to_host(v)) for k, v in out.items()})
+        t_update = time.perf_counter() - t1
         seconds = time.perf_counter() - t0
+        gaps, entropies = np.concatenate(gaps), np.concatenate(entropies)
         lengths = np.asarray([len(r) for r in responses])
-        tokens = int(batch_np.num_tokens)
         m = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
         m.update(reward_mean=float(rewards.mean()), accuracy=float((rewards > 0).mean()),
                  zero_variance_groups=float(zero_var.mean()), response_length=float(lengths.mean()),
-                 entropy=float(to_host(entropy)[mask].mean()) if mask.any() else 0.0,
-                 logprob_gap=gap, rollout_seconds=t_roll, step_seconds=seconds, tokens_per_s=tokens / seconds,
+                 entropy=float(entropies.mean()) if entropies.size else 0.0,
+                 logprob_gap=float(gaps.mean()) if gaps.size else 0.0,
+                 rollout_seconds=t_roll, update_seconds=t_update, step_seconds=seconds,
+                 tokens_per_s=tokens / seconds,
                  learning_rate=self.updater.learning_rate(self.step * cfg.minibatches),
                  skipped_steps=float(sum(s["skipped"] for s in stats)),
-                 mfu=self._mfu(tokens * (1 + cfg.minibatches) / 3, seconds))
+                 # update phase: one scoring forward (2 flops/param/token) + one training step (6)
+                 mfu=self._mfu(tokens * 8 / 6, t_update))
         m["data"] = self._data_fingerprint
         m["rollout"] = hashlib.sha256(np.asarray([t for r in responses for t in r], np.int64).tobytes()).hexdigest()[:16]
         return m
