@@ -216,6 +216,3 @@ class HopChainDataset:
     def image_of(self, record: dict) -> np.ndarray:
         ref = record["image"]
         return self.image(ref["shard"], ref["index"])
-
-    def shard_meta(self) -> list[dict]:
-        return [s.meta for s in self._order]

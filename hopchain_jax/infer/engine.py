@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from hopchain_jax.models.qwen_vl import KVCache, QwenVL
 from hopchain_jax.models.rope import rope_index
 from hopchain_jax.models.sharding import activation_sharding, shard_model
-from hopchain_jax.models.vision import prepare_vision_inputs, vision_bucket
+from hopchain_jax.models.vision import fill_image_index, image_tokens, pack_images
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -170,19 +170,11 @@ class InferenceEngine:
 
     # -- host side ---------------------------------------------------------------------------------
     def _encode_images(self, requests: Sequence[Request]):
-        """Encode every image once; returns (features or None, per-request start row in the features)."""
-        grids = [np.asarray(r.image_grid_thw).reshape(-1, 3) for r in requests if r.image_grid_thw is not None]
-        starts, offset = [], 0
-        merge = self.config.vision.spatial_merge_size ** 2
-        for r in requests:
-            starts.append(offset)
-            if r.image_grid_thw is not None:
-                offset += int(np.prod(np.asarray(r.image_grid_thw).reshape(-1, 3), axis=1).sum()) // merge
-        if not grids:
+        """Encode every image once; returns (features or None, per-request first feature row)."""
+        vis, starts = pack_images([(r.pixel_values, r.image_grid_thw) if r.image_grid_thw is not None else None
+                                   for r in requests], self.config)
+        if vis is None:
             return None, starts
-        pixels = np.concatenate([np.asarray(r.pixel_values) for r in requests if r.image_grid_thw is not None])
-        grid = np.concatenate(grids)
-        vis = prepare_vision_inputs(pixels, grid, self.config, vision_bucket(len(pixels), merge))
         return self._encode(self.state, {k: self._put(v, "vision") for k, v in vis.arrays().items()}), starts
 
     def generate(self, requests: Sequence[Request], params: SamplingParams = SamplingParams()) -> list[Completion]:
@@ -190,8 +182,7 @@ class InferenceEngine:
             return []
         for i, r in enumerate(requests):
             n_img_tokens = int(np.sum(np.asarray(r.prompt_ids) == self.config.image_token_id))
-            need = 0 if r.image_grid_thw is None else int(
-                np.prod(np.asarray(r.image_grid_thw).reshape(-1, 3), axis=1).sum()) // self.config.vision.spatial_merge_size ** 2
+            need = 0 if r.image_grid_thw is None else image_tokens(r.image_grid_thw, self.config)
             if n_img_tokens != need:
                 raise ValueError(f"request {i}: {n_img_tokens} <|image_pad|> tokens but its images give {need} "
                                  "features; expand the image tokens with the same image_grid_thw (tokenizer."
@@ -205,12 +196,10 @@ class InferenceEngine:
         new_bucket = -(-max(max_new) // self.decode_chunk) * self.decode_chunk
         ids = np.full((b, t), self.pad_id, np.int32)
         mask = np.zeros((b, t), bool)
-        image_index = np.zeros((b, t), np.int32)
         for row, (i, _) in enumerate(rows):
             p = np.asarray(requests[i].prompt_ids, np.int32)
             ids[row, t - len(p):], mask[row, t - len(p):] = p, True
-            is_img = ids[row] == self.config.image_token_id
-            image_index[row, is_img] = feat_start[i] + np.arange(is_img.sum())
+        image_index = fill_image_index(ids, [feat_start[i] for i, _ in rows], self.config)
         mask[len(rows):, -1] = True  # padding rows: one dummy real token keeps their softmax finite
         grids = [np.asarray(requests[i].image_grid_thw).reshape(-1, 3) for i, _ in rows
                  if requests[i].image_grid_thw is not None]

@@ -59,16 +59,15 @@ class Generator:
         content = [{"type": "image"} for _ in pil] + [{"type": "text", "text": prompt}]
         text = build_chat_prompt([{"role": "user", "content": content}])
         pixel_values = grid = None
-        merge = self.config.vision.spatial_merge_size
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]  # one <|image_pad|> per image
         if pil:
             processed = improc.preprocess(pil, self.processor)
             pixel_values, grid = processed.pixel_values, processed.image_grid_thw
-            n_unexpanded = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            check_image_token_budget(n_unexpanded + max_new_tokens, grid, merge, self.max_length,
+            merge = self.config.vision.spatial_merge_size
+            check_image_token_budget(len(ids) + max_new_tokens, grid, merge, self.max_length,
                                      self.processor.max_pixels, patch_size=self.processor.patch_size,
                                      min_pixels=self.processor.min_pixels)
-            text = expand_image_tokens(text, grid, merge)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = expand_image_tokens(ids, grid, merge, image_token_id=self.config.image_token_id)
         if max(ids) >= self.config.text.vocab_size:
             raise ValueError(f"token id {max(ids)} is outside the model's vocabulary ({self.config.text.vocab_size}): "
                              "the tokenizer does not belong to this checkpoint; put the model's tokenizer files "

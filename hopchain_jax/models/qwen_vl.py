@@ -192,11 +192,19 @@ def init_sharded(config: QwenVLConfig, *, dtype=jnp.float32, mesh=None, seed: in
     return shard_model(model, mesh) if mesh is not None else model
 
 
+VISION_PREFIX = "visual"  # parameters under this top-level attribute form the vision tower
+
+
+def is_vision_param(path: str) -> bool:
+    """True for a "/"-joined parameter path (models.sharding.path_str) inside the vision tower."""
+    return path.split("/", 1)[0] == VISION_PREFIX
+
+
 def trainable_filter(freeze_vision: bool = False, freeze_language: bool = False) -> Any:
     """nnx filter selecting the parameters to train (vision tower and LM freezable independently)."""
     parts = []
     if not freeze_vision:
-        parts.append(nnx.All(nnx.Param, nnx.PathContains("visual")))
+        parts.append(nnx.All(nnx.Param, nnx.PathContains(VISION_PREFIX)))
     if not freeze_language:
-        parts.append(nnx.All(nnx.Param, nnx.Not(nnx.PathContains("visual"))))
+        parts.append(nnx.All(nnx.Param, nnx.Not(nnx.PathContains(VISION_PREFIX))))
     return nnx.Any(*parts) if parts else nnx.Nothing

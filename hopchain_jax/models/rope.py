@@ -58,13 +58,6 @@ def rope_index(input_ids: np.ndarray, attention_mask: np.ndarray | None, image_g
     return positions.astype(np.int32), deltas.astype(np.int32)
 
 
-def text_positions(attention_mask: np.ndarray) -> np.ndarray:
-    """[3, B, T] positions of text-only prompts: running count of real tokens (pads get 0)."""
-    mask = np.asarray(attention_mask).astype(np.int64)
-    pos = np.maximum(np.cumsum(mask, axis=-1) - 1, 0) * mask
-    return np.broadcast_to(pos, (3,) + pos.shape).astype(np.int32)
-
-
 def inv_freq(config: QwenVLConfig) -> np.ndarray:
     d = config.text.head_dim
     return (1.0 / (config.text.rope_theta ** (np.arange(0, d, 2, dtype=np.float32) / d))).astype(np.float32)

@@ -14,6 +14,7 @@ Shapes: P = padded patch count, M = P / merge^2 merged tokens, D_v = vision widt
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -146,6 +147,39 @@ def prepare_vision_inputs(pixel_values: np.ndarray, grid_thw: np.ndarray, config
     out_index = np.concatenate([np.argsort(order), np.arange(m_total, m_pad)]).astype(np.int32)
     return VisionInputs(_pad(pixel_values.astype(np.float32)), _pad(rot), _pad(full, -1), _pad(window, -1),
                         _pad(pos_index), _pad(pos_weight), out_index, m_total)
+
+
+def image_tokens(grid_thw, config: QwenVLConfig) -> int:
+    """LM tokens of images with these grids: t*h*w / merge^2, summed."""
+    grid = np.asarray(grid_thw, np.int64).reshape(-1, 3)
+    return int(np.prod(grid, axis=1).sum()) // config.vision.spatial_merge_size ** 2
+
+
+def pack_images(entries: Sequence[tuple[np.ndarray, np.ndarray] | None],
+                config: QwenVLConfig) -> tuple[VisionInputs | None, list[int]]:
+    """Pack the images of several prompts, each once: (tower inputs or None, per entry the first feature
+    row of its image tokens). entries: (pixel_values, image_grid_thw) per prompt, None for text-only."""
+    starts, offset = [], 0
+    for entry in entries:
+        starts.append(offset)
+        if entry is not None:
+            offset += image_tokens(entry[1], config)
+    present = [e for e in entries if e is not None]
+    if not present:
+        return None, starts
+    pixels = np.concatenate([np.asarray(p) for p, _ in present])
+    grid = np.concatenate([np.asarray(g).reshape(-1, 3) for _, g in present])
+    merge_unit = config.vision.spatial_merge_size ** 2
+    return prepare_vision_inputs(pixels, grid, config, vision_bucket(len(pixels), merge_unit)), starts
+
+
+def fill_image_index(input_ids: np.ndarray, row_starts: Sequence[int], config: QwenVLConfig) -> np.ndarray:
+    """int32 [B, T]: feature row of each <|image_pad|> (row r's image tokens take rows row_starts[r], ...)."""
+    index = np.zeros(input_ids.shape, np.int32)
+    for r, start in enumerate(row_starts):
+        is_img = input_ids[r] == config.image_token_id
+        index[r, is_img] = start + np.arange(is_img.sum())
+    return index
 
 
 class VisionAttention(nnx.Module):

@@ -20,7 +20,7 @@ import numpy as np
 
 from hopchain_jax.models.config import QwenVLConfig
 from hopchain_jax.models.rope import rope_index
-from hopchain_jax.models.vision import prepare_vision_inputs, vision_bucket
+from hopchain_jax.models.vision import fill_image_index, pack_images
 
 
 @dataclasses.dataclass
@@ -63,28 +63,18 @@ def pack(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], responses: Seq
     attn = np.zeros((rows, t), bool)
     loss = np.zeros((rows, t), bool)
     used = sorted(set(prompt_of_row))
-    with_images = [p for p in used if prompts[p].image_grid_thw is not None]
-    merge = config.vision.spatial_merge_size ** 2
-    feat_start, offset = {}, 0
-    for p in with_images:
-        feat_start[p] = offset
-        offset += int(np.prod(np.asarray(prompts[p].image_grid_thw).reshape(-1, 3), axis=1).sum()) // merge
-    image_index = np.zeros((rows, t), np.int32)
+    vis, starts = pack_images([(prompts[p].pixel_values, prompts[p].image_grid_thw)
+                               if prompts[p].image_grid_thw is not None else None for p in used], config)
+    first_row = dict(zip(used, starts))
     grids = []
     for r, (p, resp) in enumerate(zip(prompt_of_row, responses)):
         prompt = np.asarray(prompts[p].prompt_ids, np.int32)
         seq = np.concatenate([prompt, np.asarray(resp, np.int32)])
         ids[r, :len(seq)], attn[r, :len(seq)] = seq, True
         loss[r, len(prompt) - 1:len(seq) - 1] = True  # position t predicts token t + 1
-        is_img = ids[r] == config.image_token_id
-        if is_img.any():
-            image_index[r, is_img] = feat_start[p] + np.arange(is_img.sum())
+        if prompts[p].image_grid_thw is not None:
             grids.append(np.asarray(prompts[p].image_grid_thw).reshape(-1, 3))
+    image_index = fill_image_index(ids, [first_row[p] for p in prompt_of_row], config)
     targets = np.concatenate([ids[:, 1:], np.full((rows, 1), pad_id, np.int32)], axis=1)
     pos, _ = rope_index(ids, attn, np.concatenate(grids) if grids else None, config)
-    vision = None
-    if with_images:
-        pixels = np.concatenate([np.asarray(prompts[p].pixel_values) for p in with_images])
-        grid = np.concatenate([np.asarray(prompts[p].image_grid_thw).reshape(-1, 3) for p in with_images])
-        vision = prepare_vision_inputs(pixels, grid, config, vision_bucket(len(pixels), merge)).arrays()
-    return SequenceBatch(ids, attn, pos, targets, loss, image_index, vision)
+    return SequenceBatch(ids, attn, pos, targets, loss, image_index, vis.arrays() if vis is not None else None)

@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hopchain_jax.models.qwen_vl import QwenVL
+from hopchain_jax.models.qwen_vl import QwenVL, is_vision_param
 from hopchain_jax.models.sharding import activation_sharding, path_str
 from hopchain_jax.rl.config import TrainConfig
 from kernels.logprob import fused_logprob_entropy
@@ -46,7 +46,7 @@ def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 def trainable_labels(params: Any, freeze_vision: bool) -> Any:
     def label(path, _):
-        return "frozen" if freeze_vision and path_str(path).startswith("visual") else "train"
+        return "frozen" if freeze_vision and is_vision_param(path_str(path)) else "train"
     return jax.tree_util.tree_map_with_path(label, params)
 
 
