@@ -27,14 +27,20 @@ def tiny(arch: str = "qwen2_5_vl", vocab_size: int = QWEN_VOCAB) -> QwenVLConfig
     return QwenVLConfig(arch=arch, text=text, vision=vision)
 
 
+def _qwen2_5_vl_vision(out_hidden_size: int) -> VisionConfig:
+    """The vision tower every Qwen2.5-VL size shares; only its output width follows the LM."""
+    return VisionConfig(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                        out_hidden_size=out_hidden_size, patch_size=14, window_size=112,
+                        fullatt_block_indexes=(7, 15, 23, 31))
+
+
 def qwen2_5_vl_3b() -> QwenVLConfig:
     return QwenVLConfig(
         arch="qwen2_5_vl", tie_word_embeddings=True,
         text=TextConfig(vocab_size=QWEN_VOCAB, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                         num_attention_heads=16, num_key_value_heads=2, head_dim=128, rms_norm_eps=1e-6,
                         rope_theta=1e6, mrope_section=(16, 24, 24)),
-        vision=VisionConfig(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-                            patch_size=14, window_size=112, fullatt_block_indexes=(7, 15, 23, 31)))
+        vision=_qwen2_5_vl_vision(out_hidden_size=2048))
 
 
 def qwen2_5_vl_7b() -> QwenVLConfig:
@@ -43,8 +49,7 @@ def qwen2_5_vl_7b() -> QwenVLConfig:
         text=TextConfig(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                         num_attention_heads=28, num_key_value_heads=4, head_dim=128, rms_norm_eps=1e-6,
                         rope_theta=1e6, mrope_section=(16, 24, 24)),
-        vision=VisionConfig(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                            patch_size=14, window_size=112, fullatt_block_indexes=(7, 15, 23, 31)))
+        vision=_qwen2_5_vl_vision(out_hidden_size=3584))
 
 
 def qwen3_vl_8b() -> QwenVLConfig:
