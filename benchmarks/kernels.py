@@ -1,8 +1,8 @@
-"""Fused LM-head log-prob + entropy: naive XLA vs chunked XLA vs Pallas, next to the matmul floor.
+"""Fused LM-head log-prob + entropy: naive XLA vs chunked XLA vs Pallas-Triton vs Mosaic GPU, next to the matmul floor.
 
   python benchmarks/kernels.py                       # full shape: N=4096 and 2048, D=4096, V=151,936, bf16
   python benchmarks/kernels.py --small               # tiny shape that runs on CPU (Pallas skipped there)
-  python benchmarks/kernels.py --small --interpret   # ... with Pallas in interpret mode (slow, correctness only)
+  python benchmarks/kernels.py --small --interpret   # ... with the kernels in interpret mode (slow, correctness only)
   python benchmarks/kernels.py --profile /tmp/trace  # also write a jax.profiler trace (TensorBoard / Perfetto)
 
 For each implementation and each N it measures
@@ -13,9 +13,12 @@ median wall time over --iters runs after a compile/warm-up run, the matmul floor
 (2*N*D*V flops forward, 3x that forward+backward, at --peak-tflops, default 989 = H100 SXM dense
 bf16) and peak memory: ``device.memory_stats()['peak_bytes_in_use']`` minus the bytes in use before
 the case, measured in a fresh subprocess per case (GPU/TPU; --no-isolate to skip), plus XLA's
-compiled memory analysis (temp bytes) everywhere. "naive" = the reference (materialises the
+compiled memory analysis (temp bytes) everywhere, and the relative error against the float32
+reference on the first 256 tokens (logp/entropy forward, dh forward+backward). "naive" = the reference (materialises the
 [N, V] float32 logits), "chunked" = lax.scan over vocabulary chunks with a custom VJP, "pallas" =
-the fused kernels (kernels/logprob.py). Prints a markdown table and, with --json, writes the rows.
+the fused Pallas kernels with the Triton lowering (kernels/logprob.py), "mosaic" = the Mosaic GPU
+Hopper kernels (kernels/logprob_mosaic.py; bf16/f16, Hopper only). Prints a markdown table and,
+with --json, writes the rows.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from kernels.dispatch import ACCELERATORS  # noqa: E402
 
 FULL = dict(ns=(4096, 2048), d=4096, v=151_936, dtype="bfloat16")
 SMALL = dict(ns=(256, 128), d=256, v=5_000, dtype="bfloat16")
-IMPLS = ("naive", "chunked", "pallas")
+IMPLS = ("naive", "chunked", "pallas", "mosaic")
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -48,7 +51,7 @@ def _impl_kwargs(impl: str, interpret: bool, cfg: LogprobConfig) -> dict:
         return dict(impl="reference")
     if impl == "chunked":
         return dict(impl="chunked", config=cfg)
-    return dict(impl="pallas_interpret" if interpret else "pallas", config=cfg)
+    return dict(impl=f"{impl}_interpret" if interpret else impl, config=cfg)
 
 
 def _make(impl, mode, interpret, cfg):
@@ -74,6 +77,30 @@ def _inputs(n, d, v, dtype, seed=0):
     t = jax.random.randint(k[2], (n,), 0, v, jnp.int32)
     g = jax.random.normal(k[3], (n,), jnp.float32)
     return h, w, t, g
+
+
+CHECK_ROWS = 256
+
+
+def _check_rows(out, mode, h, w, t, g):
+    """Max relative error vs the float32 reference on the first CHECK_ROWS tokens (rows are
+    independent, so those rows' logp / entropy, or dh, are exactly comparable): logp and entropy
+    for "fwd", dh for "fwd+bwd" (dw sums over all tokens, so it is not checked here)."""
+    from kernels import logprob_entropy_reference
+    k = min(CHECK_ROWS, h.shape[0])
+    hk, tk, gk = h[:k].astype(jnp.float32), t[:k], g[:k]
+    wf = w.astype(jnp.float32)
+
+    def rel(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30))
+
+    if mode == "fwd":
+        lp_r, en_r = jax.jit(logprob_entropy_reference)(hk, wf, tk)
+        return max(rel(out[0][:k], lp_r), rel(out[1][:k], en_r))
+    dh_r = jax.jit(jax.grad(lambda h: jnp.sum(logprob_entropy_reference(h, wf, tk)[0] * gk)))(hk)
+    (_, _), (dh, _) = out
+    return rel(dh[:k], dh_r)
 
 
 def _peak_bytes():
@@ -110,6 +137,7 @@ def run_case(impl, mode, n, d, v, dtype, iters, interpret, cfg, peak_tflops, pro
         in_use1, peak1 = _peak_bytes()
         if peak1 is not None and in_use0 is not None:
             row["peak_bytes"] = int(peak1 - in_use0)
+        row["rel_err"] = _check_rows(compiled(h, w, t, g), mode, h, w, t, g)
     except Exception as e:  # report and continue (e.g. naive OOM, Pallas lowering missing)
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     flops = 2.0 * n * d * v * (3 if mode == "fwd+bwd" else 1)
@@ -128,10 +156,14 @@ def _fmt_bytes(b):
     return f"{b} B"
 
 
+def _fmt_err(e):
+    return "-" if e is None else f"{e:.1e}"
+
+
 def table(rows):
     out = ["| impl | mode | N | D | V | ms (median) | matmul floor ms | % of floor | TFLOP/s | "
-           "peak mem (memory_stats) | XLA temp bytes |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "peak mem (memory_stats) | XLA temp bytes | rel. err vs reference |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:
             ms = f"error: {r['error']}"
@@ -144,14 +176,14 @@ def table(rows):
             tf = f"{r['tflops']:.2f}"
         out.append(f"| {r['impl']} | {r['mode']} | {r['n']} | {r['d']} | {r['v']} | {ms} | "
                    f"{r['floor_ms']:.3f} | {pct} | {tf} | {_fmt_bytes(r.get('peak_bytes'))} | "
-                   f"{_fmt_bytes(r.get('temp_bytes'))} |")
+                   f"{_fmt_bytes(r.get('temp_bytes'))} | {_fmt_err(r.get('rel_err'))} |")
     return "\n".join(out)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="tiny shape (N=256/128, D=256, V=5000) for CPU")
-    ap.add_argument("--interpret", action="store_true", help="run Pallas in interpret mode (CPU)")
+    ap.add_argument("--interpret", action="store_true", help="run the Pallas / Mosaic GPU kernels in interpret mode (CPU)")
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--ns", default=None, help="comma-separated token counts (default 4096,2048)")
@@ -199,9 +231,9 @@ def main(argv=None):
     for n in ns:
         for impl in args.impls.split(","):
             for mode in args.modes.split(","):
-                if impl == "pallas" and not on_accel and not args.interpret:
+                if impl in ("pallas", "mosaic") and not on_accel and not args.interpret:
                     rows.append(dict(impl=impl, mode=mode, n=n, d=d, v=v, dtype=dtype,
-                                     skipped="CPU: Pallas only in interpret mode, pass --interpret",
+                                     skipped="CPU: kernels only in interpret mode, pass --interpret",
                                      floor_ms=1e3 * 2.0 * n * d * v * (3 if mode == "fwd+bwd" else 1)
                                      / (args.peak_tflops * 1e12)))
                     continue

@@ -2,11 +2,13 @@
 
 See kernels/logprob.py for the design (tiling, custom VJP, GPU lowering choice) and
 kernels/sapo_loss.py for the loss. ``impl`` everywhere: "reference" | "chunked" | "pallas" |
-"pallas_interpret" | "auto".
+"pallas_interpret" | "mosaic" | "mosaic_interpret" | "auto" (kernels/dispatch.py); the Mosaic GPU
+(Hopper) kernels are in kernels/logprob_mosaic.py.
 """
 from kernels.dispatch import IMPLS, resolve_impl
 from kernels.logprob import (DEFAULT_CONFIG, TPU_CONFIG, LogprobConfig, fused_logprob_entropy,
-                             logprob_entropy_chunked, logprob_entropy_pallas,
+                             logprob_entropy_chunked, logprob_entropy_mosaic,
+                             logprob_entropy_pallas,
                              sharded_fused_logprob_entropy)
 from kernels.reference import logprob_entropy_reference, sapo_loss_reference
 from kernels.sapo_loss import (SapoConfig, sapo_loss, sapo_loss_and_stats, sapo_loss_fused,
@@ -15,6 +17,7 @@ from kernels.sapo_loss import (SapoConfig, sapo_loss, sapo_loss_and_stats, sapo_
 __all__ = [
     "IMPLS", "resolve_impl", "LogprobConfig", "DEFAULT_CONFIG", "TPU_CONFIG",
     "fused_logprob_entropy", "logprob_entropy_chunked", "logprob_entropy_pallas",
+    "logprob_entropy_mosaic",
     "logprob_entropy_reference", "sharded_fused_logprob_entropy",
     "SapoConfig", "sapo_loss", "sapo_loss_and_stats", "sapo_stats", "sapo_loss_fused",
     "sapo_loss_reference",

@@ -7,15 +7,17 @@
 * ``"pallas"``           the Pallas kernels, compiled for the device (GPU: Triton lowering, see
                          :mod:`kernels.logprob`). On CPU this needs ``interpret=True``.
 * ``"pallas_interpret"`` the Pallas kernels in interpret mode (runs anywhere, slow; for tests).
-* ``"auto"``             Pallas on GPU/TPU (falling back to ``"chunked"`` when the Pallas lowering is
-                         unavailable on the installed JAX), Pallas interpret mode when ``interpret=True``,
-                         the reference otherwise (CPU).
+* ``"mosaic"``           Mosaic GPU kernels written for Hopper (wgmma + TMA; kernels that have one).
+* ``"mosaic_interpret"`` those kernels in Mosaic GPU's CPU interpreter (for tests).
+* ``"auto"``             on an accelerator the fastest kernel that passes a one-time probe (kernels
+                         without a Mosaic GPU version use Pallas; falling back to ``"chunked"``),
+                         Pallas interpret mode when ``interpret=True``, the reference otherwise (CPU).
 """
 from __future__ import annotations
 
 import jax
 
-IMPLS = ("reference", "chunked", "pallas", "pallas_interpret", "auto")
+IMPLS = ("reference", "chunked", "pallas", "pallas_interpret", "mosaic", "mosaic_interpret", "auto")
 ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
 
 
@@ -27,8 +29,9 @@ def resolve_impl(impl: str = "auto", interpret: bool | None = None,
                  platform: str | None = None) -> tuple[str, bool]:
     """Map the user-facing ``impl``/``interpret`` pair to ``(kind, interpret)``.
 
-    ``kind`` is ``"reference"``, ``"chunked"`` or ``"pallas"``. ``"auto"`` on an accelerator returns
-    ``"pallas"``; callers check that the Pallas lowering works there and fall back to ``"chunked"``.
+    ``kind`` is ``"reference"``, ``"chunked"``, ``"pallas"`` or ``"mosaic"``. ``"auto"`` on an
+    accelerator returns ``"pallas"``; callers refine it (probe the kernels that work there, fall back
+    to ``"chunked"``).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -43,6 +46,16 @@ def resolve_impl(impl: str = "auto", interpret: bool | None = None,
                 f"impl='pallas' cannot compile for platform {platform!r}: Pallas runs on CPU only in "
                 "interpret mode; pass impl='pallas_interpret' or interpret=True (or use 'reference').")
         return "pallas", False
+    if impl == "mosaic_interpret":
+        return "mosaic", True
+    if impl == "mosaic":
+        if interpret:
+            return "mosaic", True
+        if platform not in ("gpu", "cuda"):
+            raise ValueError(
+                f"impl='mosaic' compiles for NVIDIA Hopper GPUs only, not platform {platform!r}; pass "
+                "impl='mosaic_interpret' (CPU interpreter), 'chunked' or 'reference'.")
+        return "mosaic", False
     if impl == "auto":
         if interpret:
             return "pallas", True

@@ -26,46 +26,53 @@ written chunk by chunk into its output buffer. Peak extra memory is O((N + D) * 
 custom VJP uses symbolic zeros: an entropy that is not differentiated skips its term, a frozen ``w``
 skips the ``dw`` matmul and a frozen ``h`` the ``dh`` matmul.
 
-GPU lowering: why Triton, and what must still be verified
----------------------------------------------------------
-The kernels are written with generic Pallas only (ref slicing with ``pl.ds``, ``jnp.dot`` with
-``preferred_element_type=float32``, row reductions, ``broadcasted_iota`` masks, ``fori_loop``) and, on
-GPU, are lowered with the **Triton** backend by passing ``jax.experimental.pallas.triton.CompilerParams``
-explicitly. Reasons:
+GPU lowerings: Mosaic GPU on Hopper, Pallas-Triton elsewhere, and what is verified
+-----------------------------------------------------------------------------------
+There are two GPU versions of the two kernels (forward statistics, backward dz tile); both share
+the math above, the residuals and the backward driver, and differ only in how a tile is computed.
 
-* The default GPU lowering of ``pl.pallas_call`` is Mosaic GPU (Hopper only). It stages every
-  BlockSpec block in shared memory through TMA; a [block_n, D] hidden-state block (64 x 4096 bf16 =
-  512 KiB) cannot fit in 228 KiB of SMEM, and the reduction over D must then be an explicit
-  ``plgpu.emit_pipeline`` + ``plgpu.wgmma`` loop with hand-managed layouts, accumulators and barriers.
-  In JAX 0.10.2 ``pl.pallas_call`` for Mosaic GPU itself already warns that it is deprecated in
-  favour of ``plgpu.kernel``. Writing that kernel without a GPU to iterate on would ship untested
-  code; the Mosaic GPU interpreter here does not check layouts or SMEM budgets.
-* The Triton lowering treats refs as pointers: the kernel loads [block_n, block_k] and
-  [block_k, block_v] tiles inside a loop over D, exactly the Triton matmul pattern, works on
-  Ampere and Hopper, and the same kernel body runs in interpret mode on CPU (what the tests check)
-  and, with ``w_blocked=True`` / ``tiles_per_program=1`` (``TPU_CONFIG``), is laid out for Mosaic
-  TPU's VMEM blocks (untested: no TPU either).
-* The Triton backend is deprecated from JAX 0.11 but still shipped in 0.11.x (the lent GPU runs
-  0.11.x). Because it may be removed before JAX 0.13 (``jax<0.13`` is allowed), ``impl="auto"``
-  probes the Pallas path once per process on a small problem and falls back to ``"chunked"`` with a
-  warning if it does not lower or does not match the reference. A Mosaic GPU (``plgpu.kernel``)
-  port of the same tiling is the follow-up once a GPU is available to develop on.
+* ``impl="mosaic"`` (kernels/logprob_mosaic.py): ``plgpu.kernel`` for Hopper -- TMA streams h and
+  w tiles into swizzled SMEM through ``plgpu.emit_pipeline``, ``wgmma`` accumulates in registers,
+  the softmax epilogue runs on the accumulator. This is the lowering JAX maintains: from JAX 0.11
+  the Triton backend is deprecated and "will be removed in a future version", and ``pallas_call``'s
+  default GPU lowering is Mosaic GPU. Its kernels cannot be the generic Pallas body below: Mosaic
+  GPU stages BlockSpec blocks whole in SMEM (a [64, 4096] bf16 h block is 512 KiB > 227 KiB), so
+  the reduction over D has to be an explicit pipeline. 16-bit inputs only (wgmma on float32 is TF32).
+* ``impl="pallas"``: the generic Pallas kernels below (ref slicing with ``pl.ds``, ``jnp.dot`` with
+  ``preferred_element_type=float32``, row reductions, iota masks, ``fori_loop``), lowered with the
+  **Triton** backend by passing ``jax.experimental.pallas.triton.CompilerParams`` explicitly. Refs
+  are pointers there, so the kernel loads [block_n, block_k] x [block_k, block_v] tiles in a loop
+  over D (the Triton matmul pattern); it runs on Ampere and Hopper, in interpret mode on CPU, and --
+  with ``w_blocked=True`` / ``tiles_per_program=1`` (``TPU_CONFIG``) -- is laid out for Mosaic TPU
+  (untested: no TPU).
+* ``impl="auto"`` on a GPU probes, once per process, Mosaic GPU (Hopper, 16-bit inputs), then
+  Triton, then falls back to the chunked XLA scan, warning for each kernel that does not lower or
+  does not match the reference (:func:`auto_kernel`). The order is a prior, not a measurement: the
+  first GPU run of ``benchmarks/kernels.py`` decides it (see benchmarks/RESULTS.md).
+
+Verified on CPU (tests/test_kernels_logprob.py, tests/test_kernels_mosaic.py): both kernels'
+values and gradients against the reference in their interpreters (Pallas interpret mode; Mosaic
+GPU's interpreter with simulated SMEM/TMA/barriers, where the layout primitives ``plgpu.load``,
+``layout_cast`` and layout-carrying ``broadcasted_iota`` are replaced by their plain-JAX meaning,
+see ``logprob_mosaic._load_rows``), and both full differentiated ops *lowered for CUDA* at the
+production shape N=4096, D=4096, V=151,936 (the Triton IR and the Mosaic GPU module, including
+Mosaic's register-layout checks and its SMEM budget, are produced on the CPU host), also under
+``shard_map(check_vma=True)`` with a vocabulary-sharded w.
+
+Not verified (no GPU was lent to the sessions that wrote this): PTX compilation and the results on
+the device, speed, block tuning (``block_n`` 64/128, ``block_v`` 128/256, ``block_k`` 32/64,
+``num_stages`` 2-4, ``tiles_per_program``; Triton ``num_warps`` 4/8), whether the Triton path warns
+on JAX 0.11.x. ``python benchmarks/kernels.py`` on an H100 measures all of it and checks every
+implementation against the reference on the first 256 tokens.
 
 Triton constraints honoured: all blocks are powers of two and every matmul dimension is >= 16
 (``block_n``, ``block_k``, ``block_v``; checked in :class:`LogprobConfig`); there is no cross-program
 reduction (each program writes its own partial statistics, merged in JAX; no atomics, no scratch);
 tiles are never loaded out of bounds (N is padded to ``block_n``, D to ``block_k``; V is padded to
 ``block_v`` only when ``V % block_v != 0`` -- Qwen's 151,936 = 128 x 1187 needs no copy of ``w`` with
-``block_v=128`` -- and the padded columns are masked to -inf).
-
-To verify on an H100 (not done in the session that wrote this; no GPU was lent):
-(1) the Triton lowering compiles on JAX 0.11.x (and whether it warns), (2) values/gradients match the
-reference at N=4096, D=4096, V=151,936 bf16, (3) speed of forward (target: at or below XLA's ~7.7 ms)
-and forward+backward (target: below the chunked baseline, ~21.5 ms for XLA), block-size tuning
-(``block_n`` 64/128, ``block_k`` 32/64, ``num_warps`` 4/8, ``num_stages`` 3/4,
-``tiles_per_program``), (4) that the ``auto`` probe picks Pallas, and (5) Pallas under
-``shard_map(check_vma=True)`` (CPU tests can only run it with check_vma=False, see
-:func:`sharded_fused_logprob_entropy`). See ``benchmarks/kernels.py``.
+``block_v=128`` -- and the padded columns are masked to -inf). Mosaic GPU additionally needs
+``block_n`` a multiple of 64, ``block_k * itemsize`` in {32, 64, 128} bytes and ``block_v <= 256``
+(checked with errors that name the field); the defaults satisfy both.
 
 Grid order: Pallas grid axis 0 becomes CUDA's fastest-varying block index, so both kernels put the
 token tiles on axis 0: the blocks resident at the same time work on the same vocabulary tiles of
@@ -94,7 +101,9 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.experimental import pallas as pl
 
+from kernels import logprob_mosaic
 from kernels.dispatch import ACCELERATORS, current_platform, resolve_impl
+from kernels.manual_axes import cast_varying, out_struct, psum_to, union_vary, vary
 from kernels.reference import logprob_entropy_reference
 
 try:  # Triton lowering (GPU). Present in JAX 0.10/0.11; may disappear in a later release.
@@ -106,8 +115,9 @@ _SQUEEZED = getattr(pl, "squeezed", None)
 _NEG_INF = float("-inf")
 
 __all__ = [
-    "LogprobConfig", "fused_logprob_entropy", "sharded_fused_logprob_entropy",
+    "LogprobConfig", "fused_logprob_entropy", "sharded_fused_logprob_entropy", "auto_kernel",
     "logprob_entropy_reference", "logprob_entropy_chunked", "logprob_entropy_pallas",
+    "logprob_entropy_mosaic",
 ]
 
 
@@ -126,7 +136,8 @@ class LogprobConfig:
       of partial statistics per program.
     chunk_v: vocabulary chunk of the backward scan (both the Pallas and chunked variants) and of the
       chunked forward; a multiple of block_v. Peak extra memory ~ N * chunk_v * (4 + itemsize) bytes.
-    num_warps / num_stages: Triton compiler parameters (GPU only).
+    num_warps / num_stages: Triton compiler parameters (GPU only); num_stages is also the depth of
+      the Mosaic GPU TMA pipeline (SMEM buffers per operand).
     w_blocked: give ``w`` a (D, block_v) BlockSpec instead of a whole-array ref (requires
       tiles_per_program=1). Needed for TPU (VMEM); the GPU default streams tiles from the whole ref.
     grad_dtype: dtype of dz fed to the dh/dw matmuls (None: the dtype of h).
@@ -164,7 +175,7 @@ def _default_config(platform: str) -> LogprobConfig:
 
 @dataclasses.dataclass(frozen=True)
 class _Spec:
-    kind: str  # "chunked" | "pallas"
+    kind: str  # "chunked" | "pallas" (Triton on GPU) | "mosaic" (Mosaic GPU)
     config: LogprobConfig
     interpret: bool
     vocab_axis: Any = None
@@ -246,72 +257,19 @@ def _pad_axis(x, axis, size, value=0):
     return jnp.pad(x, widths, constant_values=value)
 
 
-# ----------------------------------------------------------------------------------------------
-# shard_map "varying manual axes" (check_vma=True) bookkeeping, tolerant of the JAX version:
-# 0.10/0.11 expose the set as ``typeof(x).manual_axis_type.varying`` (older: ``typeof(x).vma``).
-# ----------------------------------------------------------------------------------------------
-
-def _vary(x) -> frozenset:
-    aval = jax.typeof(x)
-    mat = getattr(aval, "manual_axis_type", None)
-    if mat is not None and hasattr(mat, "varying"):
-        return frozenset(mat.varying)
-    return frozenset(getattr(aval, "vma", None) or ())
-
-
-def _cast_varying(x, axes):
-    if x is None:
-        return None
-    missing = tuple(sorted(frozenset(axes) - _vary(x)))
-    if not missing:
-        return x
-    if hasattr(lax, "pcast"):
-        return lax.pcast(x, missing, to="varying")
-    return lax.pvary(x, missing)  # pragma: no cover - older JAX
-
-
-def _union_vary(*xs) -> frozenset:
-    out = frozenset()
-    for x in xs:
-        if x is not None:
-            out |= _vary(x)
-    return out
-
-
-def _psum_to(ct, primal):
-    """Sum a cotangent over the mesh axes where it varies but its primal input does not."""
-    extra = tuple(sorted(_vary(ct) - _vary(primal)))
-    return lax.psum(ct, extra) if extra else ct
-
-
-def _out_struct(shape, dtype, like):
-    """ShapeDtypeStruct for a pallas_call output carrying the manual-axis type of ``like``."""
-    aval = jax.typeof(like)
-    mat = getattr(aval, "manual_axis_type", None)
-    if mat is not None and not getattr(mat, "empty", True):
-        try:
-            return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=mat)
-        except TypeError:  # pragma: no cover - keyword renamed in another JAX version
-            return jax.ShapeDtypeStruct(shape, dtype, vma=frozenset(mat.varying))
-    vma = getattr(aval, "vma", None)
-    if vma:  # pragma: no cover - older JAX
-        return jax.ShapeDtypeStruct(shape, dtype, vma=vma)
-    return jax.ShapeDtypeStruct(shape, dtype)
-
-
 def _row_spec(bn):
     return pl.BlockSpec((bn,), lambda i, j: (i,))
 
 
 def _compiler_params(cfg: LogprobConfig, interpret: bool):
-    if interpret:
+    """Triton compiler parameters for every compiled non-TPU call (explicit, so that pallas_call
+    never falls through to its default GPU lowering; also what lets CPU tests lower for CUDA)."""
+    if interpret or current_platform() == "tpu":
         return None
-    platform = current_platform()
-    if platform in ("gpu", "cuda", "rocm"):
-        if _pl_triton is None:
-            raise NotImplementedError("this JAX has no Pallas Triton lowering; use impl='chunked'")
-        return _pl_triton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return None
+    if _pl_triton is None:
+        raise NotImplementedError("this JAX has no Pallas Triton lowering; use impl='mosaic' (Hopper) "
+                                  "or impl='chunked'")
+    return _pl_triton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,7 +337,7 @@ def _pallas_stats(h, w, t_local, cfg: LogprobConfig, interpret: bool):
     else:
         w_spec = pl.BlockSpec((d_p, v_p), lambda i, j: (0, 0))
     part_spec = pl.BlockSpec((_SQUEEZED, bn), lambda i, j: (j, i))
-    part_shape = _out_struct((n_splits, n_p), jnp.float32, hp)
+    part_shape = out_struct((n_splits, n_p), jnp.float32, hp)
     m, s, u, zt = pl.pallas_call(
         kernel,
         out_shape=(part_shape,) * 4,
@@ -391,6 +349,18 @@ def _pallas_stats(h, w, t_local, cfg: LogprobConfig, interpret: bool):
         name="fused_logprob_entropy_fwd",
     )(hp, wp, tp)
     return tuple(x[:n] for x in _merge_stats(m, s, u, zt, axis=0))
+
+
+def _mosaic_stats(h, w, t_local, cfg: LogprobConfig, interpret: bool):
+    """Per-row (m, s, u, zt) with the Mosaic GPU forward (kernels/logprob_mosaic.py)."""
+    n, d = h.shape
+    v = w.shape[1]
+    n_p, d_p, v_p = _round_up(n, cfg.block_n), _round_up(d, cfg.block_k), _round_up(v, cfg.block_v)
+    hp = _pad_axis(_pad_axis(h, 0, n_p), 1, d_p)
+    wp = _pad_axis(_pad_axis(w, 0, d_p), 1, v_p)
+    tp = _pad_axis(t_local.astype(jnp.int32), 0, n_p)
+    parts = logprob_mosaic.stats(hp, wp, tp, cfg, v_valid=v, interpret=interpret)
+    return tuple(x[:n] for x in _merge_stats(*parts, axis=0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,7 +409,7 @@ def _pallas_dz(h_p, w_c, t_loc, res, glp, gh, *, v_valid, cfg: LogprobConfig, in
                                has_glp=has_glp, has_gh=has_gh)
     return pl.pallas_call(
         kernel,
-        out_shape=_out_struct((n_p, c), dz_dtype, h_p),
+        out_shape=out_struct((n_p, c), dz_dtype, h_p),
         grid=(n_p // bn, c // bv),
         in_specs=in_specs,
         out_specs=pl.BlockSpec((bn, bv), lambda i, j: (i, j)),
@@ -479,8 +449,8 @@ def _chunked_stats(h, w, t_local, cfg: LogprobConfig):
     v = w.shape[1]
     c = min(cfg.chunk_v, v)
     n_full, tail = divmod(v, c)
-    axes = _union_vary(h, w, t_local)
-    state = tuple(_cast_varying(x, axes) for x in (
+    axes = union_vary(h, w, t_local)
+    state = tuple(cast_varying(x, axes) for x in (
         jnp.full((n,), _NEG_INF, jnp.float32), jnp.zeros((n,), jnp.float32),
         jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32)))
 
@@ -508,12 +478,12 @@ def _backward(h, w, t_local, res, glp, gh, spec: _Spec, need_dh: bool, need_dw: 
     dz_dtype = jnp.dtype(cfg.grad_dtype) if cfg.grad_dtype is not None else h.dtype
     c = min(cfg.chunk_v, _round_up(v, cfg.block_v))
     n_full, tail = divmod(v, c)
-    axes = _union_vary(h, w, t_local, *res, glp, gh)
-    h, w, t_local, glp, gh = (_cast_varying(x, axes)
+    axes = union_vary(h, w, t_local, *res, glp, gh)
+    h, w, t_local, glp, gh = (cast_varying(x, axes)
                               for x in (h, w, t_local.astype(jnp.int32), glp, gh))
-    res = tuple(_cast_varying(x, axes) for x in res)
+    res = tuple(cast_varying(x, axes) for x in res)
 
-    if spec.kind == "pallas":
+    if spec.kind in ("pallas", "mosaic"):
         bn, bk, bv = cfg.block_n, cfg.block_k, cfg.block_v
         n_p, d_p = _round_up(n, bn), _round_up(d, bk)
         hx = _pad_axis(_pad_axis(h, 0, n_p), 1, d_p)
@@ -524,8 +494,12 @@ def _backward(h, w, t_local, res, glp, gh, spec: _Spec, need_dh: bool, need_dw: 
         def dz_fn(w_c, off, width):
             cw = w_c.shape[1]
             w_cp = _pad_axis(w_c, 1, _round_up(cw, bv))
-            dz = _pallas_dz(hx, w_cp, t_x - off, res_x, glp_x, gh_x, v_valid=width, cfg=cfg,
-                            interpret=spec.interpret, dz_dtype=dz_dtype)
+            if spec.kind == "mosaic":
+                dz = logprob_mosaic.dz(hx, w_cp, t_x - off, res_x, glp_x, gh_x, cfg, v_valid=width,
+                                       dz_dtype=dz_dtype, interpret=spec.interpret)
+            else:
+                dz = _pallas_dz(hx, w_cp, t_x - off, res_x, glp_x, gh_x, v_valid=width, cfg=cfg,
+                                interpret=spec.interpret, dz_dtype=dz_dtype)
             return dz[:, :cw]
     else:
         hx, wx, n_p, d_p = h, w, n, d
@@ -542,8 +516,8 @@ def _backward(h, w, t_local, res, glp, gh, spec: _Spec, need_dh: bool, need_dw: 
                 if need_dw else None)
         return dh_c, dw_c
 
-    dh = _cast_varying(jnp.zeros((n_p, d_p), jnp.float32), axes) if need_dh else None
-    dw = _cast_varying(jnp.zeros((d_p, v), w.dtype), axes) if need_dw else None
+    dh = cast_varying(jnp.zeros((n_p, d_p), jnp.float32), axes) if need_dh else None
+    dw = cast_varying(jnp.zeros((d_p, v), w.dtype), axes) if need_dw else None
 
     def body(carry, i):
         dh, dw = carry
@@ -584,11 +558,13 @@ def _local_targets(targets, w, spec: _Spec):
 
 
 def _forward(h, w, targets, spec: _Spec):
-    axes = _union_vary(h, w, targets)
-    h, w, targets = (_cast_varying(x, axes) for x in (h, w, targets))
+    axes = union_vary(h, w, targets)
+    h, w, targets = (cast_varying(x, axes) for x in (h, w, targets))
     t_local = _local_targets(targets, w, spec)
     if spec.kind == "pallas":
         stats = _pallas_stats(h, w, t_local, spec.config, spec.interpret)
+    elif spec.kind == "mosaic":
+        stats = _mosaic_stats(h, w, t_local, spec.config, spec.interpret)
     else:
         stats = _chunked_stats(h, w, t_local, spec.config)
     if spec.vocab_axis is not None:
@@ -616,7 +592,7 @@ def _lpe_bwd(spec, res, cts):
     glp = None if isinstance(g_lp, SymbolicZero) else g_lp.astype(jnp.float32)
     gh = None if isinstance(g_h, SymbolicZero) else g_h.astype(jnp.float32)
     need_dh, need_dw = h_flag is not None, w_flag is not None
-    if spec.vocab_axis is not None and spec.vocab_axis not in _vary(w):
+    if spec.vocab_axis is not None and spec.vocab_axis not in vary(w):
         # shard_map(check_vma=False): no manual-axis typing. There the cotangent of an output that
         # is replicated over the vocabulary axis arrives split across its shards and psum is its
         # own transpose, so the transpose of the forward's psum-merge is a psum of the cotangents
@@ -629,7 +605,7 @@ def _lpe_bwd(spec, res, cts):
     # Inputs that were invariant over a mesh axis the computation varied over get their cotangent
     # summed over it (the transpose of the implicit cast to varying), e.g. a replicated w's dw over
     # the token axis and, under vocabulary sharding, dh over the vocabulary axis.
-    return (_psum_to(dh, h) if need_dh else None, _psum_to(dw, w) if need_dw else None, None)
+    return (psum_to(dh, h) if need_dh else None, psum_to(dw, w) if need_dw else None, None)
 
 
 _logprob_entropy.defvjp(_lpe_fwd, _lpe_bwd, symbolic_zeros=True)
@@ -648,9 +624,23 @@ def logprob_entropy_chunked(h, w, targets, *, config: LogprobConfig | None = Non
 
 def logprob_entropy_pallas(h, w, targets, *, config: LogprobConfig | None = None,
                            interpret: bool = False, vocab_axis: str | None = None):
-    """Fused Pallas forward + Pallas-epilogue backward (interpret=True runs on CPU)."""
+    """Fused Pallas forward + Pallas-epilogue backward (GPU: Triton lowering; interpret=True: CPU)."""
     spec = _Spec("pallas", config or _default_config(current_platform()), bool(interpret), vocab_axis)
     return _call(h, w, targets, spec)
+
+
+def logprob_entropy_mosaic(h, w, targets, *, config: LogprobConfig | None = None,
+                           interpret: bool = False, vocab_axis: str | None = None):
+    """The same op with the Mosaic GPU (Hopper, wgmma + TMA) kernels of kernels/logprob_mosaic.py.
+
+    h and w must be bfloat16/float16. ``interpret=True`` runs the kernels in Mosaic GPU's CPU
+    interpreter; otherwise they compile for an sm_90 GPU (or lower for one, from any host).
+    """
+    cfg = config or DEFAULT_CONFIG
+    logprob_mosaic.check_supported(cfg, h.dtype)
+    if w.dtype != h.dtype:
+        raise ValueError(f"impl='mosaic' needs h and w of one dtype, got {h.dtype} and {w.dtype}")
+    return _call(h, w, targets, _Spec("mosaic", cfg, bool(interpret), vocab_axis))
 
 
 def _call(h, w, targets, spec: _Spec):
@@ -663,12 +653,16 @@ def _call(h, w, targets, spec: _Spec):
     return logp.reshape(lead), ent.reshape(lead)
 
 
-def _probe(platform: str, interpret: bool):
+_KERNELS = {"pallas": logprob_entropy_pallas, "mosaic": logprob_entropy_mosaic}
+
+
+def _probe(kind: str, platform: str, interpret: bool):
     rng = np.random.default_rng(0)
     h = jnp.asarray(rng.standard_normal((128, 128)), jnp.bfloat16)
     w = jnp.asarray(rng.standard_normal((128, 1000)) * 0.1, jnp.bfloat16)
     t = jnp.asarray(rng.integers(0, 1000, 128), jnp.int32)
     cfg = _default_config(platform)
+    kernel = _KERNELS[kind]
 
     def loss(fn):
         def f(h, w):
@@ -676,7 +670,7 @@ def _probe(platform: str, interpret: bool):
             return jnp.sum(lp) + 0.5 * jnp.sum(en), (lp, en)
         return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
 
-    got = loss(lambda h, w, t: logprob_entropy_pallas(h, w, t, config=cfg, interpret=interpret))(h, w)
+    got = loss(lambda h, w, t: kernel(h, w, t, config=cfg, interpret=interpret))(h, w)
     want = loss(logprob_entropy_reference)(h, w)
 
     def rel(a, b):
@@ -687,8 +681,8 @@ def _probe(platform: str, interpret: bool):
 
 
 @functools.lru_cache(maxsize=None)
-def _pallas_usable(platform: str, interpret: bool = False) -> bool:
-    """One-time probe: does the Pallas path lower, run and match the reference on this device?
+def _kernel_usable(kind: str, platform: str, interpret: bool = False) -> bool:
+    """One-time probe: does the ``kind`` kernel lower, run and match the reference on this device?
 
     bfloat16, V = 1000 (padded and masked), both outputs differentiated. It runs in a worker
     thread: JAX's trace state is thread-local, so the probe executes eagerly even when the caller
@@ -698,25 +692,48 @@ def _pallas_usable(platform: str, interpret: bool = False) -> bool:
 
     def work():
         try:
-            result["err"] = _probe(platform, interpret)
+            result["err"] = _probe(kind, platform, interpret)
         except Exception as e:  # lowering unavailable (e.g. Triton removed) or compile failure
             result["exc"] = e
 
-    thread = threading.Thread(target=work, name="pallas-probe")
+    thread = threading.Thread(target=work, name=f"{kind}-probe")
     thread.start()
     thread.join()
     if "exc" in result:
         e = result["exc"]
-        warnings.warn(f"Pallas fused log-prob unavailable on {platform} ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:300] if str(e) else ''}); impl='auto' uses the "
-                      "chunked XLA version.", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{kind} fused log-prob unavailable on {platform} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:300] if str(e) else ''}); impl='auto' tries the "
+                      "next implementation.", RuntimeWarning, stacklevel=3)
         return False
     if not result["err"] <= 5e-2:
-        warnings.warn(f"Pallas fused log-prob differs from the reference on {platform} (relative "
-                      f"error {result['err']:.3g}); impl='auto' uses the chunked XLA version.",
+        warnings.warn(f"{kind} fused log-prob differs from the reference on {platform} (relative "
+                      f"error {result['err']:.3g}); impl='auto' tries the next implementation.",
                       RuntimeWarning, stacklevel=3)
         return False
     return True
+
+
+def _is_hopper() -> bool:
+    cc = str(getattr(jax.devices()[0], "compute_capability", "") or "")
+    return cc.split(".")[0] == "9"
+
+
+def auto_kernel(platform: str, dtype) -> str:
+    """What ``impl="auto"`` runs on an accelerator: the first kernel that passes its probe.
+
+    GPU: Mosaic GPU on Hopper for 16-bit inputs (the lowering JAX maintains), then Pallas-Triton
+    (deprecated from JAX 0.11 but faster to reach on non-Hopper GPUs), then the chunked XLA scan.
+    TPU: Pallas (Mosaic TPU), then chunked.
+    """
+    candidates = []
+    if (platform in ("gpu", "cuda") and logprob_mosaic.available() and _is_hopper()
+            and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))):
+        candidates.append("mosaic")
+    candidates.append("pallas")
+    for kind in candidates:
+        if _kernel_usable(kind, platform):
+            return kind
+    return "chunked"
 
 
 def fused_logprob_entropy(h, w, targets, *, impl: str = "auto", interpret: bool | None = None,
@@ -724,29 +741,29 @@ def fused_logprob_entropy(h, w, targets, *, impl: str = "auto", interpret: bool 
     """Per-token log-probability of ``targets`` and softmax entropy under logits ``h @ w``.
 
     Args:
-      h: [..., D] hidden states (float32 or bfloat16).
+      h: [..., D] hidden states (float32 or bfloat16; "mosaic" needs 16-bit).
       w: [D, V] LM head (same dtype family). V need not be a multiple of the vocabulary block.
       targets: [...] integer token ids in [0, V) (global ids, also under ``vocab_axis``).
-      impl: "reference" | "chunked" | "pallas" | "pallas_interpret" | "auto" (see kernels.dispatch).
-      interpret: run the Pallas kernels in interpret mode (CPU); implied by "pallas_interpret".
+      impl: "reference" | "chunked" | "pallas" | "pallas_interpret" | "mosaic" |
+        "mosaic_interpret" | "auto" (see kernels.dispatch and :func:`auto_kernel`).
+      interpret: run the Pallas kernels in interpret mode (CPU); implied by "*_interpret".
       config: tiling (:class:`LogprobConfig`); defaults suit an H100 (TPU: ``TPU_CONFIG``).
       vocab_axis: mesh-axis name when called inside ``shard_map`` with ``w`` vocabulary-sharded.
 
     Returns:
       (logp, entropy), both float32 with the shape of ``targets``; logp <= 0, entropy >= 0
-      (chunked/Pallas clamp the rounding; the reference is the unclamped textbook formula).
+      (the kernels clamp the rounding; the reference is the unclamped textbook formula).
       Differentiable w.r.t. h and w with cotangents for both outputs.
     """
     platform = current_platform()
     kind, interp = resolve_impl(impl, interpret, platform)
     if impl == "auto" and kind == "pallas" and not interp and platform in ACCELERATORS:
-        if not _pallas_usable(platform):
-            kind = "chunked"
+        kind = auto_kernel(platform, h.dtype)
     if kind == "reference":
         return logprob_entropy_reference(h, w, targets, vocab_axis=vocab_axis)
     if kind == "chunked":
         return logprob_entropy_chunked(h, w, targets, config=config, vocab_axis=vocab_axis)
-    return logprob_entropy_pallas(h, w, targets, config=config, interpret=interp, vocab_axis=vocab_axis)
+    return _KERNELS[kind](h, w, targets, config=config, interpret=interp, vocab_axis=vocab_axis)
 
 
 def sharded_fused_logprob_entropy(h, w, targets, mesh, *, token_axis="data", vocab_axis=None,
@@ -759,9 +776,9 @@ def sharded_fused_logprob_entropy(h, w, targets, mesh, *, token_axis="data", voc
     the replicated input) and sharded like w.
 
     ``check_vma`` (shard_map's manual-axis type checking) defaults to True, except for Pallas in
-    interpret mode: JAX's HLO interpreter for pallas_call (0.10.2) starts its loop carry from
-    untyped buffers and fails the check, so that path runs with check_vma=False (the custom VJP
-    handles both conventions).
+    interpret mode: JAX's interpreters for pallas_call / plgpu.kernel (0.10.2) start their loop
+    carries from untyped buffers and fail the check, so those paths run with check_vma=False (the
+    custom VJP handles both conventions).
     """
     from jax.sharding import AxisType, NamedSharding
     from jax.sharding import PartitionSpec as P
@@ -777,6 +794,6 @@ def sharded_fused_logprob_entropy(h, w, targets, mesh, *, token_axis="data", voc
                          for x, s in zip((h, w, targets), specs))
     if check_vma is None:
         kind, interp = resolve_impl(kwargs.get("impl", "auto"), kwargs.get("interpret"))
-        check_vma = not (kind == "pallas" and interp)
+        check_vma = not (kind in ("pallas", "mosaic") and interp)
     return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=(P(token_axis), P(token_axis)),
                          check_vma=check_vma)(h, w, targets)

@@ -42,8 +42,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from kernels.dispatch import resolve_impl
-from kernels.logprob import (LogprobConfig, _compiler_params, _out_struct, _pad_axis, _round_up,
-                             _vary, fused_logprob_entropy)
+from kernels.logprob import (LogprobConfig, _compiler_params, _pad_axis, _round_up,
+                             fused_logprob_entropy)
+from kernels.manual_axes import out_struct, vary
 from kernels.reference import (SAPO_LOG_RATIO_CLAMP, sapo_loss_reference, sapo_token_terms)
 
 __all__ = ["SapoConfig", "sapo_loss", "sapo_loss_and_stats", "sapo_stats", "sapo_loss_fused",
@@ -112,7 +113,7 @@ def _token_terms_pallas(logp, old_logp, adv, mask, spec: _SapoSpec):
                                clamp=float(SAPO_LOG_RATIO_CLAMP))
     cp = _compiler_params(LogprobConfig(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
                           spec.interpret)
-    out = _out_struct((b_p, t_p), jnp.float32, lp)
+    out = out_struct((b_p, t_p), jnp.float32, lp)
     fa, f, gw = pl.pallas_call(
         kernel, out_shape=(out, out, out), grid=(b_p // bb, t_p // bt),
         in_specs=[tile, tile, tile, pl.BlockSpec((bb,), lambda i, j: (i,))],
@@ -152,7 +153,7 @@ def _sapo_fwd(logp, old_logp, adv, mask, spec):
 
 def _sapo_bwd(spec, res, g):
     coef, dadv, logp, old_logp, adv, mask = res
-    if spec.batch_axis is not None and spec.batch_axis not in _vary(coef):
+    if spec.batch_axis is not None and spec.batch_axis not in vary(coef):
         # shard_map(check_vma=False): a replicated output's cotangent arrives split over the axis.
         g = lax.psum(g, spec.batch_axis)
     d = g * coef
@@ -172,6 +173,8 @@ def _resolve_sapo(impl, interpret):
     kind, interp = resolve_impl(impl, interpret)
     if impl == "auto" and not interp and kind == "pallas":
         kind = "chunked"  # elementwise: XLA's fusion is as good as a kernel (see module docstring)
+    if kind == "mosaic":
+        kind = "chunked"  # no Mosaic GPU version of this elementwise loss: XLA fuses it
     return kind, interp
 
 
