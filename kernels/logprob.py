@@ -718,16 +718,18 @@ def _is_hopper() -> bool:
     return cc.split(".")[0] == "9"
 
 
-def auto_kernel(platform: str, dtype) -> str:
+def auto_kernel(platform: str, dtype, w_dtype=None) -> str:
     """What ``impl="auto"`` runs on an accelerator: the first kernel that passes its probe.
 
-    GPU: Mosaic GPU on Hopper for 16-bit inputs (the lowering JAX maintains), then Pallas-Triton
-    (deprecated from JAX 0.11 but faster to reach on non-Hopper GPUs), then the chunked XLA scan.
+    GPU: Mosaic GPU on Hopper when h and w share a 16-bit dtype (the lowering JAX maintains), then
+    Pallas-Triton (deprecated from JAX 0.11; the path for other GPUs and float32), then the chunked
+    XLA scan.
     TPU: Pallas (Mosaic TPU), then chunked.
     """
     candidates = []
-    if (platform in ("gpu", "cuda") and logprob_mosaic.available() and _is_hopper()
-            and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))):
+    sixteen_bit = (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+                   and jnp.dtype(w_dtype or dtype) == jnp.dtype(dtype))
+    if platform in ("gpu", "cuda") and logprob_mosaic.available() and sixteen_bit and _is_hopper():
         candidates.append("mosaic")
     candidates.append("pallas")
     for kind in candidates:
@@ -758,7 +760,7 @@ def fused_logprob_entropy(h, w, targets, *, impl: str = "auto", interpret: bool 
     platform = current_platform()
     kind, interp = resolve_impl(impl, interpret, platform)
     if impl == "auto" and kind == "pallas" and not interp and platform in ACCELERATORS:
-        kind = auto_kernel(platform, h.dtype)
+        kind = auto_kernel(platform, h.dtype, w.dtype)
     if kind == "reference":
         return logprob_entropy_reference(h, w, targets, vocab_axis=vocab_axis)
     if kind == "chunked":

@@ -200,3 +200,20 @@ def test_auto_probe_passes_in_interpreter():
         assert lpm._kernel_usable("mosaic", "cpu", interpret=True)
     finally:
         lpm._kernel_usable.cache_clear()
+
+
+def test_auto_order_on_a_hopper(monkeypatch):
+    """'auto' tries Mosaic GPU first on a Hopper for one 16-bit dtype, Triton otherwise, then chunked."""
+    import kernels.logprob as lpm
+    tried = []
+    monkeypatch.setattr(lpm, "_is_hopper", lambda: True)
+    monkeypatch.setattr(lpm, "_kernel_usable", lambda kind, platform: tried.append(kind) or False)
+    assert lpm.auto_kernel("gpu", jnp.bfloat16, jnp.bfloat16) == "chunked"
+    assert tried == ["mosaic", "pallas"]
+    tried.clear()
+    assert lpm.auto_kernel("gpu", jnp.float32) == "chunked" and tried == ["pallas"]
+    tried.clear()
+    assert lpm.auto_kernel("gpu", jnp.bfloat16, jnp.float32) == "chunked" and tried == ["pallas"]
+    monkeypatch.setattr(lpm, "_kernel_usable", lambda kind, platform: kind == "mosaic")
+    assert lpm.auto_kernel("gpu", jnp.bfloat16) == "mosaic"
+    assert lpm.auto_kernel("tpu", jnp.bfloat16) == "chunked"   # no Mosaic GPU try on a TPU
