@@ -101,7 +101,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.experimental import pallas as pl
 
-from kernels import logprob_mosaic
+from kernels import logprob_mosaic, tile_math
 from kernels.dispatch import ACCELERATORS, current_platform, resolve_impl
 from kernels.manual_axes import cast_varying, out_struct, psum_to, union_vary, vary
 from kernels.reference import logprob_entropy_reference
@@ -284,7 +284,6 @@ def _fwd_kernel(h_ref, w_ref, t_ref, m_ref, s_ref, u_ref, zt_ref, *, n_k, bk, bv
     tgt = t_ref[...]
 
     def tile(t, carry):
-        m, s, u, zt = carry
         j = split * tpp + t
         jc = jnp.minimum(j, n_tiles - 1)  # never load out of bounds; surplus tiles are masked
         col0 = 0 if w_blocked else jc * bv
@@ -297,17 +296,7 @@ def _fwd_kernel(h_ref, w_ref, t_ref, m_ref, s_ref, u_ref, zt_ref, *, n_k, bk, bv
         z = lax.fori_loop(0, n_k, kstep, jnp.zeros((bn, bv), jnp.float32))
         cols = jc * bv + lax.broadcasted_iota(jnp.int32, (bn, bv), 1)
         valid = (cols < v_valid) & (j < n_tiles)
-        zm = jnp.where(valid, z, _NEG_INF)
-        m_new = jnp.maximum(m, jnp.max(zm, axis=1))
-        m_safe = jnp.where(m_new == _NEG_INF, 0.0, m_new)
-        alpha = jnp.exp(m - m_safe)                       # m = -inf -> 0
-        shift = jnp.where(m == _NEG_INF, 0.0, m - m_safe)
-        p = jnp.exp(zm - m_safe[:, None])                 # masked -> 0
-        d = jnp.where(valid, z - m_safe[:, None], 0.0)
-        s_new = alpha * s + jnp.sum(p, axis=1)
-        u_new = alpha * (u + s * shift) + jnp.sum(p * d, axis=1)
-        zt_new = zt + jnp.sum(jnp.where(valid & (cols == tgt[:, None]), z, 0.0), axis=1)
-        return m_new, s_new, u_new, zt_new
+        return tile_math.online_update(carry, z, valid, valid & (cols == tgt[:, None]))
 
     init = (jnp.full((bn,), _NEG_INF, jnp.float32), jnp.zeros((bn,), jnp.float32),
             jnp.zeros((bn,), jnp.float32), jnp.zeros((bn,), jnp.float32))
@@ -383,14 +372,9 @@ def _dz_kernel(*refs, n_k, bk, bv, v_valid, has_glp, has_gh):
 
     z = lax.fori_loop(0, n_k, kstep, jnp.zeros((bn, bv), jnp.float32))
     cols = j * bv + lax.broadcasted_iota(jnp.int32, (bn, bv), 1)
-    zr = z - m_ref[...][:, None]                     # z - m, as in the forward
-    p = jnp.exp(zr - ls_ref[...][:, None])
-    dz = jnp.zeros((bn, bv), jnp.float32)
-    if has_glp:
-        glp = glp_ref[...][:, None]
-        dz = jnp.where(cols == t_ref[...][:, None], glp, 0.0) - p * glp
-    if has_gh:
-        dz = dz - p * gh_ref[...][:, None] * (zr - mu_ref[...][:, None])
+    dz = tile_math.softmax_grad(z, cols == t_ref[...][:, None], m_ref[...], ls_ref[...],
+                                glp_ref[...] if has_glp else None,
+                                mu_ref[...] if has_gh else None, gh_ref[...] if has_gh else None)
     dz = jnp.where(cols < v_valid, dz, 0.0)
     dz_ref[...] = dz.astype(dz_ref.dtype)
 
@@ -434,14 +418,7 @@ def _xla_dz(h, w_c, t_loc, res, glp, gh, *, dz_dtype):
     m, log_s, mu = res
     z = jnp.dot(h, w_c, preferred_element_type=jnp.float32)
     cols = lax.broadcasted_iota(jnp.int32, z.shape, 1)
-    zr = z - m[:, None]
-    p = jnp.exp(zr - log_s[:, None])
-    dz = jnp.zeros(z.shape, jnp.float32)
-    if glp is not None:
-        dz = jnp.where(cols == t_loc[:, None], glp[:, None], 0.0) - p * glp[:, None]
-    if gh is not None:
-        dz = dz - p * gh[:, None] * (zr - mu[:, None])
-    return dz.astype(dz_dtype)
+    return tile_math.softmax_grad(z, cols == t_loc[:, None], m, log_s, glp, mu, gh).astype(dz_dtype)
 
 
 def _chunked_stats(h, w, t_local, cfg: LogprobConfig):

@@ -43,11 +43,11 @@ from __future__ import annotations
 import functools
 import inspect
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from kernels import tile_math
 from kernels.manual_axes import out_struct
 
 try:
@@ -55,7 +55,6 @@ try:
 except Exception:  # pragma: no cover - depends on the installed jaxlib
     plgpu = None
 
-_NEG_INF = float("-inf")
 _ROWS, _COLS = "rows", "cols"
 
 
@@ -135,10 +134,6 @@ def _column_ids(shape, interpret: bool):
     return plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA)
 
 
-def _bcast(row, shape):
-    return lax.broadcast_in_dim(row, shape, [0])
-
-
 def _tile_matmul(h_gmem, w_gmem, row_block, col_block, *, bm, bv, bk, n_k, stages):
     """z [bm, bv] float32 = h[row_block] @ w[:, col_block], K streamed through SMEM into wgmma."""
     swizzle = bk * jnp.dtype(h_gmem.dtype).itemsize
@@ -199,28 +194,17 @@ def stats(hp, wp, tp, cfg, *, v_valid: int, interpret: bool):
         split = lax.axis_index(_COLS)
         rows = pl.ds(i * bm, bm)
         _stage_in([(t_gmem.at[rows], t_smem)], barriers)
-        tgt = _bcast(_load_rows(t_smem, interpret), (bm, bv))
+        tgt = tile_math.rows(_load_rows(t_smem, interpret), (bm, bv))
 
         def tile(tt, carry):
-            m, s, u, zt = carry
             j = split * tpp + tt
             jc = jnp.minimum(j, n_tiles - 1)   # never read past w; surplus tiles are masked below
             z = matmul(h_gmem, w_gmem, i, jc)
             cols = jc * bv + _column_ids((bm, bv), interpret)
-            limit = jnp.where(j < n_tiles, jnp.int32(v_valid), jnp.int32(0))
-            valid = cols < limit
-            m_new = jnp.maximum(m, jnp.where(valid, z, _NEG_INF).max(axis=1))
-            m_safe = jnp.where(m_new == _NEG_INF, 0.0, m_new)
-            alpha = jnp.exp(m - m_safe)                        # m = -inf -> 0
-            shift = jnp.where(m == _NEG_INF, 0.0, m - m_safe)
-            zs = jnp.where(valid, z - _bcast(m_safe, (bm, bv)), 0.0)
-            p = jnp.where(valid, jnp.exp(zs), 0.0)
-            s_new = alpha * s + p.sum(axis=1)
-            u_new = alpha * (u + s * shift) + (p * zs).sum(axis=1)
-            zt_new = zt + jnp.where(valid & (cols == tgt), z, 0.0).sum(axis=1)
-            return m_new, s_new, u_new, zt_new
+            valid = cols < jnp.where(j < n_tiles, jnp.int32(v_valid), jnp.int32(0))
+            return tile_math.online_update(carry, z, valid, valid & (cols == tgt))
 
-        init = tuple(_row_vector(v, bm, interpret) for v in (_NEG_INF, 0.0, 0.0, 0.0))
+        init = tuple(_row_vector(v, bm, interpret) for v in (tile_math.NEG_INF, 0.0, 0.0, 0.0))
         results = lax.fori_loop(0, tpp, tile, init)
         for k, x in enumerate(results):
             out_smem.at[k][...] = x
@@ -271,18 +255,13 @@ def dz(hp, w_c, t, res, glp, gh, cfg, *, v_valid: int, dz_dtype, interpret: bool
         _stage_in([(vec_gmem.at[:, rows], vec_smem), (t_gmem.at[rows], t_smem)], barriers)
         z = matmul(h_gmem, w_gmem, i, j)
         shape = (bm, bv)
-        vec = [_bcast(_load_rows(vec_smem.at[k], interpret), shape) for k in range(n_vec)]
+        vec = [_load_rows(vec_smem.at[k], interpret) for k in range(n_vec)]
         cols = j * bv + _column_ids(shape, interpret)
-        zr = z - vec[0]                        # z - m, as in the forward
-        p = jnp.exp(zr - vec[1])
-        grad = jnp.zeros(shape, jnp.float32)
-        nxt = 2
-        if has_glp:
-            g = vec[nxt]
-            nxt += 1
-            grad = jnp.where(cols == _bcast(_load_rows(t_smem, interpret), shape), g, 0.0) - p * g
-        if has_gh:
-            grad = grad - p * vec[nxt + 1] * (zr - vec[nxt])
+        glp = vec.pop(2) if has_glp else None
+        mu, gh = (vec[2], vec[3]) if has_gh else (None, None)
+        is_target = (cols == tile_math.rows(_load_rows(t_smem, interpret), shape)
+                     if has_glp else None)
+        grad = tile_math.softmax_grad(z, is_target, vec[0], vec[1], glp, mu, gh)
         grad = jnp.where(cols < v_valid, grad, 0.0)
         dz_smem[...] = grad.astype(dz_smem.dtype)
         plgpu.commit_smem()
