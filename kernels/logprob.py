@@ -261,7 +261,7 @@ def _row_spec(bn):
     return pl.BlockSpec((bn,), lambda i, j: (i,))
 
 
-def _compiler_params(cfg: LogprobConfig, interpret: bool):
+def _compiler_params(num_warps: int, num_stages: int, interpret: bool):
     """Triton compiler parameters for every compiled non-TPU call (explicit, so that pallas_call
     never falls through to its default GPU lowering; also what lets CPU tests lower for CUDA)."""
     if interpret or current_platform() == "tpu":
@@ -269,7 +269,7 @@ def _compiler_params(cfg: LogprobConfig, interpret: bool):
     if _pl_triton is None:
         raise NotImplementedError("this JAX has no Pallas Triton lowering; use impl='mosaic' (Hopper) "
                                   "or impl='chunked'")
-    return _pl_triton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return _pl_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,48 +307,44 @@ def _fwd_kernel(h_ref, w_ref, t_ref, m_ref, s_ref, u_ref, zt_ref, *, n_k, bk, bv
     zt_ref[...] = zt
 
 
-def _pallas_stats(h, w, t_local, cfg: LogprobConfig, interpret: bool):
-    """Per-row (m, s, u, zt) over the local vocabulary of ``w`` with the fused Pallas forward."""
-    n, d = h.shape
-    v = w.shape[1]
+def _pallas_partials(hp, wp, tp, cfg: LogprobConfig, *, v_valid: int, interpret: bool):
+    """Partial (m, s, u, zt), each [n_splits, N_p], from the fused Pallas forward (padded inputs)."""
+    n_p, d_p = hp.shape
+    v_p = wp.shape[1]
     bn, bv, bk = cfg.block_n, cfg.block_v, cfg.block_k
-    n_p, d_p, v_p = _round_up(n, bn), _round_up(d, bk), _round_up(v, bv)
-    hp = _pad_axis(_pad_axis(h, 0, n_p), 1, d_p)
-    wp = _pad_axis(_pad_axis(w, 0, d_p), 1, v_p)   # no copy when the shapes already divide
-    tp = _pad_axis(t_local.astype(jnp.int32), 0, n_p)
-    n_tiles = v_p // bv
-    tpp = min(cfg.tiles_per_program, n_tiles)
-    n_splits = -(-n_tiles // tpp)
+    n_tiles, tpp, n_splits = tile_math.vocab_splits(v_p, cfg)
     kernel = functools.partial(_fwd_kernel, n_k=d_p // bk, bk=bk, bv=bv, tpp=tpp, n_tiles=n_tiles,
-                               v_valid=v, w_blocked=cfg.w_blocked)
+                               v_valid=v_valid, w_blocked=cfg.w_blocked)
     if cfg.w_blocked:
         w_spec = pl.BlockSpec((d_p, bv), lambda i, j: (0, j))
     else:
         w_spec = pl.BlockSpec((d_p, v_p), lambda i, j: (0, 0))
     part_spec = pl.BlockSpec((_SQUEEZED, bn), lambda i, j: (j, i))
     part_shape = out_struct((n_splits, n_p), jnp.float32, hp)
-    m, s, u, zt = pl.pallas_call(
+    return pl.pallas_call(
         kernel,
         out_shape=(part_shape,) * 4,
         grid=(n_p // bn, n_splits),
         in_specs=[pl.BlockSpec((bn, d_p), lambda i, j: (i, 0)), w_spec, _row_spec(bn)],
         out_specs=(part_spec,) * 4,
         interpret=interpret,
-        compiler_params=_compiler_params(cfg, interpret),
+        compiler_params=_compiler_params(cfg.num_warps, cfg.num_stages, interpret),
         name="fused_logprob_entropy_fwd",
     )(hp, wp, tp)
-    return tuple(x[:n] for x in _merge_stats(m, s, u, zt, axis=0))
 
 
-def _mosaic_stats(h, w, t_local, cfg: LogprobConfig, interpret: bool):
-    """Per-row (m, s, u, zt) with the Mosaic GPU forward (kernels/logprob_mosaic.py)."""
+def _kernel_stats(h, w, t_local, spec: _Spec):
+    """Per-row (m, s, u, zt) over the local vocabulary of ``w`` with the forward kernel of
+    ``spec.kind``: pad to the tiles (no copy of w when V divides block_v), merge the partials."""
+    cfg = spec.config
     n, d = h.shape
     v = w.shape[1]
     n_p, d_p, v_p = _round_up(n, cfg.block_n), _round_up(d, cfg.block_k), _round_up(v, cfg.block_v)
     hp = _pad_axis(_pad_axis(h, 0, n_p), 1, d_p)
     wp = _pad_axis(_pad_axis(w, 0, d_p), 1, v_p)
     tp = _pad_axis(t_local.astype(jnp.int32), 0, n_p)
-    parts = logprob_mosaic.stats(hp, wp, tp, cfg, v_valid=v, interpret=interpret)
+    partials = logprob_mosaic.stats if spec.kind == "mosaic" else _pallas_partials
+    parts = partials(hp, wp, tp, cfg, v_valid=v, interpret=spec.interpret)
     return tuple(x[:n] for x in _merge_stats(*parts, axis=0))
 
 
@@ -379,7 +375,7 @@ def _dz_kernel(*refs, n_k, bk, bv, v_valid, has_glp, has_gh):
     dz_ref[...] = dz.astype(dz_ref.dtype)
 
 
-def _pallas_dz(h_p, w_c, t_loc, res, glp, gh, *, v_valid, cfg: LogprobConfig, interpret, dz_dtype):
+def _pallas_dz(h_p, w_c, t_loc, res, glp, gh, cfg: LogprobConfig, *, v_valid, dz_dtype, interpret):
     """dz [N_p, c] for a vocabulary chunk w_c [D_p, c] (c a multiple of block_v, rows padded)."""
     n_p, d_p = h_p.shape
     c = w_c.shape[1]
@@ -398,7 +394,7 @@ def _pallas_dz(h_p, w_c, t_loc, res, glp, gh, *, v_valid, cfg: LogprobConfig, in
         in_specs=in_specs,
         out_specs=pl.BlockSpec((bn, bv), lambda i, j: (i, j)),
         interpret=interpret,
-        compiler_params=_compiler_params(cfg, interpret),
+        compiler_params=_compiler_params(cfg.num_warps, cfg.num_stages, interpret),
         name="fused_logprob_entropy_dz",
     )(*args)
 
@@ -461,6 +457,7 @@ def _backward(h, w, t_local, res, glp, gh, spec: _Spec, need_dh: bool, need_dw: 
     res = tuple(cast_varying(x, axes) for x in res)
 
     if spec.kind in ("pallas", "mosaic"):
+        dz_kernel = logprob_mosaic.dz if spec.kind == "mosaic" else _pallas_dz
         bn, bk, bv = cfg.block_n, cfg.block_k, cfg.block_v
         n_p, d_p = _round_up(n, bn), _round_up(d, bk)
         hx = _pad_axis(_pad_axis(h, 0, n_p), 1, d_p)
@@ -471,12 +468,8 @@ def _backward(h, w, t_local, res, glp, gh, spec: _Spec, need_dh: bool, need_dw: 
         def dz_fn(w_c, off, width):
             cw = w_c.shape[1]
             w_cp = _pad_axis(w_c, 1, _round_up(cw, bv))
-            if spec.kind == "mosaic":
-                dz = logprob_mosaic.dz(hx, w_cp, t_x - off, res_x, glp_x, gh_x, cfg, v_valid=width,
-                                       dz_dtype=dz_dtype, interpret=spec.interpret)
-            else:
-                dz = _pallas_dz(hx, w_cp, t_x - off, res_x, glp_x, gh_x, v_valid=width, cfg=cfg,
-                                interpret=spec.interpret, dz_dtype=dz_dtype)
+            dz = dz_kernel(hx, w_cp, t_x - off, res_x, glp_x, gh_x, cfg, v_valid=width,
+                           dz_dtype=dz_dtype, interpret=spec.interpret)
             return dz[:, :cw]
     else:
         hx, wx, n_p, d_p = h, w, n, d
@@ -538,10 +531,8 @@ def _forward(h, w, targets, spec: _Spec):
     axes = union_vary(h, w, targets)
     h, w, targets = (cast_varying(x, axes) for x in (h, w, targets))
     t_local = _local_targets(targets, w, spec)
-    if spec.kind == "pallas":
-        stats = _pallas_stats(h, w, t_local, spec.config, spec.interpret)
-    elif spec.kind == "mosaic":
-        stats = _mosaic_stats(h, w, t_local, spec.config, spec.interpret)
+    if spec.kind in ("pallas", "mosaic"):
+        stats = _kernel_stats(h, w, t_local, spec)
     else:
         stats = _chunked_stats(h, w, t_local, spec.config)
     if spec.vocab_axis is not None:

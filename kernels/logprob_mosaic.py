@@ -177,15 +177,13 @@ def stats(hp, wp, tp, cfg, *, v_valid: int, interpret: bool):
     N_p is a multiple of block_n, D_p of block_k and V_p of block_v; columns >= ``v_valid`` are
     masked. Split k covers vocabulary tiles [k * tpp, (k + 1) * tpp); surplus tiles of the last
     split re-read the last tile fully masked (1187 tiles of 128 columns for Qwen's 151,936 is
-    prime, so splits cannot always divide it).
+    prime, so splits cannot always divide it). Inputs are validated by the caller
+    (:func:`check_supported`, from ``kernels.logprob.logprob_entropy_mosaic``).
     """
-    check_supported(cfg, hp.dtype)
     n_p, d_p = hp.shape
     v_p = wp.shape[1]
     bm, bv, bk = cfg.block_n, cfg.block_v, cfg.block_k
-    n_tiles = v_p // bv
-    tpp = min(cfg.tiles_per_program, n_tiles)
-    n_splits = -(-n_tiles // tpp)
+    n_tiles, tpp, n_splits = tile_math.vocab_splits(v_p, cfg)
     matmul = functools.partial(_tile_matmul, bm=bm, bv=bv, bk=bk, n_k=d_p // bk,
                                stages=cfg.num_stages)
 
@@ -236,7 +234,6 @@ def dz(hp, w_c, t, res, glp, gh, cfg, *, v_valid: int, dz_dtype, interpret: bool
     logp / entropy (None: that term is skipped). ``t`` are chunk-local targets; columns >=
     ``v_valid`` get dz = 0. c is a multiple of block_v.
     """
-    check_supported(cfg, hp.dtype)
     n_p, d_p = hp.shape
     c = w_c.shape[1]
     bm, bv, bk = cfg.block_n, cfg.block_v, cfg.block_k

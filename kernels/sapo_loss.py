@@ -111,8 +111,7 @@ def _token_terms_pallas(logp, old_logp, adv, mask, spec: _SapoSpec):
     tile = pl.BlockSpec((bb, bt), lambda i, j: (i, j))
     kernel = functools.partial(_sapo_kernel, tau_pos=float(spec.tau_pos), tau_neg=float(spec.tau_neg),
                                clamp=float(SAPO_LOG_RATIO_CLAMP))
-    cp = _compiler_params(LogprobConfig(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-                          spec.interpret)
+    cp = _compiler_params(cfg.num_warps, cfg.num_stages, spec.interpret)
     out = out_struct((b_p, t_p), jnp.float32, lp)
     fa, f, gw = pl.pallas_call(
         kernel, out_shape=(out, out, out), grid=(b_p // bb, t_p // bt),

@@ -14,6 +14,17 @@ from jax import lax
 NEG_INF = float("-inf")
 
 
+def vocab_splits(v_padded: int, cfg) -> tuple[int, int, int]:
+    """(vocabulary tiles, tiles per program, programs along the vocabulary) of a forward grid.
+
+    The last split may hold surplus tiles (the kernels clamp the tile index and mask them): Qwen's
+    151,936 columns are 1187 tiles of 128, a prime, so splits cannot always divide the tiles.
+    """
+    n_tiles = v_padded // cfg.block_v
+    tpp = min(cfg.tiles_per_program, n_tiles)
+    return n_tiles, tpp, -(-n_tiles // tpp)
+
+
 def rows(x, shape):
     """[n] -> [n, c]."""
     return lax.broadcast_in_dim(x, shape, [0])
