@@ -11,7 +11,6 @@ the usual dense-transformer estimate (attention FLOPs not counted, so it slightl
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import sys

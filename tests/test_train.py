@@ -72,6 +72,11 @@ def test_kl_penalty_and_sft_step():
     for _ in range(3):
         last = float(up.sft_step(batch)["loss"])
     assert last < first
+    # The reference is its own copy (the steps donate the live weights): it still scores, and the
+    # moved policy now has a positive KL to it.
+    assert all(a is not b for a, b in zip(jax.tree.leaves(up.ref_params), jax.tree.leaves(up.params)))
+    m = up.rl_step(batch, old, np.zeros(8, np.float32), up.ref_score(batch))
+    assert float(m["kl"]) > 0.0 and np.isfinite(float(m["entropy_mean"]))
 
 
 def _run(args, out, env=None, **kw):

@@ -77,10 +77,14 @@ class TextAttention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if layer_cache is not None:
-            ck, cv = layer_cache
-            ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
-            k, v, layer_cache = ck.astype(q.dtype), cv.astype(q.dtype), (ck, cv)
+            # The whole [L, B, S, KV, D] cache travels through the layers and each layer writes its
+            # slot in place (one dynamic_update_slice on the donated buffer): slicing per layer
+            # and re-stacking would copy the entire cache at every decode step.
+            ck, cv, layer = layer_cache
+            at = (layer, 0, cache_index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], at)
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], at)
+            k, v, layer_cache = ck[layer].astype(q.dtype), cv[layer].astype(q.dtype), (ck, cv, layer)
         out = attention(q, k, v, mask)
         return self.o_proj(out.reshape(b, t, self.h * self.d)), layer_cache
 
@@ -165,17 +169,15 @@ class QwenVL(nnx.Module):
             slots = jnp.arange(valid.shape[1])
             causal = slots[None, :] <= (cache_index + jnp.arange(t))[:, None]
             mask = causal[None] & valid[:, None, :]
-        new_k, new_v = [], []
+        kv = (cache.k, cache.v) if cache is not None else None
         for i, layer in enumerate(self.language_model.layers):
-            layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
-            x, layer_cache = layer(x, cos, sin, mask, layer_cache, cache_index)
+            x, layer_cache = layer(x, cos, sin, mask, None if kv is None else (*kv, i), cache_index)
             if layer_cache is not None:
-                new_k.append(layer_cache[0])
-                new_v.append(layer_cache[1])
+                kv = layer_cache[:2]
             if i < len(deepstack):
                 x = x + deepstack[i]
         hidden = self.language_model.norm(x)
-        new_cache = KVCache(jnp.stack(new_k), jnp.stack(new_v), valid) if cache is not None else None
+        new_cache = KVCache(*kv, valid) if cache is not None else None
         logits = None
         if return_logits:
             h = hidden if logits_at is None else jnp.take_along_axis(hidden, logits_at[:, None, None], axis=1)[:, 0]

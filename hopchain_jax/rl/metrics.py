@@ -43,11 +43,6 @@ class MetricsWriter:
                 self.tb.add_scalar(k, v, step)
         self.tb.flush()
 
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
-
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

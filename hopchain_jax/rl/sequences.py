@@ -43,9 +43,8 @@ class SequenceBatch:
     vision: dict[str, np.ndarray] | None
 
     def arrays(self) -> dict:
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "vision"}
-        out["vision"] = self.vision
-        return out
+        # Not dataclasses.asdict: that deep-copies every array (pixel patches included) per minibatch.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @property
     def num_tokens(self) -> int:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -24,7 +25,7 @@ from hopchain_jax.models.qwen_vl import QwenVL, is_vision_param
 from hopchain_jax.models.sharding import activation_sharding, path_str
 from hopchain_jax.rl.config import TrainConfig
 from kernels.logprob import fused_logprob_entropy
-from kernels.sapo_loss import sapo_loss_fused
+from kernels.sapo_loss import sapo_loss_and_stats, sapo_loss_fused
 
 
 def kernel_impl(requested: str) -> str:
@@ -68,7 +69,8 @@ class Updater:
             lambda x: x.sharding if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh else replicated,
             opt_state)
         self.opt_state = jax.device_put(opt_state, self.opt_shardings)
-        self.ref_params = params if cfg.kl_coef > 0 else None
+        # A copy: the step functions donate self.params, which would free a shared reference.
+        self.ref_params = jax.tree.map(jnp.copy, params) if cfg.kl_coef > 0 else None
         state_out = (self.param_shardings, self.opt_shardings, replicated)
         self._rl_step = jax.jit(self._rl_step_impl, donate_argnums=(0, 1), out_shardings=state_out)
         self._sft_step = jax.jit(self._sft_step_impl, donate_argnums=(0, 1), out_shardings=state_out)
@@ -124,18 +126,22 @@ class Updater:
         cfg = self.cfg
 
         def loss_fn(p):
-            h, w = self._hidden(p, batch)
-            loss, stats = sapo_loss_fused(h, w.astype(h.dtype), batch["targets"], old_logp, advantages,
-                                          batch["loss_mask"].astype(jnp.float32), cfg.tau_pos, cfg.tau_neg,
-                                          impl=self.impl, with_stats=True)
-            if ref_logp is not None:
-                logp, _ = self._logprobs(p, batch)
-                d = jnp.where(batch["loss_mask"], ref_logp - logp, 0.0)
-                k3 = jnp.exp(d) - d - 1.0
-                kl = jnp.sum(k3) / jnp.maximum(jnp.sum(batch["loss_mask"]), 1)
-                loss = loss + cfg.kl_coef * kl
-                stats = dict(stats, kl=kl)
-            return loss, stats
+            mask = batch["loss_mask"]
+            if ref_logp is None:
+                h, w = self._hidden(p, batch)
+                return sapo_loss_fused(h, w.astype(h.dtype), batch["targets"], old_logp, advantages,
+                                       mask.astype(jnp.float32), cfg.tau_pos, cfg.tau_neg,
+                                       impl=self.impl, with_stats=True)
+            # With KL, one forward serves both terms: the SAPO loss and k3 read the same log-probs.
+            logp, ent = self._logprobs(p, batch)
+            loss, stats = sapo_loss_and_stats(logp, old_logp, advantages, mask.astype(jnp.float32),
+                                              cfg.tau_pos, cfg.tau_neg, impl="chunked")
+            n = jnp.maximum(jnp.sum(mask), 1)
+            d = jnp.where(mask, ref_logp - logp, 0.0)
+            kl = jnp.sum(jnp.exp(d) - d - 1.0) / n
+            stats = dict(stats, kl=kl, entropy_mean=jnp.sum(jnp.where(mask, lax.stop_gradient(ent), 0.0)) / n,
+                         logp_mean=jnp.sum(jnp.where(mask, lax.stop_gradient(logp), 0.0)) / n)
+            return loss + cfg.kl_coef * kl, stats
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return self._apply(params, opt_state, loss, grads, stats)
