@@ -128,10 +128,21 @@ class InferenceEngine:
 
     # -- placement -------------------------------------------------------------------------------
     def _put(self, x, kind: str):
-        x = jnp.asarray(x)
         if self.mesh is None:
-            return x
+            return jnp.asarray(x)
+        x = x if isinstance(x, jax.Array) else np.asarray(x)   # one host->device transfer, sharded
         return jax.device_put(x, activation_sharding(kind, x.shape, self.mesh))
+
+    def _empty_cache(self, batch: int, length: int) -> KVCache:
+        """A zeroed cache created directly in its sharding (never whole on one device)."""
+        if self.mesh is None:
+            return KVCache.empty(self.config, batch, length, self.dtype)
+        t = self.config.text
+        shape = (t.num_hidden_layers, batch, length, t.num_key_value_heads, t.head_dim)
+        kv = activation_sharding("kv_cache", shape, self.mesh)
+        return KVCache(jnp.zeros(shape, self.dtype, device=kv), jnp.zeros(shape, self.dtype, device=kv),
+                       jnp.zeros((batch, length), bool,
+                                 device=activation_sharding("cache_valid", (batch, length), self.mesh)))
 
     # -- jitted pieces -----------------------------------------------------------------------------
     @functools.partial(jax.jit, static_argnums=(0,))
@@ -207,10 +218,7 @@ class InferenceEngine:
         lengths = mask.sum(1)
         remaining = np.zeros(b, np.int32)
         remaining[:len(rows)] = np.asarray(max_new) - 1
-        cache = KVCache.empty(self.config, b, t + new_bucket, self.dtype)
-        if self.mesh is not None:
-            cache = KVCache(self._put(cache.k, "kv_cache"), self._put(cache.v, "kv_cache"),
-                            self._put(cache.valid, "cache_valid"))
+        cache = self._empty_cache(b, t + new_bucket)
         key = jax.random.PRNGKey(params.seed)
         samp = (float(params.temperature), int(params.top_k), float(params.top_p))
         tok, logp, cache = self._prefill(self.state, self._put(ids, "tokens"), self._put(pos, "positions"),

@@ -187,11 +187,11 @@ class QwenVL(nnx.Module):
 
 def init_sharded(config: QwenVLConfig, *, dtype=jnp.float32, mesh=None, seed: int = 0) -> "QwenVL":
     """A randomly initialised model created under jit (no host copy), placed by the sharding rules."""
-    from hopchain_jax.models.sharding import shard_model
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, rngs=nnx.Rngs(seed))))
-    state = jax.jit(lambda: nnx.state(QwenVL(config, dtype=dtype, rngs=nnx.Rngs(seed))))()
-    model = nnx.merge(graphdef, state)
-    return shard_model(model, mesh) if mesh is not None else model
+    from hopchain_jax.models.sharding import state_shardings
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, rngs=nnx.Rngs(seed))))
+    out = None if mesh is None else state_shardings(abstract, mesh)   # each shard made where it lives
+    state = jax.jit(lambda: nnx.state(QwenVL(config, dtype=dtype, rngs=nnx.Rngs(seed))), out_shardings=out)()
+    return nnx.merge(graphdef, state)
 
 
 VISION_PREFIX = "visual"  # parameters under this top-level attribute form the vision tower
