@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from hopchain_jax.models.qwen_vl import KVCache, QwenVL
 from hopchain_jax.models.rope import rope_index
-from hopchain_jax.models.sharding import activation_sharding, shard_model
+from hopchain_jax.models.sharding import activation_sharding, shard_model, to_host
 from hopchain_jax.models.vision import fill_image_index, image_tokens, pack_images
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -69,14 +69,6 @@ class Completion:
     logprobs: list[float]
     finish_reason: str  # "eos" | "stop" | "length"
     text: str | None = None
-
-
-def to_host(x) -> np.ndarray:
-    """numpy copy of a device array; globally sharded multi-process arrays are all-gathered first."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
 
 
 def _bucket(n: int, buckets: Sequence[int]) -> int:

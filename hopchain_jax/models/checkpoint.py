@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 
 from hopchain_jax.models.config import QwenVLConfig
 from hopchain_jax.models.qwen_vl import QwenVL
-from hopchain_jax.models.sharding import param_sharding, path_str
+from hopchain_jax.models.sharding import param_sharding, path_str, to_host
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
@@ -205,11 +205,7 @@ def save_pretrained(model: QwenVL, path: str | os.PathLike, *, max_shard_bytes: 
     size = 0
     writer = jax.process_index() == 0  # every process joins the gathers; process 0 writes
     for p, var in _param_paths(nnx.state(model, nnx.Param)):
-        value = var.get_value()
-        if isinstance(value, jax.Array) and not value.is_fully_addressable:
-            from jax.experimental import multihost_utils
-            value = multihost_utils.process_allgather(value, tiled=True)
-        arr = np.asarray(jax.device_get(value))
+        arr = to_host(var.get_value())
         if dtype is not None:
             arr = arr.astype(dtype)
         arr = to_hf_array(p, arr, config)

@@ -45,6 +45,7 @@ PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
 
 ACTIVATION_RULES: dict[str, tuple[str | None, ...]] = {
     "tokens": ("batch", "length"),            # input_ids, attention_mask [B, T]
+    "rows": ("batch",),                       # per-sequence values, e.g. advantages [B]
     "positions": (None, "batch", "length"),   # position_ids [3, B, T]
     "kv_cache": (None, "batch", "length", "cache_heads", None),  # [L, B, S, KV, D]
     "cache_valid": ("batch", "length"),
@@ -115,3 +116,12 @@ def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
     state = nnx.state(model)
     nnx.update(model, jax.device_put(state, state_shardings(state, mesh)))
     return model
+
+
+def to_host(x) -> np.ndarray:
+    """numpy copy of a device array; globally sharded multi-process arrays are all-gathered first
+    (every process must call it)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

@@ -28,6 +28,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from hopchain_jax.models.image_processor import num_image_tokens
+
 __all__ = [
     "QWEN2_PRETOKENIZE_REGEX",
     "NUM_BASE_TOKENS",
@@ -394,8 +396,7 @@ def _grid(image_grid_thw, merge_size: int) -> np.ndarray:
 
 
 def _tokens_per_image(image_grid_thw, merge_size: int) -> list[int]:
-    grid = _grid(image_grid_thw, merge_size)
-    return [int(n) for n in grid.prod(axis=1) // merge_size ** 2]
+    return [int(n) for n in num_image_tokens(_grid(image_grid_thw, merge_size), merge_size)]
 
 
 def expand_image_tokens(text_or_ids, image_grid_thw, merge_size: int = 2, *, image_token: str = IMAGE_PAD,

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from hopchain_jax.models.config import QwenVLConfig, VisionConfig
+from hopchain_jax.models.image_processor import num_image_tokens
 from hopchain_jax.models.layers import ACTIVATIONS, GatedMLP, LayerNorm, Linear, RMSNorm, apply_rope, attention
 
 
@@ -152,7 +153,7 @@ def prepare_vision_inputs(pixel_values: np.ndarray, grid_thw: np.ndarray, config
 def image_tokens(grid_thw, config: QwenVLConfig) -> int:
     """LM tokens of images with these grids: t*h*w / merge^2, summed."""
     grid = np.asarray(grid_thw, np.int64).reshape(-1, 3)
-    return int(np.prod(grid, axis=1).sum()) // config.vision.spatial_merge_size ** 2
+    return int(num_image_tokens(grid, config.vision.spatial_merge_size).sum())
 
 
 def pack_images(entries: Sequence[tuple[np.ndarray, np.ndarray] | None],

@@ -28,7 +28,8 @@ from jax.experimental import multihost_utils
 
 from hopchain_jax.data.mixture import make_mixture
 from hopchain_jax.data.prompts import PromptConfig, prompt_transforms
-from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams, to_host
+from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams
+from hopchain_jax.models.sharding import to_host
 from hopchain_jax.models import image_processor as improc
 from hopchain_jax.models.checkpoint import load_pretrained
 from hopchain_jax.models.qwen_vl import QwenVL, init_sharded

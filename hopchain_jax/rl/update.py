@@ -167,8 +167,7 @@ class Updater:
 
     def rl_step(self, batch: dict, old_logp, advantages, ref_logp=None) -> dict:
         adv = np.asarray(advantages, np.float32)
-        rows = activation_sharding("tokens", (len(adv), 1), self.mesh).spec[0]
-        adv = jax.device_put(adv, NamedSharding(self.mesh, P(rows)))
+        adv = jax.device_put(adv, activation_sharding("rows", adv.shape, self.mesh))
         self.params, self.opt_state, metrics = self._rl_step(self.params, self.opt_state, batch, old_logp, adv,
                                                              ref_logp)
         return metrics
