@@ -112,9 +112,16 @@ def test_loads_straight_into_sharded_arrays(tiny):
     _, _, path = tiny
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     model = load_pretrained(path, dtype=jnp.float32, mesh=mesh, progress=False)
-    q = model.language_model.layers[0].self_attn.q_proj.kernel[...]
-    assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (32, 32)
+    q = model.language_model.layers.self_attn.q_proj.kernel[...]      # stacked: [L, in, out]
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (q.shape[0], 32, 32)
+    # each device's block holds exactly the checkpoint's rows/columns of every layer
+    hf = open_checkpoint(path)
+    for layer in range(q.shape[0]):
+        key = [k for k in hf if k.endswith(f"layers.{layer}.self_attn.q_proj.weight")][0]
+        full = hf[key].get(key).T
+        for shard in q.addressable_shards:
+            assert np.array_equal(np.asarray(shard.data)[layer], full[shard.index[1:]])
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path, tiny):

@@ -100,6 +100,12 @@ def sample_tokens(logits: jax.Array, key: jax.Array, temperature: float, top_k: 
     return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
+def _cast_floats(tree, dtype):
+    """Floating leaves cast to `dtype` (elementwise: each output keeps its input's sharding)."""
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 class InferenceEngine:
     def __init__(self, model: QwenVL, tokenizer=None, mesh: Mesh | None = None, *, length_bucket: int = 64,
                  decode_chunk: int = 16, batch_buckets: Sequence[int] = BATCH_BUCKETS):
@@ -107,16 +113,22 @@ class InferenceEngine:
         self.tokenizer = tokenizer
         self.mesh = mesh
         if mesh is not None:
-            shard_model(model, mesh)
-        self.graphdef, self.state = nnx.split(model)
-        self.length_bucket, self.decode_chunk, self.batch_buckets = length_bucket, decode_chunk, tuple(batch_buckets)
+            shard_model(model, mesh)   # no-op for arrays already on the mesh (e.g. the trainer's)
         self.dtype = model.dtype
+        self.update_weights(model)
+        self.length_bucket, self.decode_chunk, self.batch_buckets = length_bucket, decode_chunk, tuple(batch_buckets)
         self.pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
         self.eos_ids = np.asarray(self.config.eos_ids or (-1,), np.int32)
 
     def update_weights(self, model: QwenVL) -> None:
-        """Use new weights (e.g. the trainer's, already placed on the same mesh) without copying."""
-        self.graphdef, self.state = nnx.split(model)
+        """Use new weights (e.g. the trainer's, already placed on the same mesh): as they are when stored
+        in the compute dtype, else as a compute-dtype copy (bf16 rollouts from float32 master weights),
+        made on device in the same shardings."""
+        self.graphdef, state = nnx.split(model)
+        dtype = self.dtype
+        if any(jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype for x in jax.tree.leaves(state)):
+            state = _cast_floats(state, dtype)
+        self.state = state
 
     # -- placement -------------------------------------------------------------------------------
     def _put(self, x, kind: str):

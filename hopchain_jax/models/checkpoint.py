@@ -8,6 +8,10 @@ checkpoints are accepted, in both key layouts:
   transformers-5 layout   model.visual.*, model.language_model.*, lm_head.*
 `save_pretrained` writes the layout of the architecture's official checkpoints (the first for 2.5-VL,
 the second for Qwen3-VL) plus config.json, so transformers and vLLM load a model trained here.
+
+Our decoder layers and vision blocks are stacked ([L, ...] per parameter, models/stack.py); the
+checkpoint keeps one tensor per layer (`model.layers.{i}.…`, `visual.blocks.{i}.…`). Loading builds
+each device's shard of a stacked parameter from just the layers and rows that shard holds.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from jax.sharding import Mesh
 
 from hopchain_jax.models.config import QwenVLConfig
 from hopchain_jax.models.qwen_vl import QwenVL
-from hopchain_jax.models.sharding import param_sharding, path_str, to_host
+from hopchain_jax.models.sharding import STACKED_PATH, param_sharding, path_str, to_host
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
@@ -97,9 +101,18 @@ def canonical_key(key: str) -> str:
     return key
 
 
-def hf_key_for(path: tuple, config: QwenVLConfig) -> str:
-    """Our parameter path -> the key in the architecture's official checkpoint layout."""
+def is_stacked(path: tuple) -> bool:
+    """True for a parameter with a leading layer axis (decoder layers, vision blocks)."""
+    return bool(STACKED_PATH.search("/".join(str(p) for p in path)))
+
+
+def hf_key_for(path: tuple, config: QwenVLConfig, layer: int | None = None) -> str:
+    """Our parameter path (and, for a stacked parameter, the layer) -> the key in the architecture's
+    official checkpoint layout."""
     parts = [str(p) for p in path]
+    if layer is not None:
+        at = parts.index("layers" if parts[0] == "language_model" else "blocks") + 1
+        parts.insert(at, str(layer))
     if parts[0] == "lm_head":
         return "lm_head.weight"
     if parts[0] == "visual" and parts[1] == "merger" and parts[2] == "mlp":
@@ -141,39 +154,56 @@ def _param_paths(state: nnx.State) -> Iterator[tuple[tuple, Any]]:
         yield tuple(getattr(p, "key", p) for p in path), leaf
 
 
-def abstract_model(config: QwenVLConfig, dtype) -> QwenVL:
-    return nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, rngs=nnx.Rngs(0)))
+def _hf_keys(path: tuple, shape: tuple, config: QwenVLConfig) -> list[str]:
+    """The checkpoint keys of one parameter: one per layer for a stacked parameter."""
+    if is_stacked(path):
+        return [hf_key_for(path, config, i) for i in range(shape[0])]
+    return [hf_key_for(path, config)]
 
 
-def load_pretrained(path: str | os.PathLike, *, dtype=jnp.bfloat16, mesh: Mesh | None = None,
-                    progress: bool = True) -> QwenVL:
-    """Load a checkpoint directory into a QwenVL whose parameters are placed by the sharding rules."""
+def load_pretrained(path: str | os.PathLike, *, dtype=jnp.bfloat16, param_dtype=None, mesh: Mesh | None = None,
+                    progress: bool = True, attention_impl: str = "flash") -> QwenVL:
+    """Load a checkpoint directory into a QwenVL whose parameters are placed by the sharding rules.
+
+    dtype: compute dtype; param_dtype: storage dtype of the weights (default: dtype; float32 for
+    training, so the optimizer updates full-precision master weights)."""
     config = QwenVLConfig.from_pretrained_dir(path)
     files = {canonical_key(k): (k, f) for k, f in open_checkpoint(path).items()}
-    model = abstract_model(config, dtype)
+    model = nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0),
+                                          attention_impl=attention_impl))
     graphdef, state = nnx.split(model)
     flat = list(_param_paths(state))
-    wanted = {canonical_key(hf_key_for(p, config)): p for p, _ in flat}
+    keys_of = {p: [canonical_key(k) for k in _hf_keys(p, tuple(leaf.shape), config)] for p, leaf in flat}
+    wanted = {k for ks in keys_of.values() for k in ks}
     missing = sorted(k for k in wanted if k not in files)
     unexpected = sorted(k for k in files if k not in wanted and not (k == "lm_head.weight" and config.tie_word_embeddings))
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the {config.arch} config: "
                          f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
                          f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
-    values, leaves = {}, dict(flat)
-    for key, p in tqdm.tqdm(sorted(wanted.items()), desc="load", unit="tensor", disable=not progress):
-        leaf = leaves[p]
-        name, file = files[key]
-        host = from_hf_array(p, file.get(name))
-        if tuple(host.shape) != tuple(leaf.shape):
-            raise ValueError(f"{key}: checkpoint shape {tuple(host.shape)} != model shape {tuple(leaf.shape)}")
-        host = np.asarray(host).astype(leaf.dtype, copy=False)
-        if mesh is not None:
-            values[p] = jax.device_put(host, param_sharding(path_str(p), host.shape, mesh))
+    for p, var in tqdm.tqdm(flat, desc="load", unit="tensor", disable=not progress):
+        stacked, shape = is_stacked(p), tuple(var.shape)
+        per_layer = shape[1:] if stacked else shape
+        tensors = []
+        for key in keys_of[p]:
+            name, file = files[key]
+            host = from_hf_array(p, file.get(name))      # a view of the memory map, not a copy
+            if tuple(host.shape) != per_layer:
+                raise ValueError(f"{key}: checkpoint shape {tuple(host.shape)} != model shape {per_layer}")
+            tensors.append(host)
+
+        def read(index, tensors=tensors, stacked=stacked, dt=var.dtype):
+            """The block `index` (a tuple of slices of the full shape) as a fresh array of the model dtype."""
+            if not stacked:
+                return np.asarray(tensors[0][index]).astype(dt)
+            return np.stack([np.asarray(t[index[1:]]).astype(dt) for t in tensors[index[0]]])
+
+        full = tuple(slice(None) for _ in shape)
+        if mesh is None:
+            var.set_value(jnp.asarray(read(full)))
         else:
-            values[p] = jnp.asarray(host)
-    for p, var in flat:
-        var.set_value(values[p])
+            sharding = param_sharding(path_str(p), shape, mesh)
+            var.set_value(jax.make_array_from_callback(shape, sharding, lambda idx, read=read: read(idx)))
     return nnx.merge(graphdef, state)
 
 
@@ -205,15 +235,19 @@ def save_pretrained(model: QwenVL, path: str | os.PathLike, *, max_shard_bytes: 
     size = 0
     writer = jax.process_index() == 0  # every process joins the gathers; process 0 writes
     for p, var in _param_paths(nnx.state(model, nnx.Param)):
-        arr = to_host(var.get_value())
-        if dtype is not None:
-            arr = arr.astype(dtype)
-        arr = to_hf_array(p, arr, config)
-        if size and size + arr.nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][hf_key_for(p, config)] = arr
-        size += arr.nbytes
+        value = var.get_value()
+        layers = [(hf_key_for(p, config, i), value[i]) for i in range(value.shape[0])] if is_stacked(p) \
+            else [(hf_key_for(p, config), value)]
+        for key, part in layers:      # one layer at a time on the host
+            arr = to_host(part)
+            if dtype is not None:
+                arr = arr.astype(dtype)
+            arr = to_hf_array(p, arr, config)
+            if size and size + arr.nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][key] = arr
+            size += arr.nbytes
     if not writer:
         return path
     if len(shards) == 1:

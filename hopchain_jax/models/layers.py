@@ -83,20 +83,3 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """x: [..., heads, head_dim]; cos/sin broadcastable to x without the heads axis ([..., head_dim])."""
     cos, sin = cos[..., None, :], sin[..., None, :]
     return x * cos + rotate_half(x) * sin
-
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Softmax attention with grouped KV heads.
-
-    q: [B, Tq, H, D]; k, v: [B, Tk, KV, D] with H % KV == 0; mask: bool, broadcastable to [B, Tq, Tk]
-    (True = may attend). Returns [B, Tq, H, D]. Scores and softmax in float32.
-    """
-    b, tq, h, d = q.shape
-    kv = k.shape[2]
-    qg = q.reshape(b, tq, kv, h // kv, d)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) * (d ** -0.5)
-    if mask is not None:
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
-    return out.reshape(b, tq, h, d)

@@ -1,7 +1,10 @@
 """Qwen2.5-VL and Qwen3-VL (dense) in Flax NNX: vision tower + decoder LM with M-RoPE.
 
-    model = QwenVL(config, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    model = QwenVL(config, dtype=jnp.bfloat16, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
     out = model(input_ids, position_ids, attention_mask, vision=vision_arrays)   # logits [B, T, V]
+
+Decoder layers and vision blocks are stacked ([L, ...] parameters, models/stack.py) and run by
+lax.scan; attention masks are per-token segment/position ids (models/attention.py), never [T, T].
 
 Inputs
   input_ids       int32 [B, T]
@@ -27,8 +30,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hopchain_jax.models.config import QwenVLConfig, TextConfig
-from hopchain_jax.models.layers import GatedMLP, Linear, RMSNorm, apply_rope, attention, init_normal
+from hopchain_jax.models.attention import attention
+from hopchain_jax.models.layers import GatedMLP, Linear, RMSNorm, apply_rope, init_normal
 from hopchain_jax.models.rope import mrope_cos_sin
+from hopchain_jax.models.stack import scan, stack
 from hopchain_jax.models.vision import VisionTower
 
 
@@ -68,7 +73,9 @@ class TextAttention(nnx.Module):
         self.qk_norm = cfg.qk_norm
         self.h, self.kv, self.d = h, kv, d
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
+    def __call__(self, x, cos, sin, mask: "AttentionMask", kv_cache=None, impl: str = "flash"):
+        """x [B, T, D]. kv_cache: None, or (k, v [L, B, S, KV, hd], layer index, first slot) — this
+        layer's keys/values are written at slots [first, first + T) of its layer in place."""
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.h, self.d)
         k = self.k_proj(x).reshape(b, t, self.kv, self.d)
@@ -76,17 +83,41 @@ class TextAttention(nnx.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if layer_cache is not None:
+        if kv_cache is not None:
             # The whole [L, B, S, KV, D] cache travels through the layers and each layer writes its
             # slot in place (one dynamic_update_slice on the donated buffer): slicing per layer
             # and re-stacking would copy the entire cache at every decode step.
-            ck, cv, layer = layer_cache
-            at = (layer, 0, cache_index, 0, 0)
+            ck, cv, layer, first = kv_cache
+            at = (layer, 0, first, 0, 0)
             ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], at)
             cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], at)
-            k, v, layer_cache = ck[layer].astype(q.dtype), cv[layer].astype(q.dtype), (ck, cv, layer)
-        out = attention(q, k, v, mask)
-        return self.o_proj(out.reshape(b, t, self.h * self.d)), layer_cache
+            k, v, kv_cache = ck[layer].astype(q.dtype), cv[layer].astype(q.dtype), (ck, cv, layer, first)
+        out = attention(q, k, v, q_segment=mask.q_segment, kv_segment=mask.kv_segment, q_pos=mask.q_pos,
+                        kv_pos=mask.kv_pos, causal=True, impl=impl)
+        return self.o_proj(out.reshape(b, t, self.h * self.d)), kv_cache
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class AttentionMask:
+    """Causal mask of the decoder as per-token ids (models/attention.py): segment -1 = padding.
+    q_segment, q_pos int32 [B, T]; kv_segment, kv_pos int32 [B, S] (S = T without a cache)."""
+
+    q_segment: jax.Array
+    kv_segment: jax.Array
+    q_pos: jax.Array
+    kv_pos: jax.Array
+
+    @classmethod
+    def build(cls, attention_mask: jax.Array, cache_valid: jax.Array | None = None, first_slot=0) -> "AttentionMask":
+        b, t = attention_mask.shape
+        q_seg = jnp.where(attention_mask, 0, -1).astype(jnp.int32)
+        q_pos = jnp.broadcast_to(first_slot + jnp.arange(t, dtype=jnp.int32), (b, t))
+        if cache_valid is None:
+            return cls(q_seg, q_seg, q_pos, q_pos)
+        s = cache_valid.shape[1]
+        kv_pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+        return cls(q_seg, jnp.where(cache_valid, 0, -1).astype(jnp.int32), q_pos, kv_pos)
 
 
 class DecoderLayer(nnx.Module):
@@ -96,40 +127,77 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, act="silu", bias=False, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
-        a, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index)
+    def __call__(self, x, cos, sin, mask, kv_cache=None, impl: str = "flash"):
+        a, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, impl)
         x = x + a
-        return x + self.mlp(self.post_attention_layernorm(x)), layer_cache
+        return x + self.mlp(self.post_attention_layernorm(x)), kv_cache
 
 
 class TextModel(nnx.Module):
+    """embed_tokens [V, D]; layers: one stacked DecoderLayer (parameters [L, ...], run by lax.scan)."""
+
     def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
         self.embed_tokens = nnx.Param(init_normal()(rngs.params(), (cfg.vocab_size, cfg.hidden_size), dtype))
-        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        self.layers = stack(lambda r: DecoderLayer(cfg, dtype=dtype, rngs=r), cfg.num_hidden_layers, rngs)
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+
+    def decode(self, x, cos, sin, mask: AttentionMask, deepstack: list[jax.Array], kv=None, first_slot=0, *,
+               remat: str = "none", impl: str = "flash"):
+        """The decoder stack: x [B, T, D] -> (final-normed hidden [B, T, D], (k, v) cache or None).
+
+        Deepstack features (Qwen3-VL) are added after the first len(deepstack) layers; those layers
+        run as their own scan with the features as its xs, the rest as one scan."""
+        n_deep = len(deepstack)
+
+        def body(layer, carry, extra):
+            x, kv, i = carry
+            cache = None if kv is None else (*kv, i, first_slot)
+            x, cache = layer(x, cos, sin, mask, cache, impl)
+            if extra is not None:
+                x = x + extra
+            return (x, None if cache is None else cache[:2], i + 1), None
+
+        carry = (x, kv, jnp.int32(0))
+        if n_deep:
+            carry, _ = scan(self.layers, body, carry, jnp.stack(deepstack), remat=remat, stop=n_deep)
+        carry, _ = scan(self.layers, body, carry, None, remat=remat, start=n_deep)
+        x, kv, _ = carry
+        return self.norm(x), kv
 
 
 class QwenVL(nnx.Module):
-    def __init__(self, config: QwenVLConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    """Parameters are stored in `param_dtype` (the optimizer's master weights, float32 for training);
+    activations and matmuls run in `dtype` (bfloat16 on accelerators). Logits are float32."""
+
+    def __init__(self, config: QwenVLConfig, *, dtype=jnp.float32, param_dtype=None, rngs: nnx.Rngs,
+                 attention_impl: str = "flash"):
+        param_dtype = dtype if param_dtype is None else param_dtype
         self.config = config
-        self.visual = VisionTower(config, dtype=dtype, rngs=rngs)
-        self.language_model = TextModel(config.text, dtype=dtype, rngs=rngs)
+        self.compute_dtype = jnp.dtype(dtype)
+        self.attention_impl = attention_impl
+        self.visual = VisionTower(config, dtype=param_dtype, rngs=rngs)
+        self.language_model = TextModel(config.text, dtype=param_dtype, rngs=rngs)
         self.lm_head = None if config.tie_word_embeddings else Linear(
-            config.text.hidden_size, config.text.vocab_size, bias=False, dtype=dtype, rngs=rngs)
+            config.text.hidden_size, config.text.vocab_size, bias=False, dtype=param_dtype, rngs=rngs)
 
     @property
     def dtype(self):
+        """Compute dtype (activations, KV cache)."""
+        return self.compute_dtype
+
+    @property
+    def param_dtype(self):
         return self.language_model.embed_tokens[...].dtype
 
     def head_weight(self) -> jax.Array:
-        """LM head as [D, V] (the tied embedding transposed when tie_word_embeddings)."""
+        """LM head as [D, V] in the compute dtype (the tied embedding transposed when tie_word_embeddings)."""
         if self.lm_head is None:
-            return self.language_model.embed_tokens[...].T
-        return self.lm_head.kernel[...]
+            return self.language_model.embed_tokens[...].T.astype(self.compute_dtype)
+        return self.lm_head.kernel[...].astype(self.compute_dtype)
 
-    def encode_images(self, vision: dict[str, jax.Array]) -> tuple[jax.Array, list[jax.Array]]:
+    def encode_images(self, vision: dict[str, jax.Array], *, remat: str = "none") -> tuple[jax.Array, list[jax.Array]]:
         """Vision tower: merged image tokens [M, D] and deepstack features (Qwen3-VL) in token order."""
-        return self.visual(vision)
+        return self.visual(vision, dtype=self.compute_dtype, remat=remat, impl=self.attention_impl)
 
     def embed(self, input_ids: jax.Array, vision: dict[str, jax.Array] | None = None,
               image_features: tuple[jax.Array, list[jax.Array]] | None = None,
@@ -139,7 +207,7 @@ class QwenVL(nnx.Module):
         image_features: precomputed encode_images output (lets several rows share one image's features);
         image_index int [B, T]: which feature row each <|image_pad|> takes (default: row-major order).
         """
-        x = self.language_model.embed_tokens[...][input_ids]
+        x = self.language_model.embed_tokens[...][input_ids].astype(self.compute_dtype)
         if image_features is None and vision is None:
             return x, []
         tokens, deepstack = image_features if image_features is not None else self.encode_images(vision)
@@ -155,42 +223,38 @@ class QwenVL(nnx.Module):
                  vision: dict[str, jax.Array] | None = None, cache: KVCache | None = None,
                  cache_index: jax.Array | int | None = None, return_logits: bool = True,
                  image_features: tuple[jax.Array, list[jax.Array]] | None = None,
-                 image_index: jax.Array | None = None, logits_at: jax.Array | None = None) -> ModelOutput:
-        """logits_at int [B]: compute logits only at these positions (logits [B, V]); default all [B, T, V]."""
+                 image_index: jax.Array | None = None, logits_at: jax.Array | None = None,
+                 remat: str = "none") -> ModelOutput:
+        """logits_at int [B]: compute logits only at these positions (logits [B, V]); default all [B, T, V].
+        remat: the layers' rematerialisation policy (models.stack.REMAT) when differentiated."""
         x, deepstack = self.embed(input_ids, vision, image_features, image_index)
         cos, sin = mrope_cos_sin(position_ids, self.config, x.dtype)
-        b, t = input_ids.shape
         attention_mask = attention_mask.astype(bool)
-        if cache is None:
-            causal = jnp.tril(jnp.ones((t, t), bool))
-            mask = causal[None] & attention_mask[:, None, :]
-        else:
+        valid = None
+        if cache is not None:
             valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask, cache_index, axis=1)
-            slots = jnp.arange(valid.shape[1])
-            causal = slots[None, :] <= (cache_index + jnp.arange(t))[:, None]
-            mask = causal[None] & valid[:, None, :]
+        mask = AttentionMask.build(attention_mask, valid, 0 if cache is None else cache_index)
         kv = (cache.k, cache.v) if cache is not None else None
-        for i, layer in enumerate(self.language_model.layers):
-            x, layer_cache = layer(x, cos, sin, mask, None if kv is None else (*kv, i), cache_index)
-            if layer_cache is not None:
-                kv = layer_cache[:2]
-            if i < len(deepstack):
-                x = x + deepstack[i]
-        hidden = self.language_model.norm(x)
+        hidden, kv = self.language_model.decode(x, cos, sin, mask, deepstack, kv, cache_index, remat=remat,
+                                                impl=self.attention_impl)
         new_cache = KVCache(*kv, valid) if cache is not None else None
         logits = None
         if return_logits:
             h = hidden if logits_at is None else jnp.take_along_axis(hidden, logits_at[:, None, None], axis=1)[:, 0]
-            logits = jnp.dot(h, self.head_weight().astype(hidden.dtype), preferred_element_type=jnp.float32)
+            logits = jnp.dot(h, self.head_weight(), preferred_element_type=jnp.float32)
         return ModelOutput(logits, hidden, new_cache)
 
 
-def init_sharded(config: QwenVLConfig, *, dtype=jnp.float32, mesh=None, seed: int = 0) -> "QwenVL":
+def init_sharded(config: QwenVLConfig, *, dtype=jnp.float32, param_dtype=None, mesh=None, seed: int = 0,
+                 attention_impl: str = "flash") -> "QwenVL":
     """A randomly initialised model created under jit (no host copy), placed by the sharding rules."""
     from hopchain_jax.models.sharding import state_shardings
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, rngs=nnx.Rngs(seed))))
+
+    def make():
+        return QwenVL(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), attention_impl=attention_impl)
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
     out = None if mesh is None else state_shardings(abstract, mesh)   # each shard made where it lives
-    state = jax.jit(lambda: nnx.state(QwenVL(config, dtype=dtype, rngs=nnx.Rngs(seed))), out_shardings=out)()
+    state = jax.jit(lambda: nnx.state(make()), out_shardings=out)()
     return nnx.merge(graphdef, state)
 
 

@@ -5,6 +5,13 @@ A mesh has axes (data, fsdp, tensor). Each parameter path matches the first rule
 the rule names a logical axis per array dimension, and LOGICAL_TO_MESH maps logical axes to mesh axes.
 A dimension that the mesh axis does not divide is replicated instead (so tiny test models and odd
 head counts still shard what they can). Activations use ACTIVATION_RULES the same way.
+
+Stacked layers: the decoder layers and the vision blocks are stored as one stack per parameter with a
+leading layer axis ([L, ...], scanned by the model); a rule's axes describe one layer, and the leading
+"layers" axis (never sharded) is prepended for parameters under STACKED_PATH.
+
+Paths are "/"-joined keys of the parameter tree, as `path_str` makes them from any pytree path of an
+nnx.State or of optimizer state holding such trees (the Variable's own `.value` attribute is dropped).
 """
 from __future__ import annotations
 
@@ -27,7 +34,12 @@ LOGICAL_TO_MESH: dict[str, str | tuple[str, ...] | None] = {
     "vision_embed": "fsdp",
     "length": None,
     "cache_heads": "tensor",
+    "layers": None,
+    "patches": ("data", "fsdp"),
 }
+
+# A parameter under one of these containers has a leading layer axis (models/qwen_vl.py stacks them).
+STACKED_PATH = re.compile(r"(^|/)(language_model/layers|visual/blocks)/")
 
 # (regex on the "/"-joined parameter path, logical axes per dimension). First match wins.
 PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
@@ -50,7 +62,12 @@ ACTIVATION_RULES: dict[str, tuple[str | None, ...]] = {
     "kv_cache": (None, "batch", "length", "cache_heads", None),  # [L, B, S, KV, D]
     "cache_valid": ("batch", "length"),
     "logits": ("batch", "length", "vocab"),
-    "vision": (),                             # packed patches of all images: replicated
+    "vision": ("patches",),                   # packed patches [P, ...] of all images: over the batch axes
+    # micro-batches stacked for gradient accumulation: a leading [K] axis (never sharded)
+    "micro_tokens": (None, "batch", "length"),
+    "micro_rows": (None, "batch"),
+    "micro_positions": (None, None, "batch", "length"),
+    "micro_vision": (None, "patches"),
 }
 
 
@@ -87,19 +104,33 @@ def spec_for(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh) ->
     return P(*out)
 
 
-def param_logical_axes(path: str) -> tuple[str | None, ...]:
-    for pattern, axes in PARAM_RULES:
+def param_logical_axes(path: str, ndim: int | None = None) -> tuple[str | None, ...]:
+    """Logical axes of the parameter at `path` (a stacked layer parameter gets a leading "layers")."""
+    axes: tuple[str | None, ...] = ()
+    for pattern, rule in PARAM_RULES:
         if re.search(pattern, path):
-            return axes
-    return ()
+            axes = rule
+            break
+    if STACKED_PATH.search(path):
+        axes = ("layers",) + (axes if axes else (None,) * max((ndim or 1) - 1, 0))
+    return axes
 
 
 def path_str(path: Sequence[Any]) -> str:
-    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+    """"/"-joined keys of a pytree path; the trailing `.value` of an nnx Variable is not part of it."""
+    parts = []
+    for p in path:
+        if isinstance(p, jax.tree_util.GetAttrKey):
+            if p.name == "value":
+                continue
+            parts.append(p.name)
+        else:
+            parts.append(str(getattr(p, "key", getattr(p, "idx", p))))
+    return "/".join(parts)
 
 
 def param_sharding(path: str, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, spec_for(param_logical_axes(path), shape, mesh))
+    return NamedSharding(mesh, spec_for(param_logical_axes(path, len(shape)), shape, mesh))
 
 
 def activation_sharding(kind: str, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
@@ -112,10 +143,36 @@ def state_shardings(state: nnx.State, mesh: Mesh) -> Any:
 
 
 def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
-    """Place every parameter of `model` by the rules (in place) and return it."""
+    """Place every parameter of `model` by the rules (in place) and return it. Parameters already on
+    `mesh` stay where they are (e.g. a trainer's arrays handed to the engine)."""
     state = nnx.state(model)
-    nnx.update(model, jax.device_put(state, state_shardings(state, mesh)))
+    on_mesh = all(isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == mesh
+                  for x in jax.tree.leaves(state))
+    if not on_mesh:
+        nnx.update(model, jax.device_put(state, state_shardings(state, mesh)))
     return model
+
+
+def sharded_fraction(tree: Any) -> tuple[int, int]:
+    """(bytes of arrays split over more than one device, total bytes) of a pytree of jax.Arrays."""
+    split = total = 0
+    for x in jax.tree.leaves(tree):
+        if not isinstance(x, jax.Array):
+            continue
+        total += x.nbytes
+        if not x.sharding.is_fully_replicated:
+            split += x.nbytes
+    return split, total
+
+
+def per_device_bytes(tree: Any) -> dict[jax.Device, int]:
+    """Bytes each device holds of a pytree of jax.Arrays (its addressable shards)."""
+    out: dict[jax.Device, int] = {}
+    for x in jax.tree.leaves(tree):
+        if isinstance(x, jax.Array):
+            for shard in x.addressable_shards:
+                out[shard.device] = out.get(shard.device, 0) + shard.data.nbytes
+    return out
 
 
 def to_host(x) -> np.ndarray:

@@ -23,7 +23,9 @@ from flax import nnx
 
 from hopchain_jax.models.config import QwenVLConfig, VisionConfig
 from hopchain_jax.models.image_processor import num_image_tokens
-from hopchain_jax.models.layers import ACTIVATIONS, GatedMLP, LayerNorm, Linear, RMSNorm, apply_rope, attention
+from hopchain_jax.models.attention import attention
+from hopchain_jax.models.layers import ACTIVATIONS, GatedMLP, LayerNorm, Linear, RMSNorm, apply_rope
+from hopchain_jax.models.stack import scan, stack
 
 
 @dataclasses.dataclass
@@ -33,10 +35,13 @@ class VisionInputs:
     pixel_values  float [P, patch_dim]   patches in processing order (window order for 2.5-VL)
     rot_pos       int32 [P, 2]           (row, col) of each patch in its image, for the 2-D rope
     full_segment  int32 [P]              attention group of full-attention blocks (image/frame); pads -1
-    window_segment int32 [P]             attention group of windowed blocks (2.5-VL); pads -1
+    window_segment int32 [P]             window of each patch (2.5-VL; each window padded to window_patches
+                                         rows, so windowed blocks attend within rows of a [P / Wp, Wp]
+                                         reshape); pads -1
     pos_index     int32 [P, 4]           Qwen3-VL: taps into the learned position table
     pos_weight    float32 [P, 4]         Qwen3-VL: bilinear weights of those taps
-    out_index     int32 [M]              merged output order -> image-token order (undoes the window order)
+    out_index     int32 [M]              image-token order -> merged row of the tower (undoes the window
+                                         layout); M = P / merge^2, entries past num_tokens are padding
     num_tokens    int                    valid merged tokens (the rest is padding)
     """
 
@@ -55,7 +60,7 @@ class VisionInputs:
 
 def _rot_positions(grid_thw: np.ndarray, merge: int) -> np.ndarray:
     """Per-patch (row, col) in merge-block order, as the processor lays patches out."""
-    out = []
+    out = [np.zeros((0, 2), np.int64)]
     for t, h, w in grid_thw.tolist():
         rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
         shape = (h // merge, merge, w // merge, merge)
@@ -88,7 +93,7 @@ def _window_index(grid_thw: np.ndarray, cfg: VisionConfig) -> tuple[np.ndarray, 
 
 def _bilinear_taps(grid_thw: np.ndarray, side: int, merge: int) -> tuple[np.ndarray, np.ndarray]:
     """Qwen3-VL: resample the side x side learned table to each image grid (align_corners=True)."""
-    idx_all, w_all = [], []
+    idx_all, w_all = [np.zeros((0, 4), np.int64)], [np.zeros((0, 4))]
     for t, h, w in grid_thw.tolist():
         rows = _rot_positions(np.array([[1, h, w]]), merge)
         r = rows[:, 0] * (side - 1) / max(h - 1, 1)
@@ -104,15 +109,51 @@ def _bilinear_taps(grid_thw: np.ndarray, side: int, merge: int) -> tuple[np.ndar
     return np.concatenate(idx_all).astype(np.int32), np.concatenate(w_all).astype(np.float32)
 
 
-def vision_bucket(num_patches: int, merge_unit: int, minimum: int = 64) -> int:
-    """Padded patch count: the next power of two (>= minimum), a multiple of the merge unit."""
+def vision_bucket(num_patches: int, multiple: int, minimum: int = 64) -> int:
+    """Padded patch count: the next power of two (>= minimum), rounded up to a multiple of `multiple`."""
     size = max(minimum, 1 << (int(num_patches) - 1).bit_length())
-    return -(-size // merge_unit) * merge_unit
+    return -(-size // multiple) * multiple
+
+
+def window_patches(config: QwenVLConfig) -> int:
+    """Patches per (padded) attention window of Qwen2.5-VL's windowed blocks; 0 for towers without."""
+    if config.arch != "qwen2_5_vl":
+        return 0
+    cfg = config.vision
+    win = cfg.window_size // cfg.spatial_merge_size // cfg.patch_size
+    return win * win * cfg.spatial_merge_size ** 2
+
+
+def _layout(grid_thw: np.ndarray, config: QwenVLConfig) -> tuple[np.ndarray, int]:
+    """(slot of each merge unit in processor order, slots needed) in the tower's packed layout.
+
+    Qwen2.5-VL: units sit in window order and every window is padded to window_patches / merge^2 unit
+    slots, so a windowed block is attention over [windows, window_patches] (no [P, P] mask). Qwen3-VL:
+    units in processor order, no gaps."""
+    units = int(np.prod(grid_thw, axis=1).sum()) // config.vision.spatial_merge_size ** 2
+    if config.arch != "qwen2_5_vl" or units == 0:
+        return np.arange(units), units
+    per_window = window_patches(config) // config.vision.spatial_merge_size ** 2
+    order, window_ids = _window_index(grid_thw, config.vision)
+    first = np.searchsorted(window_ids, window_ids)            # window_ids are sorted: first unit of each window
+    slot = np.empty(units, np.int64)
+    slot[order] = window_ids * per_window + (np.arange(units) - first)
+    n_windows = int(window_ids.max()) + 1 if units else 0
+    return slot, n_windows * per_window
+
+
+def padded_patches(grid_thw, config: QwenVLConfig) -> int:
+    """The default padded patch count (bucket) of prepare_vision_inputs for these images."""
+    grid_thw = np.asarray(grid_thw, np.int64).reshape(-1, 3)
+    merge_unit = config.vision.spatial_merge_size ** 2
+    _, slots = _layout(grid_thw, config)
+    return vision_bucket(slots * merge_unit, max(merge_unit, window_patches(config)))
 
 
 def prepare_vision_inputs(pixel_values: np.ndarray, grid_thw: np.ndarray, config: QwenVLConfig,
                           num_patches: int | None = None) -> VisionInputs:
-    """Pack images (processor output) for the tower. num_patches: pad target (default: bucketed)."""
+    """Pack images (processor output) for the tower. num_patches: pad target (default: padded_patches;
+    a larger one lets several batches share one shape)."""
     cfg = config.vision
     grid_thw = np.asarray(grid_thw, np.int64).reshape(-1, 3)
     pixel_values = np.asarray(pixel_values)
@@ -121,33 +162,37 @@ def prepare_vision_inputs(pixel_values: np.ndarray, grid_thw: np.ndarray, config
     if pixel_values.shape != (total, cfg.patch_dim):
         raise ValueError(f"pixel_values has shape {pixel_values.shape}, but image_grid_thw {grid_thw.tolist()} "
                          f"needs ({total}, {cfg.patch_dim}); preprocess images with this model's processor")
-    padded = num_patches or vision_bucket(total, merge_unit)
-    if padded < total or padded % merge_unit:
-        raise ValueError(f"num_patches {padded} must be >= {total} and a multiple of {merge_unit}")
+    slot, slots = _layout(grid_thw, config)
+    need = padded_patches(grid_thw, config)
+    padded = num_patches or need
+    multiple = max(merge_unit, window_patches(config))
+    if padded < slots * merge_unit or padded % multiple:
+        raise ValueError(f"num_patches {padded} must be >= {slots * merge_unit} and a multiple of {multiple} "
+                         f"(padded_patches gives {need})")
     rot = _rot_positions(grid_thw, cfg.spatial_merge_size)
     frames = np.repeat(np.arange(int(grid_thw[:, 0].sum())), np.repeat(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0]))
-    full = frames.astype(np.int32)
-    window = full.copy()
-    order = np.arange(total // merge_unit)
-    if config.arch == "qwen2_5_vl":
-        order, window_ids = _window_index(grid_thw, cfg)
-        window = np.repeat(window_ids, merge_unit).astype(np.int32)
-        patch_order = (order[:, None] * merge_unit + np.arange(merge_unit)).reshape(-1)
-        pixel_values, rot, full = pixel_values[patch_order], rot[patch_order], full[patch_order]
     if config.arch == "qwen3_vl":
         side = int(cfg.num_position_embeddings ** 0.5)
         pos_index, pos_weight = _bilinear_taps(grid_thw, side, cfg.spatial_merge_size)
     else:
         pos_index, pos_weight = np.zeros((total, 4), np.int32), np.zeros((total, 4), np.float32)
-    pad = padded - total
+    # patch p of unit u goes to row slot[u] * merge_unit + (p % merge_unit); other rows are padding
+    rows = (slot[:, None] * merge_unit + np.arange(merge_unit)).reshape(-1)
 
-    def _pad(a, value=0):
-        return np.concatenate([a, np.full((pad,) + a.shape[1:], value, a.dtype)]) if pad else a
+    def place(a, fill=0, dtype=None):
+        out = np.full((padded,) + a.shape[1:], fill, dtype or a.dtype)
+        out[rows] = a
+        return out
 
-    m_total, m_pad = total // merge_unit, padded // merge_unit
-    out_index = np.concatenate([np.argsort(order), np.arange(m_total, m_pad)]).astype(np.int32)
-    return VisionInputs(_pad(pixel_values.astype(np.float32)), _pad(rot), _pad(full, -1), _pad(window, -1),
-                        _pad(pos_index), _pad(pos_weight), out_index, m_total)
+    full = place(frames.astype(np.int32), -1)
+    per_window = window_patches(config)
+    window = np.where(full >= 0, np.arange(padded) // max(per_window, 1), -1).astype(np.int32) \
+        if per_window else full.copy()
+    m_pad = padded // merge_unit
+    unused = np.setdiff1d(np.arange(m_pad), slot)
+    out_index = np.concatenate([slot, unused]).astype(np.int32)   # image-token order -> merged row
+    return VisionInputs(place(pixel_values, 0, np.float32), place(rot), full, window, place(pos_index),
+                        place(pos_weight), out_index, len(slot))
 
 
 def image_tokens(grid_thw, config: QwenVLConfig) -> int:
@@ -157,9 +202,10 @@ def image_tokens(grid_thw, config: QwenVLConfig) -> int:
 
 
 def pack_images(entries: Sequence[tuple[np.ndarray, np.ndarray] | None],
-                config: QwenVLConfig) -> tuple[VisionInputs | None, list[int]]:
+                config: QwenVLConfig, num_patches: int | None = None) -> tuple[VisionInputs | None, list[int]]:
     """Pack the images of several prompts, each once: (tower inputs or None, per entry the first feature
-    row of its image tokens). entries: (pixel_values, image_grid_thw) per prompt, None for text-only."""
+    row of its image tokens). entries: (pixel_values, image_grid_thw) per prompt, None for text-only.
+    num_patches: pad target (default: the bucket of these images)."""
     starts, offset = [], 0
     for entry in entries:
         starts.append(offset)
@@ -170,8 +216,7 @@ def pack_images(entries: Sequence[tuple[np.ndarray, np.ndarray] | None],
         return None, starts
     pixels = np.concatenate([np.asarray(p) for p, _ in present])
     grid = np.concatenate([np.asarray(g).reshape(-1, 3) for _, g in present])
-    merge_unit = config.vision.spatial_merge_size ** 2
-    return prepare_vision_inputs(pixels, grid, config, vision_bucket(len(pixels), merge_unit)), starts
+    return prepare_vision_inputs(pixels, grid, config, num_patches), starts
 
 
 def fill_image_index(input_ids: np.ndarray, row_starts: Sequence[int], config: QwenVLConfig) -> np.ndarray:
@@ -189,13 +234,18 @@ class VisionAttention(nnx.Module):
         self.proj = Linear(cfg.hidden_size, cfg.hidden_size, bias=True, dtype=dtype, rngs=rngs)
         self.heads = cfg.num_heads
 
-    def __call__(self, x, cos, sin, segment):
+    def __call__(self, x, cos, sin, segment, window: int = 0, impl: str = "flash"):
+        """x [P, D]; segment int32 [P] (-1 = padding). window > 0: attend only within consecutive rows
+        of `window` patches (the padded windows), as a batch of [P / window, window] attentions."""
         p, d = x.shape
         q, k, v = jnp.moveaxis(self.qkv(x).reshape(p, 3, self.heads, d // self.heads), 1, 0)
         q = apply_rope(q.astype(jnp.float32), cos, sin).astype(x.dtype)
         k = apply_rope(k.astype(jnp.float32), cos, sin).astype(x.dtype)
-        mask = segment[:, None] == segment[None, :]
-        out = attention(q[None], k[None], v[None], mask[None])[0]
+        groups = p // window if window else 1
+        shape = (groups, p // groups, self.heads, d // self.heads)
+        seg = segment.reshape(groups, -1)
+        out = attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), q_segment=seg, kv_segment=seg,
+                        impl=impl, block_k=min(p // groups, 512))
         return self.proj(out.reshape(p, d))
 
 
@@ -212,8 +262,8 @@ class VisionBlock(nnx.Module):
             self.mlp = PlainMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, dtype=dtype, rngs=rngs)
         self.attn = VisionAttention(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segment):
-        x = x + self.attn(self.norm1(x), cos, sin, segment)
+    def __call__(self, x, cos, sin, segment, window: int = 0, impl: str = "flash"):
+        x = x + self.attn(self.norm1(x), cos, sin, segment, window, impl)
         return x + self.mlp(self.norm2(x))
 
 
@@ -258,9 +308,12 @@ class PatchMerger(nnx.Module):
 
 
 class VisionTower(nnx.Module):
+    """blocks: one stacked VisionBlock ([depth, ...] parameters, run by lax.scan)."""
+
     def __init__(self, config: QwenVLConfig, *, dtype, rngs: nnx.Rngs):
         cfg = self.cfg = config.vision
         self.arch = config.arch
+        self.window = window_patches(config)
         self.patch_embed = Linear(cfg.patch_dim, cfg.hidden_size, bias=self.arch == "qwen3_vl", dtype=dtype, rngs=rngs)
         if self.arch == "qwen3_vl":
             self.pos_embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (cfg.num_position_embeddings,
@@ -268,12 +321,14 @@ class VisionTower(nnx.Module):
             self.deepstack_merger_list = nnx.List([
                 PatchMerger(cfg, self.arch, postshuffle=True, dtype=dtype, rngs=rngs)
                 for _ in cfg.deepstack_visual_indexes])
-        self.blocks = nnx.List([VisionBlock(cfg, self.arch, dtype=dtype, rngs=rngs) for _ in range(cfg.depth)])
+        self.blocks = stack(lambda r: VisionBlock(cfg, self.arch, dtype=dtype, rngs=r), cfg.depth, rngs)
         self.merger = PatchMerger(cfg, self.arch, dtype=dtype, rngs=rngs)
 
-    def __call__(self, inputs: dict[str, jax.Array]) -> tuple[jax.Array, list[jax.Array]]:
-        """Returns (tokens [M, D], deepstack features: list of [M, D]) in image-token order."""
-        dtype = self.patch_embed.kernel[...].dtype
+    def __call__(self, inputs: dict[str, jax.Array], *, dtype=None, remat: str = "none",
+                 impl: str = "flash") -> tuple[jax.Array, list[jax.Array]]:
+        """Returns (tokens [M, D], deepstack features: list of [M, D]) in image-token order, in `dtype`
+        (default: the parameters' dtype)."""
+        dtype = dtype or self.patch_embed.kernel[...].dtype
         x = self.patch_embed(inputs["pixel_values"].astype(dtype))
         if self.arch == "qwen3_vl":
             table = self.pos_embed[...]
@@ -284,11 +339,25 @@ class VisionTower(nnx.Module):
         freqs = inputs["rot_pos"][..., None].astype(jnp.float32) * inv_freq  # [P, 2, hd/4]
         freqs = freqs.reshape(freqs.shape[0], -1)  # [P, hd/2]: rows then cols
         cos, sin = jnp.cos(jnp.concatenate([freqs, freqs], -1)), jnp.sin(jnp.concatenate([freqs, freqs], -1))
-        deepstack = []
-        for i, block in enumerate(self.blocks):
-            windowed = self.arch == "qwen2_5_vl" and i not in self.cfg.fullatt_block_indexes
-            x = block(x, cos, sin, inputs["window_segment"] if windowed else inputs["full_segment"])
-            if self.arch == "qwen3_vl" and i in self.cfg.deepstack_visual_indexes:
+        full_seg, window_seg = inputs["full_segment"], inputs["window_segment"]
+        windowed = np.asarray([self.window > 0 and i not in self.cfg.fullatt_block_indexes
+                               for i in range(self.cfg.depth)])
+
+        def body(block, x, is_windowed):
+            if not windowed.any():
+                return block(x, cos, sin, full_seg, 0, impl), None
+            if windowed.all():
+                return block(x, cos, sin, window_seg, self.window, impl), None
+            return jax.lax.cond(is_windowed, lambda x: block(x, cos, sin, window_seg, self.window, impl),
+                                lambda x: block(x, cos, sin, full_seg, 0, impl), x), None
+
+        # one scan between consecutive deepstack taps (Qwen3-VL), else one scan over all blocks
+        deepstack, start = [], 0
+        taps = set(self.cfg.deepstack_visual_indexes) if self.arch == "qwen3_vl" else set()
+        for i in sorted(taps | {self.cfg.depth - 1}):
+            x, _ = scan(self.blocks, body, x, jnp.asarray(windowed[start:i + 1]), remat=remat, start=start, stop=i + 1)
+            start = i + 1
+            if i in taps:
                 merger = self.deepstack_merger_list[self.cfg.deepstack_visual_indexes.index(i)]
                 deepstack.append(merger(x)[inputs["out_index"]])
         return self.merger(x)[inputs["out_index"]], deepstack

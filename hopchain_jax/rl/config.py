@@ -24,11 +24,17 @@ class TrainConfig:
     Optimizer: AdamW, linear warmup then cosine decay to lr * min_lr_ratio over total_steps optimizer steps,
       global-norm clipping. tau_pos / tau_neg: SAPO gate temperatures. kl_coef > 0 adds a k3 KL penalty to
       the initial policy. Mesh: (data, fsdp, tensor) device counts, -1 = the rest.
+    Precision: parameters and optimizer state in param_dtype (float32 master weights), activations and
+      matmuls in dtype (bfloat16 on accelerators); rollouts read a dtype copy of the weights.
+    Memory: each minibatch is split into grad_accum micro-batches whose gradients are accumulated
+      (activation memory of one micro-batch); remat is the layers' rematerialisation policy
+      (models.stack.REMAT: none | full | dots | dots_no_batch).
     """
 
     name: str = "tiny"
     model: str = "tiny"
     dtype: str = "float32"
+    param_dtype: str = "float32"
     data: tuple[tuple[str, float], ...] = ()
     synth_images: int = 48
     mode: str = "rl"
@@ -36,6 +42,8 @@ class TrainConfig:
     prompts_per_step: int = 4
     group_size: int = 4
     minibatches: int = 2
+    grad_accum: int = 1
+    remat: str = "full"
     max_new_tokens: int = 48
     temperature: float = 1.0
     top_p: float = 1.0
@@ -65,6 +73,14 @@ class TrainConfig:
         if self.prompts_per_step * self.group_size % self.minibatches:
             raise ValueError(f"prompts_per_step x group_size ({self.prompts_per_step * self.group_size}) must split "
                              f"into minibatches={self.minibatches} equal parts")
+        rows = self.prompts_per_step * (self.group_size if self.mode == "rl" else 1) // \
+            (self.minibatches if self.mode == "rl" else 1)
+        if self.grad_accum < 1 or rows % self.grad_accum:
+            raise ValueError(f"grad_accum={self.grad_accum} must divide the {rows} rows of each optimizer step "
+                             "(prompts_per_step x group_size / minibatches; prompts_per_step for sft)")
+        from hopchain_jax.models.stack import REMAT
+        if self.remat not in REMAT:
+            raise ValueError(f"remat must be one of {sorted(REMAT)}, got {self.remat!r}")
         for name, weight in self.data:
             if weight <= 0:
                 raise ValueError(f"data source {name!r} has weight {weight}; weights must be > 0")

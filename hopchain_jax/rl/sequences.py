@@ -8,8 +8,10 @@ A training row is one sequence `prompt_ids + response_ids`, right-padded to a le
   loss_mask      bool  [N, T]   True where targets[t] is a response token (what the loss trains)
   image_index    int32 [N, T]   feature row of each image token (rows of one prompt share its image)
   vision         dict           packed images of the batch's distinct prompts (vision.prepare_vision_inputs)
-Shapes are bucketed (length to a multiple of `length_bucket`, patches to a power of two) so minibatches
-rarely recompile the train step.
+Shapes are bucketed so a run compiles a handful of step shapes: the length to the next of
+LENGTH_BUCKETS (or a multiple of `length_bucket` when one is given), patches to a power of two.
+`pack_micro` stacks K micro-batches ([K, N, T], images padded to one patch count) for gradient
+accumulation.
 """
 from __future__ import annotations
 
@@ -20,7 +22,20 @@ import numpy as np
 
 from hopchain_jax.models.config import QwenVLConfig
 from hopchain_jax.models.rope import rope_index
-from hopchain_jax.models.vision import fill_image_index, pack_images
+from hopchain_jax.models.vision import fill_image_index, pack_images, padded_patches, prepare_vision_inputs
+
+# Training sequence lengths (prompt + response + 1), in tokens. Past the last: multiples of it.
+LENGTH_BUCKETS = (128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+
+
+def length_bucket_for(n: int, length_bucket: int | None = None) -> int:
+    """The padded length of a row of n tokens."""
+    if length_bucket:
+        return -(-n // length_bucket) * length_bucket
+    for b in LENGTH_BUCKETS:
+        if n <= b:
+            return b
+    return -(-n // LENGTH_BUCKETS[-1]) * LENGTH_BUCKETS[-1]
 
 
 @dataclasses.dataclass
@@ -52,18 +67,20 @@ class SequenceBatch:
 
 
 def pack(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], responses: Sequence[Sequence[int]],
-         config: QwenVLConfig, *, pad_id: int = 0, length_bucket: int = 64, min_length: int = 0) -> SequenceBatch:
-    """Rows r = prompts[prompt_of_row[r]] + responses[r]. Only prompts some row uses are encoded."""
+         config: QwenVLConfig, *, pad_id: int = 0, length_bucket: int | None = None, min_length: int = 0,
+         num_patches: int | None = None) -> SequenceBatch:
+    """Rows r = prompts[prompt_of_row[r]] + responses[r]. Only prompts some row uses are encoded.
+    num_patches: the images' pad target (default their own bucket; see vision.prepare_vision_inputs)."""
     rows = len(responses)
     lengths = [len(prompts[p].prompt_ids) + len(resp) for p, resp in zip(prompt_of_row, responses)]
-    t = max(max(lengths) + 1, min_length)
-    t = -(-t // length_bucket) * length_bucket
+    t = length_bucket_for(max(max(lengths) + 1, min_length), length_bucket)
     ids = np.full((rows, t), pad_id, np.int32)
     attn = np.zeros((rows, t), bool)
     loss = np.zeros((rows, t), bool)
     used = sorted(set(prompt_of_row))
     vis, starts = pack_images([(prompts[p].pixel_values, prompts[p].image_grid_thw)
-                               if prompts[p].image_grid_thw is not None else None for p in used], config)
+                               if prompts[p].image_grid_thw is not None else None for p in used], config,
+                              num_patches)
     first_row = dict(zip(used, starts))
     grids = []
     for r, (p, resp) in enumerate(zip(prompt_of_row, responses)):
@@ -76,4 +93,33 @@ def pack(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], responses: Seq
     image_index = fill_image_index(ids, [first_row[p] for p in prompt_of_row], config)
     targets = np.concatenate([ids[:, 1:], np.full((rows, 1), pad_id, np.int32)], axis=1)
     pos, _ = rope_index(ids, attn, np.concatenate(grids) if grids else None, config)
+    if vis is None and num_patches:   # a text-only micro-batch among image ones: an all-padding tower input
+        vis = prepare_vision_inputs(np.zeros((0, config.vision.patch_dim), np.float32), np.zeros((0, 3), np.int64),
+                                    config, num_patches)
     return SequenceBatch(ids, attn, pos, targets, loss, image_index, vis.arrays() if vis is not None else None)
+
+
+def pack_micro(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], responses: Sequence[Sequence[int]],
+               config: QwenVLConfig, micro_batches: int, *, pad_id: int = 0, length_bucket: int | None = None,
+               min_length: int = 0) -> SequenceBatch:
+    """The rows split into `micro_batches` consecutive groups, each packed with its own images, stacked:
+    every array gains a leading [K] axis (same T and patch count in every micro-batch)."""
+    rows = len(responses)
+    if rows % micro_batches:
+        raise ValueError(f"{rows} rows do not split into {micro_batches} equal micro-batches")
+    per = rows // micro_batches
+    groups = [range(i * per, (i + 1) * per) for i in range(micro_batches)]
+    lengths = [len(prompts[p].prompt_ids) + len(r) for p, r in zip(prompt_of_row, responses)]
+    t = max(max(lengths) + 1, min_length)
+    patches = [padded_patches(np.concatenate([np.asarray(prompts[p].image_grid_thw).reshape(-1, 3) for p in
+                                              sorted({prompt_of_row[r] for r in g})
+                                              if prompts[p].image_grid_thw is not None] or [np.zeros((0, 3))]),
+                              config) for g in groups]
+    any_images = any(prompts[prompt_of_row[r]].image_grid_thw is not None for r in range(rows))
+    parts = [pack(prompts, [prompt_of_row[r] for r in g], [responses[r] for r in g], config, pad_id=pad_id,
+                  length_bucket=length_bucket, min_length=t, num_patches=max(patches) if any_images else None)
+             for g in groups]
+    stacked = {f.name: None if getattr(parts[0], f.name) is None else np.stack([getattr(b, f.name) for b in parts])
+               for f in dataclasses.fields(SequenceBatch) if f.name != "vision"}
+    vision = None if parts[0].vision is None else {k: np.stack([b.vision[k] for b in parts]) for k in parts[0].vision}
+    return SequenceBatch(**stacked, vision=vision)

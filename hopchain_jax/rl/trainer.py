@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from hopchain_jax.data.mixture import make_mixture
@@ -39,18 +38,20 @@ from hopchain_jax.rl.checkpointing import Checkpointer
 from hopchain_jax.rl.config import TrainConfig, dumps
 from hopchain_jax.rl.metrics import MetricsWriter
 from hopchain_jax.rl.reward import group_advantages, reward
-from hopchain_jax.rl.sequences import Prompt, pack
+from hopchain_jax.rl import flops
+from hopchain_jax.rl.sequences import Prompt, pack_micro
 from hopchain_jax.rl.update import Updater
 
 def build_model(cfg: TrainConfig, mesh) -> QwenVL:
     """A preset name (random init, jit-created on the mesh) or a checkpoint directory."""
     from configs.models import PRESETS
-    dtype = jnp.dtype(cfg.dtype)
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     if cfg.model in PRESETS:
-        return init_sharded(PRESETS[cfg.model](), dtype=dtype, mesh=mesh, seed=cfg.seed)
+        return init_sharded(PRESETS[cfg.model](), dtype=dtype, param_dtype=param_dtype, mesh=mesh, seed=cfg.seed)
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(f"--model {cfg.model!r} is neither a preset ({sorted(PRESETS)}) nor a checkpoint directory")
-    return load_pretrained(cfg.model, dtype=dtype, mesh=mesh, progress=jax.process_index() == 0)
+    return load_pretrained(cfg.model, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
+                           progress=jax.process_index() == 0)
 
 
 def default_data(cfg: TrainConfig) -> list[tuple[str, float]]:
@@ -127,9 +128,11 @@ class Trainer:
         self.metrics = MetricsWriter(self.out, enabled=self.is_main)
         self.step = 0
         self.pad_id = model.config.pad_token_id or 0
-        self._flops_per_token = 6 * sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        self._peak = flops.peak_flops(jax.devices()[0].device_kind) if jax.default_backend() != "cpu" else None
 
     # -- checkpoints -------------------------------------------------------------------------------------
+    # The trainable parameters and their optimizer state are saved; frozen ones (TrainConfig.freeze_vision)
+    # never change and come back from --model on resume.
     def save(self) -> None:
         self.checkpointer.save(self.step, self.updater.params, self.updater.opt_state, self.data_iter,
                                {"step": self.step, "seed": self.cfg.seed, "config": json.loads(dumps(self.cfg))})
@@ -181,14 +184,14 @@ class Trainer:
         length = max(len(prompts[r].prompt_ids) + len(resp) for r, resp in zip(rows, responses)) + 1
         t1 = time.perf_counter()
         minibatches = []
-        gaps, entropies, tokens = [], [], 0
+        gaps, entropies, tokens, seq_lengths, grids = [], [], 0, [], []
         for k in range(cfg.minibatches):
             idx = np.sort(order[k * per:(k + 1) * per])
-            sub_np = pack(prompts, [rows[i] for i in idx], [responses[i] for i in idx], self.model_config,
-                          pad_id=self.pad_id, min_length=length)
+            sub_np = pack_micro(prompts, [rows[i] for i in idx], [responses[i] for i in idx], self.model_config,
+                                cfg.grad_accum, pad_id=self.pad_id, min_length=length)
             sub = self.updater.put_batch(sub_np.arrays())
             old, ent = self.updater.score(sub)
-            old_np, mask = to_host(old), sub_np.loss_mask
+            old_np, mask = to_host(old), sub_np.loss_mask.reshape(old.shape)
             sampler = np.zeros_like(old_np)
             for j, i in enumerate(idx):
                 start = len(prompts[rows[i]].prompt_ids) - 1
@@ -196,6 +199,8 @@ class Trainer:
             gaps.append(np.abs(sampler - old_np)[mask])
             entropies.append(to_host(ent)[mask])
             tokens += sub_np.num_tokens
+            seq_lengths += sub_np.attention_mask.reshape(-1, sub_np.attention_mask.shape[-1]).sum(-1).tolist()
+            grids += self._micro_grids(prompts, [rows[i] for i in idx])
             minibatches.append((idx, sub, old))
         stats = []
         for idx, sub, old in minibatches:
@@ -214,8 +219,9 @@ class Trainer:
                  tokens_per_s=tokens / seconds,
                  learning_rate=self.updater.learning_rate(self.step * cfg.minibatches),
                  skipped_steps=float(sum(s["skipped"] for s in stats)),
-                 # update phase: one scoring forward (2 flops/param/token) + one training step (6)
-                 mfu=self._mfu(tokens * 8 / 6, t_update))
+                 # update phase: scoring forward(s) + the training step, per component (rl/flops.py)
+                 mfu=self._mfu(flops.rl_update_flops(self.model_config, seq_lengths, grids, cfg.freeze_vision,
+                                                     reference_forward=cfg.kl_coef > 0), t_update))
         m["data"] = self._data_fingerprint
         m["rollout"] = hashlib.sha256(np.asarray([t for r in responses for t in r], np.int64).tobytes()).hexdigest()[:16]
         return m
@@ -224,21 +230,31 @@ class Trainer:
         t0 = time.perf_counter()
         elements = self._prompts()
         prompts = [Prompt(el["prompt_ids"], el["pixel_values"], el["image_grid_thw"]) for el in elements]
-        batch_np = pack(prompts, list(range(len(prompts))), [el["target_ids"] for el in elements],
-                        self.model_config, pad_id=self.pad_id)
+        rows = list(range(len(prompts)))
+        batch_np = pack_micro(prompts, rows, [el["target_ids"] for el in elements], self.model_config,
+                              self.cfg.grad_accum, pad_id=self.pad_id)
         m = self.updater.sft_step(self.updater.put_batch(batch_np.arrays()))
         m = {k: float(to_host(v)) for k, v in m.items()}
         seconds = time.perf_counter() - t0
         m.update(step_seconds=seconds, tokens_per_s=batch_np.num_tokens / seconds,
-                 learning_rate=self.updater.learning_rate(self.step), mfu=self._mfu(batch_np.num_tokens, seconds))
+                 learning_rate=self.updater.learning_rate(self.step),
+                 mfu=self._mfu(flops.train_step_flops(
+                     self.model_config, batch_np.attention_mask.reshape(len(rows), -1).sum(-1).tolist(),
+                     self._micro_grids(prompts, rows), self.cfg.freeze_vision), seconds))
         m["data"] = self._data_fingerprint
         return m
 
-    def _mfu(self, tokens: float, seconds: float) -> float:
-        peak = {"gpu": 989e12, "tpu": 459e12}.get(jax.default_backend())
-        if not peak:
+    def _micro_grids(self, prompts: list[Prompt], prompt_of_row: list[int]) -> list:
+        """Image grids the tower encodes for these rows: each prompt's images once per micro-batch."""
+        per = len(prompt_of_row) // self.cfg.grad_accum
+        return [prompts[p].image_grid_thw for k in range(self.cfg.grad_accum)
+                for p in sorted(set(prompt_of_row[k * per:(k + 1) * per])) if prompts[p].image_grid_thw is not None]
+
+    def _mfu(self, model_flops: float, seconds: float) -> float:
+        """Model FLOPs utilisation (NaN where the device's peak is unknown, e.g. CPU)."""
+        if not self._peak:
             return float("nan")
-        return self._flops_per_token * tokens / seconds / (peak * jax.device_count())
+        return flops.mfu(model_flops, seconds, self._peak, jax.device_count())
 
     # -- loop --------------------------------------------------------------------------------------------
     def train(self, max_steps: int | None = None) -> list[dict]:

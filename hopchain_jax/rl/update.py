@@ -1,8 +1,10 @@
 """Sharded, jit-compiled parameter updates: SAPO (RL), cross-entropy (SFT), and scoring.
 
 Parameters and optimizer state live on the mesh with the same rules as inference
-(models/sharding.py); every step is `jax.jit` with explicit out_shardings equal to the inputs', so
-nothing moves between steps. A NaN/inf guard keeps the previous parameters and optimizer state when a
+(models/sharding.py: FSDP over "fsdp", tensor parallelism over "tensor"); every step is `jax.jit` with
+explicit out_shardings equal to the inputs', so nothing moves between steps. Weights are float32
+masters (the compute runs in the model's dtype, bfloat16 for the presets), gradients are accumulated
+over micro-batches, and layers are rematerialised by TrainConfig.remat. A NaN/inf guard keeps the previous parameters and optimizer state when a
 step's loss or gradient norm is not finite (the step is counted as skipped and logged).
 
 Log-probs come from the fused kernel (kernels/logprob.py) on hidden states divided by the sampling
@@ -10,7 +12,6 @@ temperature, so the trainer scores exactly the distribution the sampler drew fro
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -21,11 +22,11 @@ from jax import lax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hopchain_jax.models.qwen_vl import QwenVL, is_vision_param
-from hopchain_jax.models.sharding import activation_sharding, path_str
+from hopchain_jax.models.qwen_vl import QwenVL, trainable_filter
+from hopchain_jax.models.sharding import activation_sharding, param_sharding, path_str
 from hopchain_jax.rl.config import TrainConfig
-from kernels.logprob import fused_logprob_entropy
-from kernels.sapo_loss import sapo_loss_and_stats, sapo_loss_fused
+from kernels.logprob import fused_logprob_entropy, sharded_fused_logprob_entropy
+from kernels.sapo_loss import sapo_loss_and_stats
 
 
 def kernel_impl(requested: str) -> str:
@@ -45,32 +46,43 @@ def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
                                               cfg.lr * cfg.min_lr_ratio)
 
 
-def trainable_labels(params: Any, freeze_vision: bool) -> Any:
-    def label(path, _):
-        return "frozen" if freeze_vision and is_vision_param(path_str(path)) else "train"
-    return jax.tree_util.tree_map_with_path(label, params)
+def stack_micro(arrays: dict) -> dict:
+    """A packed batch (rl.sequences) as micro-batches: arrays with a leading [K] axis stay as they are,
+    a single batch ([N, T] tokens) becomes K = 1."""
+    if arrays["input_ids"].ndim == 3:
+        return arrays
+    return {k: None if v is None else ({n: a[None] for n, a in v.items()} if isinstance(v, dict) else v[None])
+            for k, v in arrays.items()}
 
 
 class Updater:
+    """Parameters, optimizer state and the jitted steps of one training run.
+
+    Master weights are the model's parameters as given (float32 for the presets; the forward casts to
+    the model's compute dtype). Only trainable parameters (TrainConfig.freeze_vision) are differentiated,
+    clipped and updated; the frozen ones are constants of the step (no backward, no optimizer state).
+    A step's batch holds K micro-batches ([K, N, T] tokens, rl.sequences.pack_micro): gradients are
+    accumulated over them in float32 by a lax.scan, so the compiled step's activation memory is that of
+    one micro-batch, then one optimizer update is applied.
+    """
+
     def __init__(self, model: QwenVL, cfg: TrainConfig, mesh: Mesh):
         self.cfg, self.mesh = cfg, mesh
-        self.graphdef, params = nnx.split(model)
+        self.graphdef, self.params, self.frozen = nnx.split(model, trainable_filter(freeze_vision=cfg.freeze_vision),
+                                                            ...)
         self.impl = kernel_impl(cfg.kernel_impl)
-        adamw = optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.999, weight_decay=cfg.weight_decay)
-        self.tx = optax.multi_transform(
-            {"train": optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw), "frozen": optax.set_to_zero()},
-            trainable_labels(params, cfg.freeze_vision))
-        self.param_shardings = jax.tree.map(lambda x: x.sharding, params)
-        self.params = params
-        opt_state = jax.jit(self.tx.init)(params)
+        self.tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                              optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
         replicated = NamedSharding(mesh, P())
-        # moments follow their parameters' sharding; scalars (step counts) are replicated on the mesh
-        self.opt_shardings = jax.tree.map(
-            lambda x: x.sharding if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh else replicated,
-            opt_state)
-        self.opt_state = jax.device_put(opt_state, self.opt_shardings)
+        self.param_shardings = jax.tree.map(lambda x: x.sharding, self.params)
+        # Optimizer state is created in its shardings: each moment by its parameter's rule (the paths of
+        # optax's state end in the parameter's path), scalars (step counts) replicated.
+        self.opt_shardings = jax.tree_util.tree_map_with_path(
+            lambda p, x: param_sharding(path_str(p), x.shape, mesh) if x.ndim else replicated,
+            jax.eval_shape(self.tx.init, self.params))
+        self.opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
         # A copy: the step functions donate self.params, which would free a shared reference.
-        self.ref_params = jax.tree.map(jnp.copy, params) if cfg.kl_coef > 0 else None
+        self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.kl_coef > 0 else None
         state_out = (self.param_shardings, self.opt_shardings, replicated)
         self._rl_step = jax.jit(self._rl_step_impl, donate_argnums=(0, 1), out_shardings=state_out)
         self._sft_step = jax.jit(self._sft_step_impl, donate_argnums=(0, 1), out_shardings=state_out)
@@ -78,102 +90,136 @@ class Updater:
 
     def model(self) -> QwenVL:
         """The current weights as a model (no copy): the sampler reads these arrays directly."""
-        return nnx.merge(self.graphdef, self.params)
+        return nnx.merge(self.graphdef, self.params, self.frozen)
+
+    def state(self) -> nnx.State:
+        """All parameters (trainable and frozen) as one nnx.State."""
+        return nnx.state(self.model())
 
     # -- device placement of a packed batch --------------------------------------------------------------
     def put_batch(self, arrays: dict) -> dict:
+        """Place a packed batch (one, or K stacked micro-batches) on the mesh: rows over the batch axes,
+        image patches over the batch axes too."""
         out = {}
-        for k, v in arrays.items():
+        for k, v in stack_micro(arrays).items():
             if k == "vision":
-                out[k] = None if v is None else {n: jax.device_put(a, activation_sharding("vision", a.shape, self.mesh))
-                                                  for n, a in v.items()}
-            elif k == "position_ids":
-                out[k] = jax.device_put(v, activation_sharding("positions", v.shape, self.mesh))
+                out[k] = None if v is None else {n: self._put(a, "micro_vision") for n, a in v.items()}
             else:
-                out[k] = jax.device_put(v, activation_sharding("tokens", v.shape, self.mesh))
+                out[k] = self._put(v, "micro_positions" if k == "position_ids" else "micro_tokens")
         return out
 
-    # -- pieces ------------------------------------------------------------------------------------------
-    def _hidden(self, params, batch):
-        model = nnx.merge(self.graphdef, params)
-        features = model.encode_images(batch["vision"]) if batch["vision"] is not None else None
-        out = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], image_features=features,
-                    image_index=batch["image_index"], return_logits=False)
-        return out.hidden / self.cfg.temperature, model.head_weight()
+    def _put(self, x, kind):
+        return jax.device_put(x, activation_sharding(kind, np.shape(x), self.mesh))
 
-    def _logprobs(self, params, batch):
-        h, w = self._hidden(params, batch)
+    # -- pieces ------------------------------------------------------------------------------------------
+    def _hidden(self, params, frozen, batch):
+        """Final hidden states [N, T, D] / temperature (compute dtype) and the LM head [D, V]."""
+        model = nnx.merge(self.graphdef, params, frozen)
+        remat = self.cfg.remat
+        features = model.encode_images(batch["vision"], remat=remat) if batch["vision"] is not None else None
+        out = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], image_features=features,
+                    image_index=batch["image_index"], return_logits=False, remat=remat)
+        return out.hidden / jnp.asarray(self.cfg.temperature, out.hidden.dtype), model.head_weight()
+
+    def _logprobs(self, params, frozen, batch):
+        """Log-probs and entropies [N, T] of the targets. On a multi-device mesh the LM-head kernel runs
+        under shard_map (tokens over the batch axes, the vocabulary over "tensor" when it divides):
+        pallas_call is not partitioned by GSPMD, and the chunked path would otherwise be replicated."""
+        h, w = self._hidden(params, frozen, batch)
         n, t, d = h.shape
-        logp, ent = fused_logprob_entropy(h.reshape(n * t, d), w.astype(h.dtype), batch["targets"].reshape(-1),
-                                          impl=self.impl)
+        h, targets = h.reshape(n * t, d), batch["targets"].reshape(-1)
+        if self.mesh.size == 1:
+            logp, ent = fused_logprob_entropy(h, w, targets, impl=self.impl)
+        else:
+            tensor = self.mesh.shape["tensor"]
+            vocab_axis = "tensor" if tensor > 1 and w.shape[1] % tensor == 0 else None
+            logp, ent = sharded_fused_logprob_entropy(h, w, targets, self.mesh, token_axis=("data", "fsdp"),
+                                                      vocab_axis=vocab_axis, impl=self.impl)
         return logp.reshape(n, t), ent.reshape(n, t)
 
-    def _score_impl(self, params, batch):
-        logp, ent = self._logprobs(params, batch)
-        mask = batch["loss_mask"]
-        return jnp.where(mask, logp, 0.0), jnp.where(mask, ent, 0.0)
+    def _score_impl(self, params, frozen, batch):
+        def one(mb):
+            logp, ent = self._logprobs(params, frozen, mb)
+            mask = mb["loss_mask"]
+            return jnp.where(mask, logp, 0.0), jnp.where(mask, ent, 0.0)
+        logp, ent = jax.lax.map(one, batch)
+        return logp.reshape(-1, logp.shape[-1]), ent.reshape(-1, ent.shape[-1])
+
+    def _accumulate(self, loss_fn, params, frozen, batch, *per_row):
+        """Mean loss, metrics and float32 gradients over the K micro-batches of `batch`.
+
+        loss_fn(params, frozen, micro_batch, *per_row_slices) -> (loss, stats); per_row arrays are
+        [K * N, ...] in micro-batch order and are split [K, N, ...] here."""
+        k = batch["input_ids"].shape[0]
+        per_row = [None if x is None else x.reshape((k, -1) + x.shape[1:]) for x in per_row]
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+
+        def micro(acc, xs):
+            (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, *xs)
+            return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g), (loss, stats)
+
+        grads, (losses, stats) = jax.lax.scan(micro, zeros, (batch, *per_row))
+        grads = jax.tree.map(lambda g: g / k, grads)
+        return jnp.mean(losses), jax.tree.map(jnp.mean, stats), grads
 
     def _apply(self, params, opt_state, loss, grads, metrics):
         updates, new_opt = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        gnorm = optax.tree.norm(grads)
+        gnorm = optax.tree.norm(grads)   # over the trainable parameters only
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         metrics = dict(metrics, loss=loss, grad_norm=gnorm, skipped=1.0 - ok.astype(jnp.float32))
         return keep(new_params, params), keep(new_opt, opt_state), metrics
 
-    def _rl_step_impl(self, params, opt_state, batch, old_logp, advantages, ref_logp):
+    def _rl_loss(self, params, frozen, batch, old_logp, advantages, ref_logp):
         cfg = self.cfg
+        mask = batch["loss_mask"]
+        logp, ent = self._logprobs(params, frozen, batch)
+        loss, stats = sapo_loss_and_stats(logp, old_logp, advantages, mask.astype(jnp.float32),
+                                          cfg.tau_pos, cfg.tau_neg, impl="chunked")
+        n = jnp.maximum(jnp.sum(mask), 1)
+        stats = dict(stats, entropy_mean=jnp.sum(jnp.where(mask, lax.stop_gradient(ent), 0.0)) / n,
+                     logp_mean=jnp.sum(jnp.where(mask, lax.stop_gradient(logp), 0.0)) / n)
+        if ref_logp is None:
+            return loss, stats
+        # k3 KL to the reference policy from the same log-probs (one forward serves both terms)
+        d = jnp.where(mask, ref_logp - logp, 0.0)
+        kl = jnp.sum(jnp.exp(d) - d - 1.0) / n
+        return loss + cfg.kl_coef * kl, dict(stats, kl=kl)
 
-        def loss_fn(p):
-            mask = batch["loss_mask"]
-            if ref_logp is None:
-                h, w = self._hidden(p, batch)
-                return sapo_loss_fused(h, w.astype(h.dtype), batch["targets"], old_logp, advantages,
-                                       mask.astype(jnp.float32), cfg.tau_pos, cfg.tau_neg,
-                                       impl=self.impl, with_stats=True)
-            # With KL, one forward serves both terms: the SAPO loss and k3 read the same log-probs.
-            logp, ent = self._logprobs(p, batch)
-            loss, stats = sapo_loss_and_stats(logp, old_logp, advantages, mask.astype(jnp.float32),
-                                              cfg.tau_pos, cfg.tau_neg, impl="chunked")
-            n = jnp.maximum(jnp.sum(mask), 1)
-            d = jnp.where(mask, ref_logp - logp, 0.0)
-            kl = jnp.sum(jnp.exp(d) - d - 1.0) / n
-            stats = dict(stats, kl=kl, entropy_mean=jnp.sum(jnp.where(mask, lax.stop_gradient(ent), 0.0)) / n,
-                         logp_mean=jnp.sum(jnp.where(mask, lax.stop_gradient(logp), 0.0)) / n)
-            return loss + cfg.kl_coef * kl, stats
-
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    def _rl_step_impl(self, params, opt_state, frozen, batch, old_logp, advantages, ref_logp):
+        loss, stats, grads = self._accumulate(self._rl_loss, params, frozen, batch, old_logp, advantages, ref_logp)
         return self._apply(params, opt_state, loss, grads, stats)
 
-    def _sft_step_impl(self, params, opt_state, batch):
-        def loss_fn(p):
-            logp, ent = self._logprobs(p, batch)
-            mask = batch["loss_mask"].astype(jnp.float32)
-            n = jnp.maximum(jnp.sum(mask), 1.0)
-            return -jnp.sum(logp * mask) / n, {"entropy_mean": jnp.sum(ent * mask) / n, "n_valid_tokens": n}
+    def _sft_loss(self, params, frozen, batch):
+        logp, ent = self._logprobs(params, frozen, batch)
+        mask = batch["loss_mask"].astype(jnp.float32)
+        n = jnp.maximum(jnp.sum(mask), 1.0)
+        return -jnp.sum(logp * mask) / n, {"entropy_mean": jnp.sum(ent * mask) / n, "n_valid_tokens": n}
 
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    def _sft_step_impl(self, params, opt_state, frozen, batch):
+        loss, stats, grads = self._accumulate(self._sft_loss, params, frozen, batch)
         return self._apply(params, opt_state, loss, grads, stats)
 
     # -- public --------------------------------------------------------------------------------------------
-    def score(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Trainer-side log-probs and entropies [N, T] of the batch's targets (0 outside loss_mask)."""
-        logp, ent = self._score(self.params, batch)
-        return logp, ent
+    def score(self, batch: dict) -> tuple[jax.Array, jax.Array]:
+        """Trainer-side log-probs and entropies [K * N, T] of the batch's targets (0 outside loss_mask)."""
+        return self._score(self.params, self.frozen, batch)
 
     def ref_score(self, batch: dict):
-        return None if self.ref_params is None else self._score(self.ref_params, batch)[0]
+        return None if self.ref_params is None else self._score(self.ref_params, self.frozen, batch)[0]
 
     def rl_step(self, batch: dict, old_logp, advantages, ref_logp=None) -> dict:
+        """One optimizer step over the batch's micro-batches. old_logp / ref_logp [K * N, T], advantages
+        [K * N] in the row order of `score`."""
         adv = np.asarray(advantages, np.float32)
         adv = jax.device_put(adv, activation_sharding("rows", adv.shape, self.mesh))
-        self.params, self.opt_state, metrics = self._rl_step(self.params, self.opt_state, batch, old_logp, adv,
-                                                             ref_logp)
+        self.params, self.opt_state, metrics = self._rl_step(self.params, self.opt_state, self.frozen, batch,
+                                                             old_logp, adv, ref_logp)
         return metrics
 
     def sft_step(self, batch: dict) -> dict:
-        self.params, self.opt_state, metrics = self._sft_step(self.params, self.opt_state, batch)
+        self.params, self.opt_state, metrics = self._sft_step(self.params, self.opt_state, self.frozen, batch)
         return metrics
 
     def learning_rate(self, step: int) -> float:
