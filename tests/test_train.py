@@ -47,19 +47,21 @@ def _leaves(params, prefix):
 def test_sapo_step_nan_guard_and_frozen_vision():
     up, batch = _updater(TrainConfig(freeze_vision=True, prompts_per_step=2, group_size=4))
     old, _ = up.score(batch)
-    before_vis, before_lm = _leaves(up.params, "['visual']"), _leaves(up.params, "['language_model']")
+    assert not _leaves(up.params, "['visual']")  # the frozen tower is not among the trained parameters
+    before_vis, before_lm = _leaves(up.frozen, "['visual']"), _leaves(up.params, "['language_model']")
+    assert before_vis
     m = up.rl_step(batch, old, np.array([1, -1, .5, -.5, 0, 0, 0, 0], np.float32))
     assert float(m["skipped"]) == 0 and float(m["gate_weight_mean"]) == pytest.approx(1.0)
     # on-policy SAPO objective = mean over sequences of f(1) * A = (2 / tau) * A (SPEC §4)
     expect = -np.mean([2 * 1, 2 / 1.05 * -1, 2 * .5, 2 / 1.05 * -.5, 0, 0, 0, 0])
     assert float(m["loss"]) == pytest.approx(expect, rel=1e-5)
-    after_vis, after_lm = _leaves(up.params, "['visual']"), _leaves(up.params, "['language_model']")
+    after_vis, after_lm = _leaves(up.frozen, "['visual']"), _leaves(up.params, "['language_model']")
     assert all(np.array_equal(before_vis[k], after_vis[k]) for k in before_vis)  # frozen tower untouched
     assert any(not np.array_equal(before_lm[k], after_lm[k]) for k in before_lm)
     snapshot = {**after_vis, **after_lm}
     m = up.rl_step(batch, old, np.full(8, np.nan, np.float32))
     assert float(m["skipped"]) == 1.0
-    now = {**_leaves(up.params, "['visual']"), **_leaves(up.params, "['language_model']")}
+    now = {**_leaves(up.frozen, "['visual']"), **_leaves(up.params, "['language_model']")}
     assert all(np.array_equal(snapshot[k], now[k]) for k in snapshot)  # a non-finite step changes nothing
 
 

@@ -50,6 +50,8 @@ PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"self_attn/o_proj/kernel$", ("heads", "embed")),
     (r"language_model/.*mlp/(gate_proj|up_proj)/kernel$", ("embed", "mlp")),
     (r"language_model/.*mlp/down_proj/kernel$", ("mlp", "embed")),
+    # the tower's MLP width (3420 in Qwen2.5-VL) does not split 8 ways: shard down_proj's output instead
+    (r"visual/.*mlp/down_proj/kernel$", (None, "vision_embed")),
     (r"visual/.*/kernel$", ("vision_embed", None)),
     (r"visual/pos_embed$", (None, "vision_embed")),
     (r".*", ()),  # norms, biases, everything else: replicated

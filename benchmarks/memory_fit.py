@@ -1,0 +1,482 @@
+"""Do the GPU presets fit? Ahead-of-time compiled memory of the RL update, the scoring forward and the
+rollout decode, from abstract inputs only (nothing is allocated, so 3B/7B run on a laptop's CPU).
+
+  python benchmarks/memory_fit.py                                    # both Qwen2.5-VL presets, mesh (1, 8, 1)
+  python benchmarks/memory_fit.py --presets qwen2_5_vl_7b --programs decode --cache-len 6144
+  python benchmarks/memory_fit.py --mesh 1,4,2 --json runs/memory_fit.json
+  python benchmarks/memory_fit.py --small                            # the tiny model, tiny shapes (tests)
+
+Every program is `jax.jit(...).lower(*abstract_args).compile().memory_analysis()`, where the abstract
+arguments are jax.ShapeDtypeStructs carrying the NamedShardings the run would give the real arrays:
+
+  update  Updater._rl_step_impl: one optimizer step over one minibatch, grad_accum micro-batches of
+          --micro-rows rows of --seq tokens (SAPO loss, float32 gradient accumulation, AdamW), params and
+          optimizer state donated, out_shardings as Updater builds them.
+  score   Updater._score_impl on the same batch (the old log-probs before the updates).
+  decode  InferenceEngine._decode (the engine's own jitted method): one chunk of --decode-steps steps for
+          prompts_per_step x group_size rows with a KV cache of --cache-len slots, on the rollout copy of
+          the weights (floats cast to the compute dtype, the parameters' shardings); cache donated.
+  prefill InferenceEngine._prefill (optional): the prompt forward writing the cache (prompt length
+          cache_len - max_new_tokens), image features of one image per prompt.
+
+The model is built with nnx.eval_shape and split like Updater.__init__ (trainable / frozen by
+TrainConfig.freeze_vision); the optimizer state is jax.eval_shape(tx.init) with Updater's shardings.
+The Updater and InferenceEngine objects are made without running their __init__ (which would allocate
+weights): the attributes their jitted methods read are set here, mirroring __init__ line by line
+(`abstract_updater`, `abstract_engine`); the method bodies are the library's own.
+
+Images: every prompt has one image resized by the processor's smart_resize to max_pixels (--image-hw,
+default 1024x1024 -> grid (1, 70, 70), 1225 LM tokens, 8192 padded patches); a micro-batch of 8 rows of a
+group of 8 is one prompt, so it carries --images-per-micro (default 1) images.
+
+Memory figures are per device (the compiled program is the SPMD-partitioned per-device one; the
+"args check" column compares argument bytes with the sum of sharding.shard_shape sizes of the kept
+inputs). total = argument + output + temp - alias (alias: outputs written into donated inputs).
+"fits" compares total (plus, for the co-residency lines, the arrays alive beside the program) with
+--budget-gb (1 GB = 1e9 bytes). The CPU compiler's buffer assignment is not the GPU's (fusion, bf16
+dot handling and collective scheduling differ), so treat these as estimates within tens of percent.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if "jax" not in sys.modules:   # the device count must be set before JAX initialises its backends
+    _flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_force_host_platform_device_count" not in _flags:
+        os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from configs import models as model_presets  # noqa: E402
+from configs import train as train_presets  # noqa: E402
+from hopchain_jax.infer.engine import InferenceEngine  # noqa: E402
+from hopchain_jax.models import image_processor as improc  # noqa: E402
+from hopchain_jax.models.config import QwenVLConfig  # noqa: E402
+from hopchain_jax.models.qwen_vl import KVCache, QwenVL, trainable_filter  # noqa: E402
+from hopchain_jax.models.sharding import (activation_sharding, make_mesh, param_sharding, path_str,  # noqa: E402
+                                          state_shardings)
+from hopchain_jax.models.vision import image_tokens, padded_patches, prepare_vision_inputs  # noqa: E402
+from hopchain_jax.rl.config import TrainConfig  # noqa: E402
+from hopchain_jax.rl.update import Updater, kernel_impl, lr_schedule  # noqa: E402
+
+GB = 1e9
+PROGRAMS = ("update", "score", "decode", "prefill")
+
+
+@dataclasses.dataclass
+class Shapes:
+    """The shapes one preset is measured at."""
+
+    micro_batches: int     # K (grad_accum)
+    micro_rows: int        # N rows per micro-batch
+    seq: int               # T tokens per row (prompt + response)
+    images_per_micro: int
+    image_hw: tuple[int, int]
+    decode_rows: int       # prompts_per_step x group_size
+    decode_prompts: int
+    cache_len: int
+    decode_steps: int
+    max_new_tokens: int
+
+
+# -- abstract arrays ---------------------------------------------------------------------------------
+def sds(shape, dtype, sharding=None) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(int(s) for s in shape), jnp.dtype(dtype), sharding=sharding)
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `tree` with the matching sharding of `shardings` attached."""
+    return jax.tree.map(lambda x, s: sds(x.shape, x.dtype, s), tree, shardings)
+
+
+def shard_bytes(x: jax.ShapeDtypeStruct, sharding=None) -> int:
+    """Bytes one device holds of x (its shard_shape); an array without a sharding counts whole."""
+    sharding = sharding if sharding is not None else getattr(x, "sharding", None)
+    shape = sharding.shard_shape(x.shape) if sharding is not None else x.shape
+    return int(np.prod(shape, dtype=np.int64)) * jnp.dtype(x.dtype).itemsize
+
+
+def tree_shard_bytes(tree: Any) -> int:
+    return sum(shard_bytes(x) for x in jax.tree.leaves(tree))
+
+
+def tree_bytes(tree: Any) -> int:
+    return sum(int(np.prod(x.shape, dtype=np.int64)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+# -- the library's objects, without allocation --------------------------------------------------------
+def abstract_model(config: QwenVLConfig, cfg: TrainConfig, mesh: Mesh) -> QwenVL:
+    """QwenVL as init_sharded makes it (dtype / param_dtype of the run, the rules' shardings), abstract."""
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    model = nnx.eval_shape(lambda: QwenVL(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(cfg.seed)))
+    state = nnx.state(model)
+    nnx.update(model, place(state, state_shardings(state, mesh)))
+    return model
+
+
+def abstract_updater(model: QwenVL, cfg: TrainConfig, mesh: Mesh) -> Updater:
+    """An Updater whose params / frozen / opt_state are ShapeDtypeStructs (Updater.__init__ minus the
+    allocating lines: the same split, optimizer, shardings and jit settings)."""
+    upd = object.__new__(Updater)
+    upd.cfg, upd.mesh = cfg, mesh
+    upd.graphdef, upd.params, upd.frozen = nnx.split(model, trainable_filter(freeze_vision=cfg.freeze_vision), ...)
+    upd.impl = kernel_impl(cfg.kernel_impl)
+    upd.tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                         optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
+    replicated = NamedSharding(mesh, P())
+    upd.param_shardings = jax.tree.map(lambda x: x.sharding, upd.params)
+    upd.opt_shardings = jax.tree_util.tree_map_with_path(
+        lambda p, x: param_sharding(path_str(p), x.shape, mesh) if x.ndim else replicated,
+        jax.eval_shape(upd.tx.init, upd.params))
+    upd.opt_state = place(jax.eval_shape(upd.tx.init, upd.params), upd.opt_shardings)
+    if cfg.kl_coef > 0:
+        raise NotImplementedError("kl_coef > 0 (a reference copy of the params) is not modelled")
+    upd.ref_params = None
+    state_out = (upd.param_shardings, upd.opt_shardings, replicated)
+    upd._rl_step = jax.jit(upd._rl_step_impl, donate_argnums=(0, 1), out_shardings=state_out)
+    upd._score = jax.jit(upd._score_impl)
+    return upd
+
+
+def abstract_engine(upd: Updater, mesh: Mesh, decode_chunk: int = 16) -> InferenceEngine:
+    """An InferenceEngine on the trainer's weights (trainer.py: InferenceEngine(updater.model(), ...)),
+    with the rollout copy as in update_weights: floating leaves cast to the compute dtype, each keeping
+    its parameter's sharding (_cast_floats is elementwise)."""
+    model = upd.model()
+    eng = object.__new__(InferenceEngine)
+    eng.config, eng.tokenizer, eng.mesh, eng.dtype = model.config, None, mesh, model.dtype
+    eng.graphdef, state = nnx.split(model)
+    eng.state = jax.tree.map(
+        lambda x: sds(x.shape, eng.dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, x.sharding), state)
+    eng.length_bucket, eng.decode_chunk, eng.batch_buckets = 64, decode_chunk, ()
+    eng.pad_id = eng.config.pad_token_id if eng.config.pad_token_id is not None else 0
+    eng.eos_ids = np.asarray(eng.config.eos_ids or (-1,), np.int32)
+    return eng
+
+
+# -- abstract inputs ----------------------------------------------------------------------------------
+def image_grid(config: QwenVLConfig, image_hw: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """The grid_thw of one image of image_hw pixels under the processor's smart_resize."""
+    processor = improc.QWEN3_VL if config.arch == "qwen3_vl" else improc.QWEN2_5_VL
+    processor = processor.replace(max_pixels=max_pixels, min_pixels=min(processor.min_pixels, max_pixels))
+    return np.asarray([improc.grid_thw_for_size(*image_hw, processor)], np.int64)
+
+
+def vision_struct(config: QwenVLConfig, grid: np.ndarray, images: int) -> dict[str, tuple[tuple, np.dtype]]:
+    """Shapes/dtypes of prepare_vision_inputs(...).arrays() for `images` images of `grid` (run on zeros)."""
+    grids = np.repeat(grid, images, axis=0)
+    total = int(np.prod(grids, axis=1).sum())
+    vis = prepare_vision_inputs(np.zeros((total, config.vision.patch_dim), np.float32), grids, config)
+    return {k: (v.shape, v.dtype) for k, v in vis.arrays().items()}
+
+
+def abstract_batch(config: QwenVLConfig, mesh: Mesh, shapes: Shapes, max_pixels: int) -> tuple[dict, dict]:
+    """A pack_micro batch ([K, N, T] arrays, per-micro-batch images) placed as Updater.put_batch does."""
+    k, n, t = shapes.micro_batches, shapes.micro_rows, shapes.seq
+    grid = image_grid(config, shapes.image_hw, max_pixels)
+    put = lambda shape, dtype, kind: sds(shape, dtype, activation_sharding(kind, shape, mesh))
+    batch = {"input_ids": put((k, n, t), np.int32, "micro_tokens"),
+             "attention_mask": put((k, n, t), np.bool_, "micro_tokens"),
+             "position_ids": put((k, 3, n, t), np.int32, "micro_positions"),
+             "targets": put((k, n, t), np.int32, "micro_tokens"),
+             "loss_mask": put((k, n, t), np.bool_, "micro_tokens"),
+             "image_index": put((k, n, t), np.int32, "micro_tokens"),
+             "vision": None}
+    info = {"grid_thw": grid[0].tolist(), "image_tokens": image_tokens(grid, config), "patches": 0}
+    if shapes.images_per_micro:
+        vis = vision_struct(config, grid, shapes.images_per_micro)
+        batch["vision"] = {name: put((k,) + shape, dtype, "micro_vision") for name, (shape, dtype) in vis.items()}
+        info["patches"] = int(vis["pixel_values"][0][0])
+    return batch, info
+
+
+def rl_step_args(upd: Updater, batch: dict, mesh: Mesh) -> tuple:
+    """(params, opt_state, frozen, batch, old_logp, advantages, ref_logp) as Trainer.rl_step passes them:
+    old log-probs [K * N, T] (Updater.score's output; placed here with the token rule), advantages [K * N]
+    placed as Updater.rl_step does ("rows"), no reference log-probs (kl_coef = 0)."""
+    k, n, t = batch["input_ids"].shape
+    old = sds((k * n, t), np.float32, activation_sharding("tokens", (k * n, t), mesh))
+    adv = sds((k * n,), np.float32, activation_sharding("rows", (k * n,), mesh))
+    return upd.params, upd.opt_state, upd.frozen, batch, old, adv, None
+
+
+def kv_cache(eng: InferenceEngine, batch: int, length: int) -> KVCache:
+    """InferenceEngine._empty_cache, abstract."""
+    t = eng.config.text
+    shape = (t.num_hidden_layers, batch, length, t.num_key_value_heads, t.head_dim)
+    kv = activation_sharding("kv_cache", shape, eng.mesh)
+    return KVCache(sds(shape, eng.dtype, kv), sds(shape, eng.dtype, kv),
+                   sds((batch, length), np.bool_, activation_sharding("cache_valid", (batch, length), eng.mesh)))
+
+
+def decode_args(eng: InferenceEngine, shapes: Shapes, cfg: TrainConfig) -> tuple:
+    """InferenceEngine._decode's arguments as generate() passes them for one chunk. tokens / positions /
+    done / remaining / start / key are small host-made arrays there (jnp.asarray: uncommitted), here
+    ShapeDtypeStructs without a sharding (the compiler places them; counted whole)."""
+    b = shapes.decode_rows
+    cache = kv_cache(eng, b, shapes.cache_len)
+    rows = lambda dtype: sds((b,), dtype)
+    return (eng, eng.state, cache, rows(np.int32), rows(np.int32), sds((), np.int32), rows(np.bool_),
+            rows(np.int32), sds((2,), np.uint32), float(cfg.temperature), int(cfg.top_k), float(cfg.top_p),
+            shapes.decode_steps)
+
+
+def prefill_args(eng: InferenceEngine, shapes: Shapes, cfg: TrainConfig, max_pixels: int) -> tuple:
+    """InferenceEngine._prefill's arguments: prompts left-padded to cache_len - max_new_tokens tokens,
+    image features of one image per prompt (the _encode output; placed here over the batch axes)."""
+    b, t = shapes.decode_rows, shapes.cache_len - shapes.max_new_tokens
+    mesh, d = eng.mesh, eng.config.text.hidden_size
+    tok = lambda dtype: sds((b, t), dtype, activation_sharding("tokens", (b, t), mesh))
+    grid = np.repeat(image_grid(eng.config, shapes.image_hw, max_pixels), shapes.decode_prompts, axis=0)
+    m = padded_patches(grid, eng.config) // eng.config.vision.spatial_merge_size ** 2
+    deep = len(eng.config.vision.deepstack_visual_indexes) if eng.config.arch == "qwen3_vl" else 0
+    feat = lambda: sds((m, d), eng.dtype, activation_sharding("vision", (m, d), mesh))
+    features = (feat(), [feat() for _ in range(deep)])
+    cache = kv_cache(eng, b, shapes.cache_len)
+    pos = sds((3, b, t), np.int32, activation_sharding("positions", (3, b, t), mesh))
+    return (eng, eng.state, tok(np.int32), pos, tok(np.bool_), features, tok(np.int32), cache, sds((2,), np.uint32),
+            float(cfg.temperature), int(cfg.top_k), float(cfg.top_p))
+
+
+# -- measuring ----------------------------------------------------------------------------------------
+def _kept_leaves(lowered, leaves: list) -> tuple[list, list]:
+    """(kept, pruned) flat inputs: jit drops unused arguments (keep_unused=False) from the executable."""
+    try:
+        kept = lowered._lowering.compile_args["kept_var_idx"]
+    except (AttributeError, KeyError, TypeError):
+        return leaves, []
+    return [x for i, x in enumerate(leaves) if i in kept], [x for i, x in enumerate(leaves) if i not in kept]
+
+
+def measure(name: str, jitted: Callable, args: tuple, static: tuple[int, ...] = ()) -> dict:
+    """Lower + compile `jitted` on abstract `args` (static positions excluded from the byte sums)."""
+    dynamic = [a for i, a in enumerate(args) if i not in static]
+    leaves = jax.tree.leaves(dynamic)
+    t0 = time.perf_counter()
+    lowered = jitted.lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    ma = compiled.memory_analysis()
+    kept, pruned = _kept_leaves(lowered, leaves)
+    expected = sum(shard_bytes(x) for x in kept)
+    row = {"program": name,
+           "argument_bytes": int(ma.argument_size_in_bytes), "output_bytes": int(ma.output_size_in_bytes),
+           "temp_bytes": int(ma.temp_size_in_bytes), "alias_bytes": int(ma.alias_size_in_bytes),
+           "generated_code_bytes": int(ma.generated_code_size_in_bytes),
+           "peak_bytes": int(getattr(ma, "peak_memory_in_bytes", 0) or 0),
+           "host_temp_bytes": int(ma.host_temp_size_in_bytes),
+           "lower_s": round(t1 - t0, 2), "compile_s": round(t2 - t1, 2),
+           # cross-check: per-device shard sizes (sharding.shard_shape) of the inputs the executable kept
+           "expected_argument_bytes": int(expected), "global_argument_bytes": int(tree_bytes(kept)),
+           "pruned_argument_bytes": int(sum(shard_bytes(x) for x in pruned)), "n_args": len(leaves),
+           "n_pruned": len(pruned)}
+    row["total_bytes"] = row["argument_bytes"] + row["output_bytes"] + row["temp_bytes"] - row["alias_bytes"]
+    row["args_check_ratio"] = row["argument_bytes"] / expected if expected else float("nan")
+    return row
+
+
+def run_preset(preset: str, config: QwenVLConfig, cfg: TrainConfig, mesh: Mesh, shapes: Shapes,
+               programs: tuple[str, ...], budget: float, emit: Callable[[dict], None]) -> list[dict]:
+    """Measure `programs` of one preset; emit(row) after each (incremental JSON)."""
+    model = abstract_model(config, cfg, mesh)
+    upd = abstract_updater(model, cfg, mesh)
+    eng = abstract_engine(upd, mesh)
+    resident = {"params_fp32": tree_shard_bytes(upd.params), "frozen": tree_shard_bytes(upd.frozen),
+                "opt_state": tree_shard_bytes(upd.opt_state), "rollout_copy": tree_shard_bytes(eng.state)}
+    resident_global = {"params_fp32": tree_bytes(upd.params), "frozen": tree_bytes(upd.frozen),
+                       "opt_state": tree_bytes(upd.opt_state), "rollout_copy": tree_bytes(eng.state)}
+    batch, info = abstract_batch(config, mesh, shapes, cfg.max_pixels)
+    base = {"preset": preset, "mesh": dict(mesh.shape), "shapes": dataclasses.asdict(shapes), "images": info,
+            "resident_per_device": resident, "resident_global": resident_global, "budget_bytes": budget}
+    rows = []
+    for prog in programs:
+        row = dict(base, program=prog)
+        try:
+            if prog == "update":
+                args = rl_step_args(upd, batch, mesh)
+                row.update(measure(prog, upd._rl_step, args))
+                # parameter + optimizer-state part of the arguments (the FSDP check)
+                row["state_argument_bytes"] = tree_shard_bytes(args[:2])
+                row["state_global_bytes"] = tree_bytes(args[:2])
+                # the engine keeps its rollout copy (engine.state) alive through the updates
+                row["coresident_bytes"] = row["total_bytes"] + resident["rollout_copy"]
+                row["coresident_note"] = "update total + bf16 rollout copy held by the engine + pruned args"
+            elif prog == "score":
+                row.update(measure(prog, upd._score, (upd.params, upd.frozen, batch)))
+                # during scoring the optimizer state and the rollout copy are alive beside the program
+                row["coresident_bytes"] = row["total_bytes"] + resident["opt_state"] + resident["rollout_copy"]
+                row["coresident_note"] = "score total + opt state + bf16 rollout copy + pruned args"
+            elif prog in ("decode", "prefill"):
+                if prog == "decode":
+                    args = decode_args(eng, shapes, cfg)
+                    row.update(measure(prog, InferenceEngine._decode, args, static=(0, 9, 10, 11, 12)))
+                else:
+                    args = prefill_args(eng, shapes, cfg, cfg.max_pixels)
+                    row.update(measure(prog, InferenceEngine._prefill, args, static=(0, 9, 10, 11)))
+                cache = next(a for a in args if isinstance(a, KVCache))
+                row["kv_cache_bytes"] = tree_shard_bytes(cache)
+                row["kv_cache_global_bytes"] = tree_bytes(cache)
+                # fp32 masters + opt state stay on device during rollouts (the program holds the bf16 copy
+                # and the cache as arguments)
+                row["coresident_bytes"] = row["total_bytes"] + resident["params_fp32"] + resident["frozen"] + \
+                    resident["opt_state"]
+                row["coresident_note"] = (f"{prog} total (bf16 copy + KV in it) + fp32 master + frozen + opt state "
+                                          "+ pruned args (the bf16 vision tower)")
+            else:
+                raise ValueError(f"unknown program {prog!r}")
+            # inputs the executable does not read (jit prunes them: e.g. the vision tower's weights in decode)
+            # are still alive on the device
+            row["coresident_bytes"] += row["pruned_argument_bytes"]
+            row["fits"] = row["total_bytes"] <= budget
+            row["coresident_fits"] = row["coresident_bytes"] <= budget
+        except Exception as e:   # a failed compile is a result too (reported, the others still run)
+            row["error"] = f"{type(e).__name__}: {e}"[:2000]
+        rows.append(row)
+        emit(row)
+    return rows
+
+
+# -- output ---------------------------------------------------------------------------------------------
+def _gb(x) -> str:
+    return f"{x / GB:8.2f}"
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"| {'preset':14} | {'mesh':7} | {'program':7} | {'args GB':>8} | {'out GB':>8} | {'temp GB':>8} | "
+            f"{'alias GB':>8} | {'total GB':>8} | {'code MB':>7} | {'fits':4} | {'co-res GB':>9} | {'co-fits':7} | "
+            f"{'compile s':>9} | {'args check':>10} |")
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for r in rows:
+        mesh = ",".join(str(v) for v in r["mesh"].values())
+        if "error" in r:
+            lines.append(f"| {r['preset']:14} | {mesh:7} | {r['program']:7} | FAILED: {r['error'][:150]}")
+            continue
+        lines.append(
+            f"| {r['preset']:14} | {mesh:7} | {r['program']:7} | {_gb(r['argument_bytes'])} | {_gb(r['output_bytes'])} | "
+            f"{_gb(r['temp_bytes'])} | {_gb(r['alias_bytes'])} | {_gb(r['total_bytes'])} | "
+            f"{r['generated_code_bytes'] / 1e6:7.2f} | {'yes' if r['fits'] else 'no':4} | {_gb(r['coresident_bytes']):>9} | "
+            f"{'yes' if r['coresident_fits'] else 'no':7} | {r['compile_s']:9.1f} | {r['args_check_ratio']:10.4f} |")
+    return "\n".join(lines)
+
+
+def format_details(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        if "error" in r:
+            continue
+        s = (f"{r['preset']} {r['program']}: per-device args {r['argument_bytes']:,} B vs sum of shard_shape sizes "
+             f"{r['expected_argument_bytes']:,} B (ratio {r['args_check_ratio']:.4f}; global {r['global_argument_bytes']:,} B"
+             f" = {r['global_argument_bytes'] / max(r['argument_bytes'], 1):.2f}x; {r['n_pruned']} unused args pruned, "
+             f"{r['pruned_argument_bytes']:,} B); lower {r['lower_s']} s, compile {r['compile_s']} s")
+        if r.get("peak_bytes"):
+            s += f"; peak_memory_in_bytes {r['peak_bytes'] / GB:.2f} GB"
+        if "state_argument_bytes" in r:
+            s += (f"\n    params+opt args per device {r['state_argument_bytes'] / GB:.3f} GB of "
+                  f"{r['state_global_bytes'] / GB:.3f} GB global (1/{r['state_global_bytes'] / r['state_argument_bytes']:.2f})")
+        if "kv_cache_bytes" in r:
+            s += (f"\n    KV cache per device {r['kv_cache_bytes'] / GB:.2f} GB ({r['kv_cache_global_bytes'] / GB:.2f} GB "
+                  f"global; {r['shapes']['decode_rows']} rows x {r['shapes']['cache_len']} slots)")
+        s += f"\n    co-resident {r['coresident_bytes'] / GB:.2f} GB = {r['coresident_note']}"
+        out.append(s)
+    return "\n".join(out)
+
+
+def shapes_for(cfg: TrainConfig, args, small: bool) -> Shapes:
+    if small:
+        return Shapes(micro_batches=2, micro_rows=args.micro_rows, seq=128, images_per_micro=1, image_hw=(112, 112),
+                      decode_rows=16, decode_prompts=2, cache_len=128, decode_steps=2, max_new_tokens=64)
+    rows = cfg.prompts_per_step * cfg.group_size // cfg.minibatches
+    k = args.grad_accum or cfg.grad_accum
+    if rows != k * args.micro_rows:
+        print(f"note: the preset's minibatch is {rows} rows; measuring {k} x {args.micro_rows} = "
+              f"{k * args.micro_rows}", flush=True)
+    return Shapes(micro_batches=k, micro_rows=args.micro_rows, seq=args.seq, images_per_micro=args.images_per_micro,
+                  image_hw=tuple(args.image_hw), decode_rows=cfg.prompts_per_step * cfg.group_size,
+                  decode_prompts=cfg.prompts_per_step, cache_len=args.cache_len or args.seq,
+                  decode_steps=args.decode_steps, max_new_tokens=cfg.max_new_tokens)
+
+
+def train_config(preset: str, small: bool) -> TrainConfig:
+    if small:   # the GPU presets' precision / remat / freezing on the tiny model
+        return train_presets.QWEN2_5_VL_3B.replace(name="tiny", model="tiny", prompts_per_step=2, group_size=8,
+                                                   minibatches=1, grad_accum=2, max_new_tokens=64,
+                                                   max_pixels=112 * 112)
+    return train_presets.PRESETS[preset]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", default="qwen2_5_vl_3b,qwen2_5_vl_7b")
+    p.add_argument("--programs", default="update,score,decode", help=f"comma list of {','.join(PROGRAMS)}")
+    p.add_argument("--mesh", default=None, help="data,fsdp,tensor (default: the preset's, -1 = the rest)")
+    p.add_argument("--seq", type=int, default=4096, help="tokens per training row (prompt + response)")
+    p.add_argument("--micro-rows", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=0, help="micro-batches per step (default: the preset's)")
+    p.add_argument("--images-per-micro", type=int, default=1)
+    p.add_argument("--image-hw", type=lambda s: tuple(int(v) for v in s.split(",")), default=(1024, 1024))
+    p.add_argument("--cache-len", type=int, default=0, help="decode KV-cache slots (default --seq)")
+    p.add_argument("--decode-steps", type=int, default=16, help="steps per decode chunk (engine decode_chunk)")
+    p.add_argument("--budget-gb", type=float, default=80.0, help="per-device memory, GB (1e9 bytes)")
+    p.add_argument("--json", default=None, help="write results here (rewritten after every program)")
+    p.add_argument("--small", action="store_true", help="the tiny model at tiny shapes (tests)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    presets = ["tiny"] if args.small else [s for s in args.presets.split(",") if s]
+    programs = tuple(s for s in args.programs.split(",") if s)
+    for prog in programs:
+        if prog not in PROGRAMS:
+            raise SystemExit(f"unknown program {prog!r} (choose from {PROGRAMS})")
+    results: list[dict] = []
+    meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
+            "formula": "total = argument + output + temp - alias (per device)", "budget_gb": args.budget_gb}
+
+    def emit(row):
+        results.append(row)
+        if args.json:
+            path = Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(json.dumps({"meta": meta, "rows": results}, indent=1, default=str))
+            tmp.replace(path)
+        status = "FAILED " + row["error"] if "error" in row else \
+            f"total {row['total_bytes'] / GB:.2f} GB/device, compile {row['compile_s']} s"
+        print(f"[{row['preset']} {row['program']}] {status}", flush=True)
+
+    for preset in presets:
+        cfg = train_config(preset, args.small)
+        config = model_presets.PRESETS[cfg.model]()
+        mesh_spec = tuple(int(v) for v in args.mesh.split(",")) if args.mesh else cfg.mesh
+        mesh = make_mesh(*mesh_spec)
+        shapes = shapes_for(cfg, args, args.small)
+        print(f"== {preset}: mesh {dict(mesh.shape)}, {shapes}", flush=True)
+        run_preset(preset, config, cfg, mesh, shapes, programs, args.budget_gb * GB, emit)
+    print()
+    print(f"per-device bytes; {meta['formula']}; fits = total <= {args.budget_gb} GB; co-res = total + arrays "
+          "alive beside the program (see below)")
+    print(format_table(results))
+    print(format_details(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
