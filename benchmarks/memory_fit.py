@@ -19,11 +19,10 @@ arguments are jax.ShapeDtypeStructs carrying the NamedShardings the run would gi
   prefill InferenceEngine._prefill (optional): the prompt forward writing the cache (prompt length
           cache_len - max_new_tokens), image features of one image per prompt.
 
-The model is built with nnx.eval_shape and split like Updater.__init__ (trainable / frozen by
-TrainConfig.freeze_vision); the optimizer state is jax.eval_shape(tx.init) with Updater's shardings.
-The Updater and InferenceEngine objects are made without running their __init__ (which would allocate
-weights): the attributes their jitted methods read are set here, mirroring __init__ line by line
-(`abstract_updater`, `abstract_engine`); the method bodies are the library's own.
+The model is built with nnx.eval_shape, its leaves given the sharding rules' shardings; the library's
+own Updater and InferenceEngine take such an abstract model as they take a real one (the optimizer
+state and the bf16 rollout copy are then abstract too), so what is compiled is exactly their jitted
+methods.
 
 Images: every prompt has one image resized by the processor's smart_resize to max_pixels (--image-hw,
 default 1024x1024 -> grid (1, 70, 70), 1225 LM tokens, 8192 padded patches); a micro-batch of 8 rows of a
@@ -57,9 +56,8 @@ from typing import Any, Callable  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -68,12 +66,11 @@ from configs import train as train_presets  # noqa: E402
 from hopchain_jax.infer.engine import InferenceEngine  # noqa: E402
 from hopchain_jax.models import image_processor as improc  # noqa: E402
 from hopchain_jax.models.config import QwenVLConfig  # noqa: E402
-from hopchain_jax.models.qwen_vl import KVCache, QwenVL, trainable_filter  # noqa: E402
-from hopchain_jax.models.sharding import (activation_sharding, make_mesh, param_sharding, path_str,  # noqa: E402
-                                          state_shardings)
+from hopchain_jax.models.qwen_vl import KVCache, QwenVL  # noqa: E402
+from hopchain_jax.models.sharding import activation_sharding, make_mesh, state_shardings  # noqa: E402
 from hopchain_jax.models.vision import image_tokens, padded_patches, prepare_vision_inputs  # noqa: E402
 from hopchain_jax.rl.config import TrainConfig  # noqa: E402
-from hopchain_jax.rl.update import Updater, kernel_impl, lr_schedule  # noqa: E402
+from hopchain_jax.rl.update import Updater  # noqa: E402
 
 GB = 1e9
 PROGRAMS = ("update", "score", "decode", "prefill")
@@ -131,43 +128,16 @@ def abstract_model(config: QwenVLConfig, cfg: TrainConfig, mesh: Mesh) -> QwenVL
 
 
 def abstract_updater(model: QwenVL, cfg: TrainConfig, mesh: Mesh) -> Updater:
-    """An Updater whose params / frozen / opt_state are ShapeDtypeStructs (Updater.__init__ minus the
-    allocating lines: the same split, optimizer, shardings and jit settings)."""
-    upd = object.__new__(Updater)
-    upd.cfg, upd.mesh = cfg, mesh
-    upd.graphdef, upd.params, upd.frozen = nnx.split(model, trainable_filter(freeze_vision=cfg.freeze_vision), ...)
-    upd.impl = kernel_impl(cfg.kernel_impl)
-    upd.tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                         optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
-    replicated = NamedSharding(mesh, P())
-    upd.param_shardings = jax.tree.map(lambda x: x.sharding, upd.params)
-    upd.opt_shardings = jax.tree_util.tree_map_with_path(
-        lambda p, x: param_sharding(path_str(p), x.shape, mesh) if x.ndim else replicated,
-        jax.eval_shape(upd.tx.init, upd.params))
-    upd.opt_state = place(jax.eval_shape(upd.tx.init, upd.params), upd.opt_shardings)
+    """The library's Updater on an abstract model: params / frozen / opt_state are ShapeDtypeStructs."""
     if cfg.kl_coef > 0:
         raise NotImplementedError("kl_coef > 0 (a reference copy of the params) is not modelled")
-    upd.ref_params = None
-    state_out = (upd.param_shardings, upd.opt_shardings, replicated)
-    upd._rl_step = jax.jit(upd._rl_step_impl, donate_argnums=(0, 1), out_shardings=state_out)
-    upd._score = jax.jit(upd._score_impl)
-    return upd
+    return Updater(model, cfg, mesh)
 
 
 def abstract_engine(upd: Updater, mesh: Mesh, decode_chunk: int = 16) -> InferenceEngine:
-    """An InferenceEngine on the trainer's weights (trainer.py: InferenceEngine(updater.model(), ...)),
-    with the rollout copy as in update_weights: floating leaves cast to the compute dtype, each keeping
-    its parameter's sharding (_cast_floats is elementwise)."""
-    model = upd.model()
-    eng = object.__new__(InferenceEngine)
-    eng.config, eng.tokenizer, eng.mesh, eng.dtype = model.config, None, mesh, model.dtype
-    eng.graphdef, state = nnx.split(model)
-    eng.state = jax.tree.map(
-        lambda x: sds(x.shape, eng.dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, x.sharding), state)
-    eng.length_bucket, eng.decode_chunk, eng.batch_buckets = 64, decode_chunk, ()
-    eng.pad_id = eng.config.pad_token_id if eng.config.pad_token_id is not None else 0
-    eng.eos_ids = np.asarray(eng.config.eos_ids or (-1,), np.int32)
-    return eng
+    """The library's InferenceEngine on the trainer's (abstract) weights, as trainer.py builds it; its
+    state is the abstract bf16 rollout copy (update_weights)."""
+    return InferenceEngine(upd.model(), None, mesh=mesh, decode_chunk=decode_chunk)
 
 
 # -- abstract inputs ----------------------------------------------------------------------------------

@@ -127,7 +127,11 @@ class InferenceEngine:
         self.graphdef, state = nnx.split(model)
         dtype = self.dtype
         if any(jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype for x in jax.tree.leaves(state)):
-            state = _cast_floats(state, dtype)
+            if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state)):   # abstract model
+                state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+                    x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=x.sharding), state)
+            else:
+                state = _cast_floats(state, dtype)
         self.state = state
 
     # -- placement -------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import re
 import struct
 from pathlib import Path
 from typing import Any, Iterator

@@ -17,7 +17,6 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -12,7 +12,6 @@ temperature, so the trainer scores exactly the distribution the sampler drew fro
 """
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -77,12 +76,20 @@ class Updater:
         self.param_shardings = jax.tree.map(lambda x: x.sharding, self.params)
         # Optimizer state is created in its shardings: each moment by its parameter's rule (the paths of
         # optax's state end in the parameter's path), scalars (step counts) replicated.
+        opt_abstract = jax.eval_shape(self.tx.init, self.params)
         self.opt_shardings = jax.tree_util.tree_map_with_path(
-            lambda p, x: param_sharding(path_str(p), x.shape, mesh) if x.ndim else replicated,
-            jax.eval_shape(self.tx.init, self.params))
-        self.opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
+            lambda p, x: param_sharding(path_str(p), x.shape, mesh) if x.ndim else replicated, opt_abstract)
+        # An abstract model (ShapeDtypeStructs with shardings, e.g. benchmarks/memory_fit.py) gets an
+        # abstract optimizer state: the steps can then be lowered and compiled without allocating.
+        self.abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(self.params))
+        if self.abstract:
+            self.opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                          opt_abstract, self.opt_shardings)
+        else:
+            self.opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
         # A copy: the step functions donate self.params, which would free a shared reference.
-        self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.kl_coef > 0 else None
+        copy = (lambda x: x) if self.abstract else jnp.copy
+        self.ref_params = jax.tree.map(copy, self.params) if cfg.kl_coef > 0 else None
         state_out = (self.param_shardings, self.opt_shardings, replicated)
         self._rl_step = jax.jit(self._rl_step_impl, donate_argnums=(0, 1), out_shardings=state_out)
         self._sft_step = jax.jit(self._sft_step_impl, donate_argnums=(0, 1), out_shardings=state_out)
