@@ -110,3 +110,16 @@ def test_against_real_arrays(mf, small_rows):
     row = small_rows["decode"]
     assert abs(row["argument_bytes"] + row["pruned_argument_bytes"] - real) / real < 0.01
     assert row["kv_cache_bytes"] == _dev0(cache)
+
+
+@pytest.mark.slow
+def test_7b_update_and_decode_fit_80gb_per_device(mf, tmp_path):
+    """At the real 7B shapes (abstract, compiled ahead of time on the 8 simulated devices): the RL update
+    (32 micro-batches of 8 x 4096 tokens) and a decode chunk for 64 prompts x 8 samples each fit in 80 GB
+    per device with what lives beside them, and the weights + Adam moments are split 8 ways."""
+    rows = {r["program"]: r for r in mf.main(["--presets", "qwen2_5_vl_7b", "--programs", "update,decode",
+                                              "--json", str(tmp_path / "7b.json")])}
+    for prog in ("update", "decode"):
+        assert "error" not in rows[prog], rows[prog].get("error")
+        assert rows[prog]["total_bytes"] < 80e9 and rows[prog]["coresident_bytes"] < 80e9, (prog, rows[prog])
+    assert rows["update"]["argument_bytes"] < rows["update"]["global_argument_bytes"] / 7.5
