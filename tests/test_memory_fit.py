@@ -27,8 +27,7 @@ def _load():
 
 @pytest.fixture(scope="module")
 def mf():
-    if jax.device_count() != 8:
-        pytest.skip("needs 8 (simulated) devices")
+    assert jax.device_count() == 8, "tests/conftest.py sets 8 simulated devices"
     return _load()
 
 

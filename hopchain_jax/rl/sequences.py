@@ -99,6 +99,18 @@ def pack(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], responses: Seq
     return SequenceBatch(ids, attn, pos, targets, loss, image_index, vis.arrays() if vis is not None else None)
 
 
+def micro_groups(rows: int, micro_batches: int) -> list[range]:
+    """The rows of each micro-batch: consecutive equal groups."""
+    per = rows // micro_batches
+    return [range(i * per, (i + 1) * per) for i in range(micro_batches)]
+
+
+def encoded_grids(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], micro_batches: int) -> list[list[np.ndarray]]:
+    """Per micro-batch, the image grids its tower input encodes (each distinct prompt's images once)."""
+    return [[np.asarray(prompts[p].image_grid_thw) for p in sorted({prompt_of_row[r] for r in g})
+             if prompts[p].image_grid_thw is not None] for g in micro_groups(len(prompt_of_row), micro_batches)]
+
+
 def pack_micro(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], responses: Sequence[Sequence[int]],
                config: QwenVLConfig, micro_batches: int, *, pad_id: int = 0, length_bucket: int | None = None,
                min_length: int = 0) -> SequenceBatch:
@@ -107,15 +119,13 @@ def pack_micro(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], response
     rows = len(responses)
     if rows % micro_batches:
         raise ValueError(f"{rows} rows do not split into {micro_batches} equal micro-batches")
-    per = rows // micro_batches
-    groups = [range(i * per, (i + 1) * per) for i in range(micro_batches)]
+    groups = micro_groups(rows, micro_batches)
     lengths = [len(prompts[p].prompt_ids) + len(r) for p, r in zip(prompt_of_row, responses)]
     t = max(max(lengths) + 1, min_length)
-    patches = [padded_patches(np.concatenate([np.asarray(prompts[p].image_grid_thw).reshape(-1, 3) for p in
-                                              sorted({prompt_of_row[r] for r in g})
-                                              if prompts[p].image_grid_thw is not None] or [np.zeros((0, 3))]),
-                              config) for g in groups]
-    any_images = any(prompts[prompt_of_row[r]].image_grid_thw is not None for r in range(rows))
+    grids = encoded_grids(prompts, prompt_of_row, micro_batches)
+    patches = [padded_patches(np.concatenate([g.reshape(-1, 3) for g in gs] or [np.zeros((0, 3))]), config)
+               for gs in grids]
+    any_images = any(grids)
     parts = [pack(prompts, [prompt_of_row[r] for r in g], [responses[r] for r in g], config, pad_id=pad_id,
                   length_bucket=length_bucket, min_length=t, num_patches=max(patches) if any_images else None)
              for g in groups]

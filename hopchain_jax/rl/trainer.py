@@ -38,7 +38,7 @@ from hopchain_jax.rl.config import TrainConfig, dumps
 from hopchain_jax.rl.metrics import MetricsWriter
 from hopchain_jax.rl.reward import group_advantages, reward
 from hopchain_jax.rl import flops
-from hopchain_jax.rl.sequences import Prompt, pack_micro
+from hopchain_jax.rl.sequences import Prompt, encoded_grids, pack_micro
 from hopchain_jax.rl.update import Updater
 
 def build_model(cfg: TrainConfig, mesh) -> QwenVL:
@@ -244,10 +244,8 @@ class Trainer:
         return m
 
     def _micro_grids(self, prompts: list[Prompt], prompt_of_row: list[int]) -> list:
-        """Image grids the tower encodes for these rows: each prompt's images once per micro-batch."""
-        per = len(prompt_of_row) // self.cfg.grad_accum
-        return [prompts[p].image_grid_thw for k in range(self.cfg.grad_accum)
-                for p in sorted(set(prompt_of_row[k * per:(k + 1) * per])) if prompts[p].image_grid_thw is not None]
+        """Image grids the tower encodes for these rows (as pack_micro packs them), for the FLOP count."""
+        return [g for gs in encoded_grids(prompts, prompt_of_row, self.cfg.grad_accum) for g in gs]
 
     def _mfu(self, model_flops: float, seconds: float) -> float:
         """Model FLOPs utilisation (NaN where the device's peak is unknown, e.g. CPU)."""
