@@ -13,11 +13,13 @@ arguments are jax.ShapeDtypeStructs carrying the NamedShardings the run would gi
           --micro-rows rows of --seq tokens (SAPO loss, float32 gradient accumulation, AdamW), params and
           optimizer state donated, out_shardings as Updater builds them.
   score   Updater._score_impl on the same batch (the old log-probs before the updates).
-  decode  InferenceEngine._decode (the engine's own jitted method): one chunk of --decode-steps steps for
-          prompts_per_step x group_size rows with a KV cache of --cache-len slots, on the rollout copy of
-          the weights (floats cast to the compute dtype, the parameters' shardings); cache donated.
-  prefill InferenceEngine._prefill (optional): the prompt forward writing the cache (prompt length
-          cache_len - max_new_tokens), image features of one image per prompt.
+  decode  InferenceEngine._decode (the engine's own jitted method): one chunk of --decode-steps steps over
+          the decode pool (rollout_slots, or prompts_per_step x group_size rows) with a KV cache of
+          --cache-len slots, all of them read (the worst case), on the rollout copy of the weights
+          (floats cast to the compute dtype, in the preset's rollout_mesh layout); cache donated.
+  prefill InferenceEngine._prefill: one prefill call at prompt length cache_len - max_new_tokens, as many
+          prompt rows as the engine's prefill_tokens budget allows, one image per prompt.
+  insert  InferenceEngine._insert: those prompt rows copied into group_size decode slots each.
 
 The model is built with nnx.eval_shape, its leaves given the sharding rules' shardings; the library's
 own Updater and InferenceEngine take such an abstract model as they take a real one (the optimizer
@@ -31,6 +33,10 @@ group of 8 is one prompt, so it carries --images-per-micro (default 1) images.
 Memory figures are per device (the compiled program is the SPMD-partitioned per-device one; the
 "args check" column compares argument bytes with the sum of sharding.shard_shape sizes of the kept
 inputs). total = argument + output + temp - alias (alias: outputs written into donated inputs).
+Rollout programs at bf16 also get a "GPU est" column: the CPU compiler turns bf16 dots into float32 ones
+and hoists the float32 casts of all weights out of the layer loop, so their temp holds a float32 copy of
+every bf16 weight (2x the weights; a GPU computes bf16 dots natively). The estimate replaces the temp by
+half the temp of the same program compiled in float32, which makes no such copy.
 "fits" compares total (plus, for the co-residency lines, the arrays alive beside the program) with
 --budget-gb (1 GB = 1e9 bytes). The CPU compiler's buffer assignment is not the GPU's (fusion, bf16
 dot handling and collective scheduling differ), so treat these as estimates within tens of percent.
@@ -63,17 +69,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import models as model_presets  # noqa: E402
 from configs import train as train_presets  # noqa: E402
-from hopchain_jax.infer.engine import InferenceEngine  # noqa: E402
+from hopchain_jax.infer.engine import BATCH_BUCKETS, ROW_FIELDS, InferenceEngine  # noqa: E402
 from hopchain_jax.models import image_processor as improc  # noqa: E402
 from hopchain_jax.models.config import QwenVLConfig  # noqa: E402
-from hopchain_jax.models.qwen_vl import KVCache, QwenVL  # noqa: E402
+from hopchain_jax.models.qwen_vl import KVCache, QwenVL, cache_bits_dtype  # noqa: E402
+from hopchain_jax.infer.scheduler import bucket  # noqa: E402
 from hopchain_jax.models.sharding import activation_sharding, make_mesh, state_shardings  # noqa: E402
 from hopchain_jax.models.vision import image_tokens, padded_patches, prepare_vision_inputs  # noqa: E402
 from hopchain_jax.rl.config import TrainConfig  # noqa: E402
 from hopchain_jax.rl.update import Updater  # noqa: E402
 
 GB = 1e9
-PROGRAMS = ("update", "score", "decode", "prefill")
+PROGRAMS = ("update", "score", "decode", "prefill", "insert")
 
 
 @dataclasses.dataclass
@@ -85,8 +92,8 @@ class Shapes:
     seq: int               # T tokens per row (prompt + response)
     images_per_micro: int
     image_hw: tuple[int, int]
-    decode_rows: int       # prompts_per_step x group_size
-    decode_prompts: int
+    decode_rows: int       # decode slots: rollout_slots, or prompts_per_step x group_size
+    group_size: int
     cache_len: int
     decode_steps: int
     max_new_tokens: int
@@ -134,10 +141,11 @@ def abstract_updater(model: QwenVL, cfg: TrainConfig, mesh: Mesh) -> Updater:
     return Updater(model, cfg, mesh)
 
 
-def abstract_engine(upd: Updater, mesh: Mesh, decode_chunk: int = 16) -> InferenceEngine:
+def abstract_engine(upd: Updater, mesh: Mesh, cfg: TrainConfig, decode_chunk: int = 16) -> InferenceEngine:
     """The library's InferenceEngine on the trainer's (abstract) weights, as trainer.py builds it; its
-    state is the abstract bf16 rollout copy (update_weights)."""
-    return InferenceEngine(upd.model(), None, mesh=mesh, decode_chunk=decode_chunk)
+    state is the abstract bf16 rollout copy in the rollout layout (update_weights)."""
+    rollout = make_mesh(*cfg.rollout_mesh) if cfg.rollout_mesh else None
+    return InferenceEngine(upd.model(), None, mesh=mesh, rollout_mesh=rollout, decode_chunk=decode_chunk)
 
 
 # -- abstract inputs ----------------------------------------------------------------------------------
@@ -190,38 +198,71 @@ def kv_cache(eng: InferenceEngine, batch: int, length: int) -> KVCache:
     """InferenceEngine._empty_cache, abstract."""
     t = eng.config.text
     shape = (t.num_hidden_layers, batch, length, t.num_key_value_heads, t.head_dim)
-    kv = activation_sharding("kv_cache", shape, eng.mesh)
-    return KVCache(sds(shape, eng.dtype, kv), sds(shape, eng.dtype, kv),
+    kv, bits = activation_sharding("kv_cache", shape, eng.mesh), cache_bits_dtype(eng.dtype)
+    return KVCache(sds(shape, bits, kv), sds(shape, bits, kv),
                    sds((batch, length), np.bool_, activation_sharding("cache_valid", (batch, length), eng.mesh)))
 
 
 def decode_args(eng: InferenceEngine, shapes: Shapes, cfg: TrainConfig) -> tuple:
-    """InferenceEngine._decode's arguments as generate() passes them for one chunk. tokens / positions /
-    done / remaining / start / key are small host-made arrays there (jnp.asarray: uncommitted), here
-    ShapeDtypeStructs without a sharding (the compiler places them; counted whole)."""
+    """InferenceEngine._decode's arguments as generate() passes them for one chunk: the per-slot state
+    (engine.ROW_FIELDS, each [rows], placed by the "rows" rule), the whole cache read."""
     b = shapes.decode_rows
     cache = kv_cache(eng, b, shapes.cache_len)
-    rows = lambda dtype: sds((b,), dtype)
-    return (eng, eng.state, cache, rows(np.int32), rows(np.int32), sds((), np.int32), rows(np.bool_),
-            rows(np.int32), sds((2,), np.uint32), float(cfg.temperature), int(cfg.top_k), float(cfg.top_p),
-            shapes.decode_steps)
+    rows = {name: sds((b,), np.bool_ if name == "done" else np.int32, activation_sharding("rows", (b,), eng.mesh))
+            for name in ROW_FIELDS}
+    return (eng, eng.state, cache, rows, sds((2,), np.uint32), float(cfg.temperature), int(cfg.top_k),
+            float(cfg.top_p), shapes.decode_steps, shapes.cache_len)
 
 
-def prefill_args(eng: InferenceEngine, shapes: Shapes, cfg: TrainConfig, max_pixels: int) -> tuple:
-    """InferenceEngine._prefill's arguments: prompts left-padded to cache_len - max_new_tokens tokens,
-    image features of one image per prompt (the _encode output; placed here over the batch axes)."""
-    b, t = shapes.decode_rows, shapes.cache_len - shapes.max_new_tokens
+def prefill_shape(eng: InferenceEngine, shapes: Shapes) -> tuple[int, int]:
+    """(prompt rows, padded prompt length) of one prefill call at prompt length cache_len - max_new_tokens:
+    as many prompts as the prefill budget takes, at most those of one pool."""
+    t = shapes.cache_len - shapes.max_new_tokens
+    prompts = -(-shapes.decode_rows // shapes.group_size)
+    return bucket(min(eng.prefill_rows(t), prompts), eng.batch_buckets), -(-t // eng.length_bucket) * eng.length_bucket
+
+
+def prefill_args(eng: InferenceEngine, shapes: Shapes, max_pixels: int) -> tuple:
+    """InferenceEngine._prefill's arguments: prompt rows right-padded to prefill_shape, image features of
+    one image per prompt (the _encode output; placed here over the batch axes)."""
+    b, t = prefill_shape(eng, shapes)
     mesh, d = eng.mesh, eng.config.text.hidden_size
     tok = lambda dtype: sds((b, t), dtype, activation_sharding("tokens", (b, t), mesh))
-    grid = np.repeat(image_grid(eng.config, shapes.image_hw, max_pixels), shapes.decode_prompts, axis=0)
+    grid = np.repeat(image_grid(eng.config, shapes.image_hw, max_pixels), b, axis=0)
     m = padded_patches(grid, eng.config) // eng.config.vision.spatial_merge_size ** 2
     deep = len(eng.config.vision.deepstack_visual_indexes) if eng.config.arch == "qwen3_vl" else 0
     feat = lambda: sds((m, d), eng.dtype, activation_sharding("vision", (m, d), mesh))
     features = (feat(), [feat() for _ in range(deep)])
-    cache = kv_cache(eng, b, shapes.cache_len)
     pos = sds((3, b, t), np.int32, activation_sharding("positions", (3, b, t), mesh))
-    return (eng, eng.state, tok(np.int32), pos, tok(np.bool_), features, tok(np.int32), cache, sds((2,), np.uint32),
-            float(cfg.temperature), int(cfg.top_k), float(cfg.top_p))
+    return (eng, eng.state, tok(np.int32), pos, tok(np.bool_), features, tok(np.int32),
+            sds((b,), np.int32, activation_sharding("rows", (b,), mesh)))
+
+
+def insert_args(eng: InferenceEngine, shapes: Shapes) -> tuple:
+    """InferenceEngine._insert's arguments: the decode pool, one prefill call's KV (prefill_shape) and the
+    per-shard slot tables of its prompts x group_size samples, spread evenly over the batch shards."""
+    b, t = prefill_shape(eng, shapes)
+    pool = kv_cache(eng, shapes.decode_rows, shapes.cache_len)
+    shards = eng.batch_shards(shapes.decode_rows)
+    width = bucket(-(-b * shapes.group_size // shards), eng.batch_buckets)
+    table = sds((shards, width), np.int32, jax.sharding.NamedSharding(eng.mesh, jax.sharding.PartitionSpec(
+        pool.k.sharding.spec[1])))
+    return eng, pool, kv_cache(eng, b, t), table, table
+
+
+ROLLOUT_PROGRAMS = ("decode", "prefill", "insert")
+
+
+def rollout_program(eng: InferenceEngine, prog: str, shapes: Shapes, cfg: TrainConfig):
+    """(jitted method, its abstract arguments, static positions, co-resident note) of an engine program."""
+    if prog == "decode":
+        return (InferenceEngine._decode, decode_args(eng, shapes, cfg), (0, 5, 6, 7, 8, 9),
+                "decode total (bf16 copy + pool KV in it)")
+    if prog == "prefill":
+        return (InferenceEngine._prefill, prefill_args(eng, shapes, cfg.max_pixels), (0,),
+                "prefill total (bf16 copy in it) + the decode pool's KV")
+    return (InferenceEngine._insert, insert_args(eng, shapes), (0,),
+            "insert total (pool + prefill KV in it) + bf16 copy")
 
 
 # -- measuring ----------------------------------------------------------------------------------------
@@ -267,12 +308,13 @@ def run_preset(preset: str, config: QwenVLConfig, cfg: TrainConfig, mesh: Mesh, 
     """Measure `programs` of one preset; emit(row) after each (incremental JSON)."""
     model = abstract_model(config, cfg, mesh)
     upd = abstract_updater(model, cfg, mesh)
-    eng = abstract_engine(upd, mesh)
+    eng = abstract_engine(upd, mesh, cfg, shapes.decode_steps)
     resident = {"params_fp32": tree_shard_bytes(upd.params), "frozen": tree_shard_bytes(upd.frozen),
                 "opt_state": tree_shard_bytes(upd.opt_state), "rollout_copy": tree_shard_bytes(eng.state)}
     resident_global = {"params_fp32": tree_bytes(upd.params), "frozen": tree_bytes(upd.frozen),
                        "opt_state": tree_bytes(upd.opt_state), "rollout_copy": tree_bytes(eng.state)}
     batch, info = abstract_batch(config, mesh, shapes, cfg.max_pixels)
+    cfg32, eng32 = cfg.replace(dtype="float32"), None
     base = {"preset": preset, "mesh": dict(mesh.shape), "shapes": dataclasses.asdict(shapes), "images": info,
             "resident_per_device": resident, "resident_global": resident_global, "budget_bytes": budget}
     rows = []
@@ -285,30 +327,38 @@ def run_preset(preset: str, config: QwenVLConfig, cfg: TrainConfig, mesh: Mesh, 
                 # parameter + optimizer-state part of the arguments (the FSDP check)
                 row["state_argument_bytes"] = tree_shard_bytes(args[:2])
                 row["state_global_bytes"] = tree_bytes(args[:2])
-                # the engine keeps its rollout copy (engine.state) alive through the updates
-                row["coresident_bytes"] = row["total_bytes"] + resident["rollout_copy"]
-                row["coresident_note"] = "update total + bf16 rollout copy held by the engine + pruned args"
+                # the trainer releases the engine's rollout copy before scoring and updating
+                row["coresident_bytes"] = row["total_bytes"]
+                row["coresident_note"] = "update total + pruned args"
             elif prog == "score":
                 row.update(measure(prog, upd._score, (upd.params, upd.frozen, batch)))
                 # during scoring the optimizer state and the rollout copy are alive beside the program
-                row["coresident_bytes"] = row["total_bytes"] + resident["opt_state"] + resident["rollout_copy"]
-                row["coresident_note"] = "score total + opt state + bf16 rollout copy + pruned args"
-            elif prog in ("decode", "prefill"):
-                if prog == "decode":
-                    args = decode_args(eng, shapes, cfg)
-                    row.update(measure(prog, InferenceEngine._decode, args, static=(0, 9, 10, 11, 12)))
-                else:
-                    args = prefill_args(eng, shapes, cfg, cfg.max_pixels)
-                    row.update(measure(prog, InferenceEngine._prefill, args, static=(0, 9, 10, 11)))
-                cache = next(a for a in args if isinstance(a, KVCache))
-                row["kv_cache_bytes"] = tree_shard_bytes(cache)
-                row["kv_cache_global_bytes"] = tree_bytes(cache)
-                # fp32 masters + opt state stay on device during rollouts (the program holds the bf16 copy
-                # and the cache as arguments)
-                row["coresident_bytes"] = row["total_bytes"] + resident["params_fp32"] + resident["frozen"] + \
-                    resident["opt_state"]
-                row["coresident_note"] = (f"{prog} total (bf16 copy + KV in it) + fp32 master + frozen + opt state "
-                                          "+ pruned args (the bf16 vision tower)")
+                row["coresident_bytes"] = row["total_bytes"] + resident["opt_state"]
+                row["coresident_note"] = "score total + opt state + pruned args"
+            elif prog in ROLLOUT_PROGRAMS:
+                pool = kv_cache(eng, shapes.decode_rows, shapes.cache_len)
+                jitted, args, static, note = rollout_program(eng, prog, shapes, cfg)
+                row.update(measure(prog, jitted, args, static=static))
+                if jnp.dtype(cfg.dtype).itemsize == 2:
+                    # The CPU compiler upcasts bf16 dot operands to float32 and hoists the casts of the
+                    # weights out of the layer loop: a float32 copy of every bf16 weight lands in temp,
+                    # which a GPU does not make. The same program compiled in float32 has no such copy;
+                    # half its temp estimates the bf16 program's own temporaries.
+                    if eng32 is None:
+                        eng32 = abstract_engine(abstract_updater(abstract_model(config, cfg32, mesh), cfg32, mesh),
+                                                mesh, cfg32, shapes.decode_steps)
+                    twin = measure(prog, *rollout_program(eng32, prog, shapes, cfg32)[:2],
+                                   static=static)
+                    row["temp_bytes_f32_twin"] = twin["temp_bytes"]
+                    row["gpu_estimate_bytes"] = row["total_bytes"] - row["temp_bytes"] + twin["temp_bytes"] // 2
+                row["coresident_extra"] = tree_shard_bytes(pool) if prog == "prefill" else (
+                    tree_shard_bytes(eng.state) if prog == "insert" else 0)
+                row["kv_cache_bytes"] = tree_shard_bytes(pool)
+                row["kv_cache_global_bytes"] = tree_bytes(pool)
+                # fp32 masters + opt state stay on device during rollouts
+                row["coresident_bytes"] = row["total_bytes"] + row["coresident_extra"] + \
+                    resident["params_fp32"] + resident["frozen"] + resident["opt_state"]
+                row["coresident_note"] = note + " + fp32 master + frozen + opt state + pruned args"
             else:
                 raise ValueError(f"unknown program {prog!r}")
             # inputs the executable does not read (jit prunes them: e.g. the vision tower's weights in decode)
@@ -331,7 +381,7 @@ def _gb(x) -> str:
 def format_table(rows: list[dict]) -> str:
     head = (f"| {'preset':14} | {'mesh':7} | {'program':7} | {'args GB':>8} | {'out GB':>8} | {'temp GB':>8} | "
             f"{'alias GB':>8} | {'total GB':>8} | {'code MB':>7} | {'fits':4} | {'co-res GB':>9} | {'co-fits':7} | "
-            f"{'compile s':>9} | {'args check':>10} |")
+            f"{'compile s':>9} | {'args check':>10} | {'GPU est GB':>10} |")
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
         mesh = ",".join(str(v) for v in r["mesh"].values())
@@ -342,7 +392,8 @@ def format_table(rows: list[dict]) -> str:
             f"| {r['preset']:14} | {mesh:7} | {r['program']:7} | {_gb(r['argument_bytes'])} | {_gb(r['output_bytes'])} | "
             f"{_gb(r['temp_bytes'])} | {_gb(r['alias_bytes'])} | {_gb(r['total_bytes'])} | "
             f"{r['generated_code_bytes'] / 1e6:7.2f} | {'yes' if r['fits'] else 'no':4} | {_gb(r['coresident_bytes']):>9} | "
-            f"{'yes' if r['coresident_fits'] else 'no':7} | {r['compile_s']:9.1f} | {r['args_check_ratio']:10.4f} |")
+            f"{'yes' if r['coresident_fits'] else 'no':7} | {r['compile_s']:9.1f} | {r['args_check_ratio']:10.4f} | "
+            + (f"{_gb(r['gpu_estimate_bytes']):>10} |" if "gpu_estimate_bytes" in r else f"{'-':>10} |"))
     return "\n".join(lines)
 
 
@@ -364,6 +415,9 @@ def format_details(rows: list[dict]) -> str:
             s += (f"\n    KV cache per device {r['kv_cache_bytes'] / GB:.2f} GB ({r['kv_cache_global_bytes'] / GB:.2f} GB "
                   f"global; {r['shapes']['decode_rows']} rows x {r['shapes']['cache_len']} slots)")
         s += f"\n    co-resident {r['coresident_bytes'] / GB:.2f} GB = {r['coresident_note']}"
+        if "gpu_estimate_bytes" in r:
+            s += (f"\n    GPU estimate {r['gpu_estimate_bytes'] / GB:.2f} GB: total with temp replaced by half the temp "
+                  f"of the float32 program ({r['temp_bytes_f32_twin'] / GB:.2f} GB; the CPU upcasts bf16 weights)")
         out.append(s)
     return "\n".join(out)
 
@@ -371,15 +425,16 @@ def format_details(rows: list[dict]) -> str:
 def shapes_for(cfg: TrainConfig, args, small: bool) -> Shapes:
     if small:
         return Shapes(micro_batches=2, micro_rows=args.micro_rows, seq=128, images_per_micro=1, image_hw=(112, 112),
-                      decode_rows=16, decode_prompts=2, cache_len=128, decode_steps=2, max_new_tokens=64)
+                      decode_rows=16, group_size=8, cache_len=128, decode_steps=2, max_new_tokens=64)
     rows = cfg.prompts_per_step * cfg.group_size // cfg.minibatches
     k = args.grad_accum or cfg.grad_accum
     if rows != k * args.micro_rows:
         print(f"note: the preset's minibatch is {rows} rows; measuring {k} x {args.micro_rows} = "
               f"{k * args.micro_rows}", flush=True)
     return Shapes(micro_batches=k, micro_rows=args.micro_rows, seq=args.seq, images_per_micro=args.images_per_micro,
-                  image_hw=tuple(args.image_hw), decode_rows=cfg.prompts_per_step * cfg.group_size,
-                  decode_prompts=cfg.prompts_per_step, cache_len=args.cache_len or args.seq,
+                  image_hw=tuple(args.image_hw),
+                  decode_rows=bucket(cfg.rollout_slots or cfg.prompts_per_step * cfg.group_size, BATCH_BUCKETS),
+                  group_size=cfg.group_size, cache_len=args.cache_len or args.seq,
                   decode_steps=args.decode_steps, max_new_tokens=cfg.max_new_tokens)
 
 

@@ -1,12 +1,18 @@
-"""The batched generation engine: greedy parity with transformers, sharding, sampling, bucketing."""
+"""The generation engine: greedy parity with transformers (sharded, refilled, in the rollout layout),
+sampling independent of the schedule, prefix sharing, bounded cache reads, slot refill and compaction,
+no collectives in the replicated decode, bucketing."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
+from configs.models import PRESETS
 from hf_tiny import IMAGE, image_prompt, random_patches, tiny_hf_model
 from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams
 from hopchain_jax.models.checkpoint import load_pretrained
+from hopchain_jax.models.qwen_vl import QwenVL
 from hopchain_jax.models.sharding import make_mesh
 
 ARCHES = ["qwen2_5_vl", "qwen3_vl"]
@@ -46,25 +52,30 @@ def _hf_greedy(hf, requests, grid, pixels, n_new=32):
 
 
 def test_greedy_matches_transformers_sharded_and_not(tiny):
+    """One device; a (2, 2, 2) mesh; one decode slot (the second prompt waits for the first to finish and
+    is prefilled into the freed slot); weights resharded from FSDP to the replicated rollout layout."""
     hf, path = tiny
     outputs = {}
-    for name, mesh in (("single", None), ("mesh", make_mesh(data=2, fsdp=2, tensor=2))):
+    for name, mesh, kw in (("single", None, {}), ("mesh", make_mesh(data=2, fsdp=2, tensor=2), {}),
+                           ("one_slot", None, {"max_slots": 1}),
+                           ("rollout", make_mesh(), {"rollout_mesh": make_mesh(data=-1, fsdp=1)})):
         model = load_pretrained(path, dtype=jnp.float32, mesh=mesh, progress=False)
         requests, grid, pixels = _requests(model)
-        engine = InferenceEngine(model, mesh=mesh, length_bucket=16, decode_chunk=8)
+        engine = InferenceEngine(model, mesh=mesh, length_bucket=16, kv_bucket=16, decode_chunk=8, **kw)
         outs = engine.generate(requests, SamplingParams(temperature=0, max_new_tokens=32))
         outputs[name] = [o.token_ids for o in outs]
         assert all(max(o.logprobs) <= 0 for o in outs)
     reference = _hf_greedy(hf, requests, grid, pixels)
     assert outputs["single"] == reference
-    assert outputs["mesh"] == outputs["single"]
+    for name in ("mesh", "one_slot", "rollout"):
+        assert outputs[name] == outputs["single"], name
     assert any(len(r) == 32 for r in reference)
 
 
 def test_sampling_groups_seeds_and_limits(tiny):
     _, path = tiny
     model = load_pretrained(path, dtype=jnp.float32, progress=False)
-    engine = InferenceEngine(model, length_bucket=16, decode_chunk=4)
+    engine = InferenceEngine(model, length_bucket=16, kv_bucket=16, decode_chunk=4)
     requests, _, _ = _requests(model)
     requests[1].max_new_tokens = 5
     params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, max_new_tokens=12, n=4, seed=7)
@@ -86,13 +97,15 @@ def test_sampling_groups_seeds_and_limits(tiny):
 def test_bucketed_shapes_do_not_recompile(tiny):
     _, path = tiny
     model = load_pretrained(path, dtype=jnp.float32, progress=False)
-    engine = InferenceEngine(model, length_bucket=16, decode_chunk=4)
+    engine = InferenceEngine(model, length_bucket=16, kv_bucket=16, decode_chunk=4)
     params = SamplingParams(temperature=0, max_new_tokens=6)
+    programs = (InferenceEngine._prefill, InferenceEngine._decode, InferenceEngine._insert)
     engine.generate([Request([1, 5, 6])], params)
-    before = InferenceEngine._prefill._cache_size()
-    engine.generate([Request([1, 5, 6, 7, 8, 9, 10, 11, 12])], params)  # same length bucket
-    engine.generate([Request([1, 5]), Request([1, 6, 7])], params)  # batch 2 -> new bucket
-    assert InferenceEngine._prefill._cache_size() == before + 1
+    before = [f._cache_size() for f in programs]
+    engine.generate([Request([1, 5, 6, 7, 8, 9, 10, 11, 12])], params)  # same length buckets
+    assert [f._cache_size() for f in programs] == before
+    engine.generate([Request([1, 5]), Request([1, 6, 7])], params)  # batch 2 -> new buckets
+    assert InferenceEngine._prefill._cache_size() == before[0] + 1
 
 
 def test_image_token_mismatch_is_reported(tiny):
@@ -122,3 +135,132 @@ def test_stop_strings_cut_text_and_tokens():
     assert stopped.finish_reason == "stop"
     assert stopped.text == free.text[:free.text.find(piece)]
     assert stopped.token_ids == free.token_ids[:len(stopped.token_ids)] and len(stopped.token_ids) <= 7
+
+
+# -- scheduling: tiny text model (real vocabulary), no transformers ---------------------------------------
+@pytest.fixture(scope="module")
+def text_model():
+    return QwenVL(PRESETS["tiny"](), rngs=nnx.Rngs(4))
+
+
+def _long_tail(n: int, seed: int = 0, median: float = 6) -> list[Request]:
+    rng = np.random.default_rng(seed)
+    limits = np.clip(rng.lognormal(np.log(median), 0.9, n).astype(int), 2, 60)
+    return [Request(list(rng.integers(10, 5000, size=rng.integers(3, 20))), max_new_tokens=int(m)) for m in limits]
+
+
+def _engine(model, **kw):
+    return InferenceEngine(model, **{"length_bucket": 16, "kv_bucket": 16, "decode_chunk": 4, **kw})
+
+
+def test_samples_do_not_depend_on_pool_size_order_or_layout(text_model):
+    """Each sequence draws from its own keys: a pool holding everything, one slot refilled 18 times in
+    FIFO order, and 8 devices in the replicated rollout layout (8 slots, refilled) give the same samples."""
+    requests = _long_tail(6)
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=40, n=3, seed=5)
+    runs = {}
+    for name, kw in (("all", {}), ("one", {"max_slots": 1, "admission": "fifo"}),
+                     ("rollout", {"mesh": make_mesh(), "rollout_mesh": make_mesh(data=-1, fsdp=1), "max_slots": 8})):
+        engine = _engine(text_model, **kw)
+        outs = engine.generate(requests, params)
+        runs[name] = (outs, engine.last_stats)
+    ref = runs["all"][0]
+    assert [(o.prompt_index, o.sample_index) for o in ref] == [(i, j) for i in range(6) for j in range(3)]
+    assert len({tuple(o.token_ids) for o in ref if o.prompt_index == 0}) > 1
+    for name, (outs, stats) in runs.items():
+        assert [o.token_ids for o in outs] == [o.token_ids for o in ref], name
+        np.testing.assert_allclose(np.concatenate([o.logprobs for o in outs]),
+                                   np.concatenate([o.logprobs for o in ref]), atol=1e-5, err_msg=name)
+        assert stats.useful_tokens + stats.first_tokens == sum(len(o.token_ids) for o in outs)
+    assert runs["one"][1].prefill_rows == 18 and runs["one"][1].pool_rows == 1
+    assert runs["all"][1].prefill_rows == 6          # one prefill row per prompt, shared by its 3 samples
+
+
+def test_prefix_sharing_copies_the_prompt_cache_into_every_sample(tiny):
+    """n samples of an image prompt prefilled once equal the same samples prefilled one by one."""
+    _, path = tiny
+    model = load_pretrained(path, dtype=jnp.float32, progress=False)
+    requests, _, _ = _requests(model)
+    params = SamplingParams(temperature=1.0, max_new_tokens=10, n=4, seed=2)
+    shared, alone = _engine(model), _engine(model, max_slots=1)
+    a, b = shared.generate(requests, params), alone.generate(requests, params)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    assert shared.last_stats.prefill_rows == 2 and alone.last_stats.prefill_rows == 8
+    one = shared.generate(requests, SamplingParams(temperature=1.0, max_new_tokens=10, n=1, seed=2))
+    assert [o.token_ids for o in one] == [o.token_ids for o in a if o.sample_index == 0]
+
+
+def _dot_shapes(jaxpr) -> list[tuple]:
+    """Operand shapes of every dot_general in a closed jaxpr, nested jaxprs included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            out.extend(tuple(v.aval.shape) for v in eqn.invars)
+        for param in eqn.params.values():
+            for sub in (param if isinstance(param, (list, tuple)) else [param]):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out.extend(_dot_shapes(inner))
+    return out
+
+
+def test_prefill_at_prompt_length_and_decode_reads_the_filled_part(text_model):
+    engine = _engine(text_model, decode_chunk=8)
+    outs = engine.generate([Request([1, 5, 6, 7, 8])], SamplingParams(temperature=0, max_new_tokens=120))
+    stats = engine.last_stats
+    assert len(outs[0].token_ids) == 120 and stats.cache_len == 128
+    assert stats.prefill_padded_tokens == 16                       # one row x the prompt's 16-token bucket
+    assert min(stats.read_lengths) == 16 and max(stats.read_lengths) == 128
+    assert sum(c for r, c in stats.read_lengths.items() if r < 64) >= 5   # early chunks read a fraction
+    # the compiled decode step attends over `read` slots, never over the whole cache
+    cache = engine._empty_cache(1, 256)
+    rows = {k: jnp.zeros(1, bool if k == "done" else jnp.int32) for k in ("token", "position", "write", "remaining",
+                                                                         "done", "prompt", "sample", "count")}
+    jaxpr = jax.make_jaxpr(InferenceEngine._decode, static_argnums=(0, 5, 6, 7, 8, 9))(
+        engine, engine.state, cache, rows, jax.random.PRNGKey(0), 0.0, 0, 1.0, 2, 48)
+    key_dims = [shape for shape in _dot_shapes(jaxpr.jaxpr) if len(shape) == 4 and shape[0] == 1]
+    assert key_dims and all(256 not in shape for shape in key_dims) and any(48 in shape for shape in key_dims)
+
+
+def test_refill_and_compaction_keep_the_pool_busy(text_model):
+    """A long-tailed workload (limits 2..60 tokens, median 16): refilling slots as sequences end and
+    compacting the pool in the drain wastes few row-steps; one static batch of every request wastes most."""
+    requests = _long_tail(40, seed=1, median=16)
+    params = SamplingParams(temperature=0, max_new_tokens=60)
+    engine = _engine(text_model, max_slots=8)
+    outs = engine.generate(requests, params)
+    stats = engine.last_stats
+    lengths = [len(o.token_ids) for o in outs]
+    assert lengths == [r.max_new_tokens for r in requests]       # no EOS at these lengths: limits rule
+    static_waste = 1 - (sum(lengths) - len(lengths)) / (64 * (max(lengths) - 1))
+    assert static_waste > 0.75
+    assert stats.wasted_fraction < 0.1, stats.as_dict()
+    assert stats.compactions >= 1 and stats.prefill_calls >= 2
+    fifo = _engine(text_model, max_slots=8, admission="fifo")
+    fifo.generate(requests, params)
+    assert fifo.last_stats.wasted_fraction > stats.wasted_fraction   # longest-first drains faster
+
+
+def test_replicated_rollout_decode_has_no_collectives(text_model):
+    """Weights resharded to the rollout layout are whole on every device, the batch is split over all 8,
+    and the compiled decode chunk communicates nothing; decoding from the FSDP layout all-gathers."""
+    from hopchain_jax.models.sharding import shard_model
+    mesh = make_mesh()
+    model = shard_model(QwenVL(PRESETS["tiny"](), rngs=nnx.Rngs(4)), mesh)
+    collectives = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
+    texts = {}
+    for name, rollout in (("rollout", make_mesh(data=-1, fsdp=1)), ("fsdp", None)):
+        engine = _engine(model, mesh=mesh, rollout_mesh=rollout)
+        if rollout is not None:
+            assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(engine.state))
+        cache = engine._empty_cache(16, 64)
+        assert engine.batch_shards(16) == 8
+        rows = {k: engine._put(np.zeros(16, bool if k == "done" else np.int32), "rows")
+                for k in ("token", "position", "write", "remaining", "done", "prompt", "sample", "count")}
+        texts[name] = InferenceEngine._decode.lower(engine, engine.state, cache, rows, jax.random.PRNGKey(0), 1.0, 0,
+                                                    1.0, 4, 32).compile().as_text()
+        keep = engine._per_shard(np.zeros((8, 1), np.int32), 16)
+        compact = InferenceEngine._compact.lower(engine, cache, keep).compile().as_text()
+        assert not [c for c in collectives if c in compact], name
+    assert not [c for c in collectives if c in texts["rollout"]]
+    assert "all-gather" in texts["fsdp"]

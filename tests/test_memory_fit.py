@@ -34,7 +34,7 @@ def mf():
 @pytest.fixture(scope="module")
 def small_rows(mf, tmp_path_factory):
     out = tmp_path_factory.mktemp("mf") / "small.json"
-    rows = mf.main(["--small", "--programs", "update,score,decode", "--json", str(out)])
+    rows = mf.main(["--small", "--programs", "update,score,decode,prefill,insert", "--json", str(out)])
     assert out.exists()
     return {r["program"]: r for r in rows}
 
@@ -45,16 +45,27 @@ def _dev0(tree) -> int:
 
 
 def test_small_table(mf, small_rows):
-    assert set(small_rows) == {"update", "score", "decode"}
+    assert set(small_rows) == {"update", "score", "decode", "prefill", "insert"}
     for prog, r in small_rows.items():
         assert "error" not in r, r.get("error")
-        assert r["temp_bytes"] > 0 and r["argument_bytes"] > 0, prog
+        assert r["argument_bytes"] > 0, prog
         assert r["total_bytes"] == r["argument_bytes"] + r["output_bytes"] + r["temp_bytes"] - r["alias_bytes"]
-        # per-device sizes: argument bytes = sum of the kept inputs' shard_shape sizes, 1/8 of global
+        # per-device sizes: argument bytes = sum of the kept inputs' shard_shape sizes
         assert abs(r["args_check_ratio"] - 1) < 0.01, (prog, r["args_check_ratio"])
-        assert r["argument_bytes"] < 0.2 * r["global_argument_bytes"], prog
+    for prog in ("update", "score"):   # FSDP: ~1/8 of the global arguments on each device
+        assert small_rows[prog]["argument_bytes"] < 0.2 * small_rows[prog]["global_argument_bytes"], prog
     assert small_rows["update"]["alias_bytes"] > 0      # params + opt state are donated
-    assert small_rows["decode"]["alias_bytes"] >= small_rows["decode"]["kv_cache_bytes"] - 4096   # cache donated
+    decode = small_rows["decode"]
+    # rollout layout (-1, 1, 1): the bf16 weights whole on every device, the KV cache split 8 ways and donated
+    weights = decode["resident_global"]["rollout_copy"]
+    assert decode["resident_per_device"]["rollout_copy"] == weights
+    assert decode["kv_cache_global_bytes"] == 8 * decode["kv_cache_bytes"]
+    assert decode["alias_bytes"] >= decode["kv_cache_bytes"] - 4096
+    insert = small_rows["insert"]   # prefilled rows written into the donated pool in place
+    assert insert["alias_bytes"] >= insert["kv_cache_bytes"] - 4096
+    assert insert["temp_bytes"] < insert["kv_cache_bytes"]
+    for prog in ("decode", "prefill"):   # the float32 twin gives the GPU estimate
+        assert 0 < small_rows[prog]["gpu_estimate_bytes"] <= small_rows[prog]["total_bytes"], prog
     table = mf.format_table(list(small_rows.values()))
     for prog in small_rows:
         assert f"| {prog:7} |" in table
@@ -102,10 +113,11 @@ def test_against_real_arrays(mf, small_rows):
     assert abs(row["state_argument_bytes"] - state) / state < 0.01
     assert 7.0 < total / state <= 8.0, total / state
 
-    eng = InferenceEngine(upd.model(), mesh=mesh)
+    eng = InferenceEngine(upd.model(), mesh=mesh, rollout_mesh=make_mesh(*cfg.rollout_mesh))
     cache = eng._empty_cache(shapes.decode_rows, shapes.cache_len)
-    small = shapes.decode_rows * (4 + 4 + 1 + 4) + 4 + 8   # tokens, positions, done, remaining, start, key
-    real = _dev0((eng.state, cache)) + small
+    from hopchain_jax.infer.engine import ROW_FIELDS
+    rows = {k: eng._put(np.zeros(shapes.decode_rows, bool if k == "done" else np.int32), "rows") for k in ROW_FIELDS}
+    real = _dev0((eng.state, cache, rows)) + 8   # + the key (uncommitted: counted whole)
     row = small_rows["decode"]
     assert abs(row["argument_bytes"] + row["pruned_argument_bytes"] - real) / real < 0.01
     assert row["kv_cache_bytes"] == _dev0(cache)
@@ -114,11 +126,12 @@ def test_against_real_arrays(mf, small_rows):
 @pytest.mark.slow
 def test_7b_update_and_decode_fit_80gb_per_device(mf, tmp_path):
     """At the real 7B shapes (abstract, compiled ahead of time on the 8 simulated devices): the RL update
-    (32 micro-batches of 8 x 4096 tokens) and a decode chunk for 64 prompts x 8 samples each fit in 80 GB
-    per device with what lives beside them, and the weights + Adam moments are split 8 ways."""
-    rows = {r["program"]: r for r in mf.main(["--presets", "qwen2_5_vl_7b", "--programs", "update,decode",
-                                              "--json", str(tmp_path / "7b.json")])}
-    for prog in ("update", "decode"):
+    (32 micro-batches of 8 x 4096 tokens), a decode chunk for 64 prompts x 8 samples each from the bf16
+    weights replicated on every device, one prefill call and its insertion into the decode pool fit in
+    80 GB per device with what lives beside them, and the weights + Adam moments are split 8 ways."""
+    rows = {r["program"]: r for r in mf.main(["--presets", "qwen2_5_vl_7b", "--programs",
+                                              "update,decode,prefill,insert", "--json", str(tmp_path / "7b.json")])}
+    for prog in ("update", "decode", "prefill", "insert"):
         assert "error" not in rows[prog], rows[prog].get("error")
         assert rows[prog]["total_bytes"] < 80e9 and rows[prog]["coresident_bytes"] < 80e9, (prog, rows[prog])
     assert rows["update"]["argument_bytes"] < rows["update"]["global_argument_bytes"] / 7.5

@@ -129,7 +129,9 @@ def test_kill_after_step_k_and_resume_matches_uninterrupted(tmp_path):
 @pytest.mark.slow
 def test_rl_resume_in_process_repeats_the_same_rollouts(tmp_path):
     from hopchain_jax.rl.trainer import Trainer
-    base = TrainConfig.from_json({**FAST, "mode": "rl", "steps": 3, "out_dir": str(tmp_path / "a")})
+    # two decode slots for the 4 sequences of a step: rollouts refill slots as sequences end
+    base = TrainConfig.from_json({**FAST, "mode": "rl", "steps": 3, "out_dir": str(tmp_path / "a"),
+                                  "rollout_slots": 2})
     straight = Trainer(base, progress=False)
     full = straight.train()
     straight.close()
@@ -144,6 +146,7 @@ def test_rl_resume_in_process_repeats_the_same_rollouts(tmp_path):
     again.close()
     for key in ("data", "rollout", "loss", "reward_mean", "zero_variance_groups"):
         assert tail[0][key] == full[2][key], key
+    assert all(m["rollout_prefill_rows"] >= 2 and 0 <= m["rollout_wasted_fraction"] < 1 for m in full)
     hf = straight.export_hf()  # the trained weights load back as a checkpoint (e.g. to start RL after SFT)
     from hopchain_jax.models.checkpoint import load_pretrained
     reloaded = load_pretrained(hf, progress=False)
@@ -156,8 +159,9 @@ def test_rl_resume_in_process_repeats_the_same_rollouts(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sft", "rl"])
 def test_two_local_processes_train_together(tmp_path, mode):
-    """Two JAX processes (2 CPU devices each) train on one 4-device mesh; rl also runs multi-host rollouts."""
-    cfg = _config(tmp_path, mode=mode, steps=2, out_dir=str(tmp_path / "mp"))
+    """Two JAX processes (2 CPU devices each) train on one 4-device mesh; rl also runs multi-host rollouts
+    from weights resharded to the replicated rollout layout (one decode slot per device)."""
+    cfg = _config(tmp_path, mode=mode, steps=2, out_dir=str(tmp_path / "mp"), rollout_mesh=[-1, 1, 1])
     port = portpicker.pick_unused_port()
     env = {**os.environ, "XLA_FLAGS": ""}
     procs = [subprocess.Popen([sys.executable, str(ROOT / "launch" / "train.py"), "--config", cfg, "--no-progress",

@@ -1,54 +1,62 @@
-"""Batched generation with a KV cache: prefill and chunked decode under jit, sharded over a mesh.
+"""Batched generation over a pool of decode slots (continuous batching), jit-compiled, sharded over a mesh.
 
-    engine = InferenceEngine(model, tokenizer, mesh=make_mesh())
+    engine = InferenceEngine(model, tokenizer, mesh=make_mesh(), max_slots=256)
     outs = engine.generate([Request(prompt_ids, pixel_values, image_grid_thw)], SamplingParams(n=8))
+    engine.last_stats.wasted_fraction
 
-Shapes are bucketed so a new batch or prompt length rarely recompiles: rows are padded to the next
-batch bucket, prompts (left-padded) to the next multiple of `length_bucket`, and the cache length to
-prompt bucket + the next multiple of `decode_chunk` covering max_new_tokens. Each distinct image is
-encoded once (vision tower, jit, patch count bucketed) and its features are shared by the n samples
-of its prompt. Decoding runs `decode_chunk` steps per device call (lax.scan); between chunks the host
-checks stop strings and stops early once every row is done.
+How a call runs (the host loop in generate(); scheduler.py holds the bookkeeping):
+  1. Admission. The sequences (n samples per prompt) wait in a queue, longest token limit first. Free
+     slots are filled between decode chunks: the prompts being admitted are prefilled together, each
+     prompt ONCE for all of its admitted samples (prefix sharing), at its own length: rows are
+     right-padded to the next multiple of `length_bucket` and the prefill attends within that length,
+     not over the cache. Their images are encoded once per prefill. The prompt's KV is then copied
+     into each sample's slot and each sample draws its own first token. A prefill takes at most
+     `prefill_tokens` padded tokens (bounded memory); admission repeats until the pool is full.
+  2. Decode. `decode_chunk` steps per device call (lax.scan). Every slot sits at its own cache position
+     (a per-row write index); attention reads only the first R cache slots, R the smallest cache-length
+     bucket holding every active row through the chunk. Sequences end on EOS, their own token limit or a
+     stop string (checked on the host between chunks); their slots are refilled before the next chunk.
+  3. Drain. Once nobody waits, the pool is compacted to fewer rows when its active rows fit in half of
+     it (rows move only within their device's shard of the batch).
+Shapes come from a few buckets (pool rows, cache length, read length, prefill rows x prompt length), so
+a run compiles a handful of programs and then reuses them.
+
+Weights: the engine decodes with the model's weights cast to its compute dtype (a bf16 copy of float32
+master weights) and, with `rollout_mesh`, resharded for decoding: e.g. make_mesh(data=-1) replicates
+them on every device (no all-gather inside the decode loop; the batch is split over all devices), and
+make_mesh(data=2, tensor=4) is tensor-parallel within groups of 4. Without it the engine reads the
+weights in the layout they have (the trainer's FSDP shards, gathered at every decode step).
 
 Log-probs returned are those of the sampled token under the temperature-scaled model distribution
 (before top-k / top-p truncation), log_softmax(logits / T); greedy (T = 0) uses T = 1. Trainers
-recomputing old log-probs must use the same temperature (SPEC §4).
+recomputing old log-probs must use the same temperature (SPEC §4). Randomness is per sequence
+(sampling.row_keys): a seed gives the same samples whatever the pool size or schedule.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hopchain_jax.models.qwen_vl import KVCache, QwenVL
+from hopchain_jax.infer.sampling import SamplingParams, row_keys, sample_tokens
+from hopchain_jax.infer.scheduler import (AdmissionQueue, GenerateStats, Sequence as Seq, SlotPool, bucket,
+                                          length_bucket)
+from hopchain_jax.models.qwen_vl import KVCache, QwenVL, cache_bits_dtype
 from hopchain_jax.models.rope import rope_index
-from hopchain_jax.models.sharding import activation_sharding, shard_model, to_host
+from hopchain_jax.models.sharding import activation_sharding, shard_model, state_shardings, to_host
 from hopchain_jax.models.vision import fill_image_index, image_tokens, pack_images
 
+__all__ = ["InferenceEngine", "Request", "Completion", "SamplingParams", "sample_tokens", "BATCH_BUCKETS"]
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    """temperature 0 = greedy; top_k 0 = off; top_p 1 = off; n samples per prompt (the RL group)."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 256
-    n: int = 1
-    stop: tuple[str, ...] = ()
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.n < 1 or self.max_new_tokens < 1:
-            raise ValueError(f"invalid SamplingParams {self}")
+ROW_FIELDS = ("token", "position", "write", "remaining", "done", "prompt", "sample", "count")
 
 
 @dataclasses.dataclass
@@ -71,123 +79,235 @@ class Completion:
     text: str | None = None
 
 
-def _bucket(n: int, buckets: Sequence[int]) -> int:
-    for b in buckets:
-        if n <= b:
-            return b
-    return -(-n // buckets[-1]) * buckets[-1]
+def _empty_rows(n: int) -> dict[str, np.ndarray]:
+    """Per-slot decode state of n free slots (host copy): the last token, its M-RoPE position and cache
+    slot, tokens still allowed, done, the (prompt, sample) the slot's keys derive from, tokens so far."""
+    rows = {k: np.zeros(n, np.int32) for k in ROW_FIELDS}
+    rows["done"] = np.ones(n, bool)
+    return rows
 
 
-def sample_tokens(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float):
-    """logits f32 [B, V] -> (tokens int32 [B], log-probs f32 [B]). Static sampling settings."""
-    scaled = logits / (temperature if temperature > 0 else 1.0)
-    logp = jax.nn.log_softmax(scaled, axis=-1)
-    if temperature == 0:
-        tokens = jnp.argmax(logits, axis=-1)
-    else:
-        masked = scaled
-        if top_k > 0:
-            kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
-            masked = jnp.where(scaled < kth, -jnp.inf, masked)
-        if top_p < 1.0:
-            sorted_logits = jnp.sort(masked, axis=-1)[:, ::-1]
-            probs = jax.nn.softmax(sorted_logits, axis=-1)
-            before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each sorted token
-            cutoff = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-            masked = jnp.where(masked < cutoff, -jnp.inf, masked)
-        tokens = jax.random.categorical(key, masked, axis=-1)
-    tokens = tokens.astype(jnp.int32)
-    return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
-
-
-@functools.partial(jax.jit, static_argnums=(1,))
-def _cast_floats(tree, dtype):
-    """Floating leaves cast to `dtype` (elementwise: each output keeps its input's sharding)."""
+def _cast(tree, dtype):
+    """Floating leaves cast to `dtype`."""
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+# elementwise, so each output keeps its input's sharding
+_cast_floats = jax.jit(_cast, static_argnums=(1,))
+
+
 class InferenceEngine:
-    def __init__(self, model: QwenVL, tokenizer=None, mesh: Mesh | None = None, *, length_bucket: int = 64,
-                 decode_chunk: int = 16, batch_buckets: Sequence[int] = BATCH_BUCKETS):
+    """mesh: the mesh the model's weights live on (None: one device). rollout_mesh: decode on these
+    devices in this layout instead (same devices; the weights are resharded once per update_weights).
+    max_slots: decode slots in the pool (KV cache rows). length_bucket: prompt-length granularity of a
+    prefill. kv_bucket: base of the cache-length buckets (cache and read lengths are kv_bucket x 1, 2, 3,
+    4, 6, 8, ...). decode_chunk: decode steps per device call. prefill_tokens: padded prompt tokens per
+    prefill call. admission: "longest_first" or "fifo"."""
+
+    def __init__(self, model: QwenVL, tokenizer=None, mesh: Mesh | None = None, *, rollout_mesh: Mesh | None = None,
+                 max_slots: int = 256, length_bucket: int = 64, kv_bucket: int = 256, decode_chunk: int = 16,
+                 prefill_tokens: int = 16384, batch_buckets: Sequence[int] = BATCH_BUCKETS,
+                 admission: str = "longest_first"):
+        if rollout_mesh is not None:
+            if mesh is None:
+                raise ValueError("rollout_mesh needs the mesh the weights live on (mesh=...)")
+            if sorted(d.id for d in rollout_mesh.devices.flat) != sorted(d.id for d in mesh.devices.flat):
+                raise ValueError("rollout_mesh must hold the same devices as mesh (make_mesh(...) with the "
+                                 "same device list)")
+        if min(max_slots, length_bucket, kv_bucket, decode_chunk, prefill_tokens) < 1:
+            raise ValueError("max_slots, length_bucket, kv_bucket, decode_chunk and prefill_tokens must be >= 1")
+        AdmissionQueue([], 1, admission)   # validates the order name
         self.config = model.config
         self.tokenizer = tokenizer
-        self.mesh = mesh
         if mesh is not None:
             shard_model(model, mesh)   # no-op for arrays already on the mesh (e.g. the trainer's)
+        self.mesh = rollout_mesh if rollout_mesh is not None else mesh
         self.dtype = model.dtype
-        self.update_weights(model)
-        self.length_bucket, self.decode_chunk, self.batch_buckets = length_bucket, decode_chunk, tuple(batch_buckets)
+        self.max_slots, self.length_bucket, self.kv_bucket = int(max_slots), int(length_bucket), int(kv_bucket)
+        self.decode_chunk, self.prefill_tokens = int(decode_chunk), int(prefill_tokens)
+        self.batch_buckets, self.admission = tuple(batch_buckets), admission
         self.pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
         self.eos_ids = np.asarray(self.config.eos_ids or (-1,), np.int32)
+        self.last_stats = GenerateStats()
+        self._to_rollout = None
+        self.update_weights(model)
 
+    # -- weights ---------------------------------------------------------------------------------------
     def update_weights(self, model: QwenVL) -> None:
-        """Use new weights (e.g. the trainer's, already placed on the same mesh): as they are when stored
-        in the compute dtype, else as a compute-dtype copy (bf16 rollouts from float32 master weights),
-        made on device in the same shardings."""
+        """Use new weights (e.g. the trainer's, on the same devices): as they are when stored in the
+        compute dtype and already in the decode layout, else as a compute-dtype copy in the decode
+        layout (rollout_mesh's shardings, or the weights' own), made on device."""
         self.graphdef, state = nnx.split(model)
-        dtype = self.dtype
-        if any(jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype for x in jax.tree.leaves(state)):
-            if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state)):   # abstract model
-                state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-                    x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=x.sharding), state)
-            else:
-                state = _cast_floats(state, dtype)
+        dtype, leaves = self.dtype, jax.tree.leaves(state)
+        target = None if self.mesh is None else state_shardings(state, self.mesh)
+        recast = any(jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype for x in leaves)
+        moved = target is not None and not all(
+            isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == self.mesh
+            and x.sharding.is_equivalent_to(s, x.ndim) for x, s in zip(leaves, jax.tree.leaves(target)))
+        if any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):   # abstract model (benchmarks/memory_fit)
+            shardings = target if moved else jax.tree.map(lambda x: x.sharding, state)
+            state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(
+                x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=s), state, shardings)
+        elif moved:   # one jitted cast + reshard into the decode layout
+            if self._to_rollout is None:
+                self._to_rollout = jax.jit(functools.partial(_cast, dtype=dtype), out_shardings=target)
+            state = self._to_rollout(state)
+        elif recast:
+            state = _cast_floats(state, dtype)
         self.state = state
 
-    # -- placement -------------------------------------------------------------------------------
+    def release_weights(self) -> None:
+        """Drop the engine's reference to its weights (the rollout copy is freed unless someone else holds
+        it); update_weights brings them back."""
+        self.state = None
+
+    # -- placement -------------------------------------------------------------------------------------
     def _put(self, x, kind: str):
         if self.mesh is None:
             return jnp.asarray(x)
         x = x if isinstance(x, jax.Array) else np.asarray(x)   # one host->device transfer, sharded
         return jax.device_put(x, activation_sharding(kind, x.shape, self.mesh))
 
+    def _kv_shape(self, rows: int, length: int) -> tuple[int, ...]:
+        t = self.config.text
+        return (t.num_hidden_layers, rows, length, t.num_key_value_heads, t.head_dim)
+
+    def _cache_specs(self, rows: int, length: int) -> tuple[P, P]:
+        """PartitionSpecs of a cache's k/v and of its valid mask (rules "kv_cache", "cache_valid");
+        unsharded (P()) without a mesh."""
+        if self.mesh is None:
+            return P(None, None), P(None, None)
+        return (activation_sharding("kv_cache", self._kv_shape(rows, length), self.mesh).spec,
+                activation_sharding("cache_valid", (rows, length), self.mesh).spec)
+
+    def batch_shards(self, rows: int) -> int:
+        """How many blocks the cache's batch dimension is split into on the mesh (1: replicated)."""
+        axes = self._cache_specs(rows, self.kv_bucket)[0][1]
+        axes = () if axes is None else ((axes,) if isinstance(axes, str) else axes)
+        return int(np.prod([self.mesh.shape[a] for a in axes]))
+
     def _empty_cache(self, batch: int, length: int) -> KVCache:
         """A zeroed cache created directly in its sharding (never whole on one device)."""
         if self.mesh is None:
             return KVCache.empty(self.config, batch, length, self.dtype)
-        t = self.config.text
-        shape = (t.num_hidden_layers, batch, length, t.num_key_value_heads, t.head_dim)
+        shape, bits = self._kv_shape(batch, length), cache_bits_dtype(self.dtype)
         kv = activation_sharding("kv_cache", shape, self.mesh)
-        return KVCache(jnp.zeros(shape, self.dtype, device=kv), jnp.zeros(shape, self.dtype, device=kv),
+        return KVCache(jnp.zeros(shape, bits, device=kv), jnp.zeros(shape, bits, device=kv),
                        jnp.zeros((batch, length), bool,
                                  device=activation_sharding("cache_valid", (batch, length), self.mesh)))
 
-    # -- jitted pieces -----------------------------------------------------------------------------
+    def _per_shard(self, table: np.ndarray, rows: int):
+        """int32 [shards, k] placed so each batch shard of a `rows`-row cache holds its own row."""
+        if self.mesh is None:
+            return jnp.asarray(table)
+        return jax.device_put(table, NamedSharding(self.mesh, P(self._cache_specs(rows, self.kv_bucket)[0][1])))
+
+    def _shard_local(self, fn, in_specs, out_specs):
+        """fn on each device's own blocks (shard_map over the mesh); plain fn without a mesh."""
+        if self.mesh is None:
+            return fn
+        return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+    # -- jitted programs --------------------------------------------------------------------------------
     @functools.partial(jax.jit, static_argnums=(0,))
     def _encode(self, state, vision):
         model = nnx.merge(self.graphdef, state)
         return model.encode_images(vision)
 
-    @functools.partial(jax.jit, static_argnums=(0, 9, 10, 11), donate_argnums=(7,))
-    def _prefill(self, state, ids, pos, mask, features, image_index, cache, key, temperature, top_k, top_p):
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def _prefill(self, state, ids, pos, mask, features, image_index, last):
+        """Prompt rows [m, T] (right-padded) -> (logits at each row's last token [m, V], KV [L, m, T])."""
         model = nnx.merge(self.graphdef, state)
-        last = jnp.full((ids.shape[0],), ids.shape[1] - 1, jnp.int32)
+        m, t = ids.shape
+        cache = KVCache.empty(self.config, m, t, self.dtype)
+        if self.mesh is not None:
+            kv, valid = (NamedSharding(self.mesh, s) for s in self._cache_specs(m, t))
+            cache = KVCache(jax.lax.with_sharding_constraint(cache.k, kv),
+                            jax.lax.with_sharding_constraint(cache.v, kv),
+                            jax.lax.with_sharding_constraint(cache.valid, valid))
         out = model(ids, pos, mask, cache=cache, cache_index=0, image_features=features, image_index=image_index,
                     logits_at=last)
-        tokens, logp = sample_tokens(out.logits, key, temperature, top_k, top_p)
-        return tokens, logp, out.cache
+        return out.logits, out.cache
 
-    @functools.partial(jax.jit, static_argnums=(0, 9, 10, 11, 12), donate_argnums=(2,))
-    def _decode(self, state, cache, tokens, positions, start, done, remaining, key, temperature, top_k, top_p, steps):
+    @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
+    def _insert(self, pool: KVCache, pre: KVCache, slots, src) -> KVCache:
+        """Copy prefilled prompt rows into decode slots: on each batch shard, local slot slots[s, i] takes
+        prompt row src[s, i] of `pre` (gathered whole on every device first: at most prefill_tokens
+        tokens); slots past the shard's rows are padding and dropped. The slot's cache row is reset: the
+        prompt's T slots valid, the rest not."""
+        rows, length = pool.valid.shape
+        m, t = pre.valid.shape
+        kv_spec, valid_spec = self._cache_specs(rows, length)
+        pre_kv, pre_valid = self._cache_specs(m, t)
+        gather = pre_kv[1]
+
+        def local(k, v, valid, pk, pv, pvalid, slots, src):
+            if gather is not None:
+                pk, pv = (jax.lax.all_gather(x, gather, axis=1, tiled=True) for x in (pk, pv))
+                pvalid = jax.lax.all_gather(pvalid, gather, axis=0, tiled=True)
+            slots, src = slots[0], src[0]
+            k = k.at[:, slots, :t].set(pk[:, src], mode="drop")
+            v = v.at[:, slots, :t].set(pv[:, src], mode="drop")
+            row = jnp.zeros((src.shape[0], valid.shape[1]), bool).at[:, :t].set(pvalid[src])
+            return k, v, valid.at[slots].set(row, mode="drop")
+
+        table = P(kv_spec[1])
+        k, v, valid = self._shard_local(local, (kv_spec, kv_spec, valid_spec, pre_kv, pre_kv, pre_valid, table, table),
+                                        (kv_spec, kv_spec, valid_spec))(pool.k, pool.v, pool.valid, pre.k, pre.v,
+                                                                        pre.valid, slots, src)
+        return KVCache(k, v, valid)
+
+    @functools.partial(jax.jit, static_argnums=(0,))   # a new, smaller buffer: nothing to donate into
+    def _compact(self, pool: KVCache, keep) -> KVCache:
+        """A smaller pool: new local slot i of each batch shard is old local slot keep[s, i] (no row
+        leaves its device)."""
+        rows, length = pool.valid.shape
+        new_rows = keep.shape[0] * keep.shape[1]
+        kv_spec, valid_spec = self._cache_specs(rows, length)
+        new_kv, new_valid = self._cache_specs(new_rows, length)
+
+        def local(k, v, valid, keep):
+            keep = keep[0]
+            return k[:, keep], v[:, keep], valid[keep]
+
+        k, v, valid = self._shard_local(local, (kv_spec, kv_spec, valid_spec, P(kv_spec[1])),
+                                        (new_kv, new_kv, new_valid))(pool.k, pool.v, pool.valid, keep)
+        return KVCache(k, v, valid)
+
+    @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8))
+    def _first_tokens(self, logits, src, prompt, sample, key, temperature, top_k, top_p):
+        """Each admitted sequence's first token from its prompt row's last logits (logits[src])."""
+        keys = row_keys(key, prompt, sample, jnp.zeros_like(prompt))
+        return sample_tokens(logits[src], keys, temperature, top_k, top_p)
+
+    @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9), donate_argnums=(2,))
+    def _decode(self, state, cache, rows, key, temperature, top_k, top_p, steps, read):
+        """`steps` decode steps of every slot. rows: the per-slot state (ROW_FIELDS, each [B]); a done
+        slot computes but neither advances nor marks its cache writes valid. Attention reads cache
+        slots [0, read). Returns (cache, rows, tokens [B, steps], log-probs [B, steps])."""
         model = nnx.merge(self.graphdef, state)
         eos = jnp.asarray(self.eos_ids)
 
-        def step(carry, i):
-            cache, tokens, positions, done, remaining = carry
-            pos3 = jnp.broadcast_to(positions[None, :, None], (3,) + positions.shape + (1,))
-            out = model(tokens[:, None], pos3, jnp.ones_like(tokens[:, None], bool), cache=cache,
-                        cache_index=start + i, logits_at=jnp.zeros_like(tokens))
-            new, logp = sample_tokens(out.logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
-            new = jnp.where(done, self.pad_id, new)
-            remaining = remaining - jnp.where(done, 0, 1)
-            done = done | jnp.isin(new, eos) | (remaining <= 0)
-            return (out.cache, new, positions + 1, done, remaining), (new, logp)
+        def step(carry, _):
+            cache, r = carry
+            active = ~r["done"]
+            pos3 = jnp.broadcast_to(r["position"][None, :, None], (3,) + r["position"].shape + (1,))
+            out = model(r["token"][:, None], pos3, active[:, None], cache=cache, cache_index=r["write"],
+                        logits_at=jnp.zeros_like(r["token"]), cache_read=read)
+            new, logp = sample_tokens(out.logits, row_keys(key, r["prompt"], r["sample"], r["count"]),
+                                      temperature, top_k, top_p)
+            new = jnp.where(active, new, self.pad_id)
+            inc = active.astype(jnp.int32)
+            remaining = r["remaining"] - inc
+            r = dict(r, token=jnp.where(active, new, r["token"]), position=r["position"] + inc,
+                     write=r["write"] + inc, remaining=remaining, count=r["count"] + inc,
+                     done=r["done"] | (active & (jnp.isin(new, eos) | (remaining <= 0))))
+            return (out.cache, r), (new, logp)
 
-        (cache, tokens, positions, done, remaining), (toks, logps) = jax.lax.scan(
-            step, (cache, tokens, positions, done, remaining), jnp.arange(steps))
-        return cache, tokens, positions, done, remaining, toks.T, logps.T
+        (cache, rows), (toks, logps) = jax.lax.scan(step, (cache, rows), None, length=steps)
+        return cache, rows, toks.T, logps.T
 
-    # -- host side ---------------------------------------------------------------------------------
+    # -- host side -------------------------------------------------------------------------------------
     def _encode_images(self, requests: Sequence[Request]):
         """Encode every image once; returns (features or None, per-request first feature row)."""
         vis, starts = pack_images([(r.pixel_values, r.image_grid_thw) if r.image_grid_thw is not None else None
@@ -196,9 +316,7 @@ class InferenceEngine:
             return None, starts
         return self._encode(self.state, {k: self._put(v, "vision") for k, v in vis.arrays().items()}), starts
 
-    def generate(self, requests: Sequence[Request], params: SamplingParams = SamplingParams()) -> list[Completion]:
-        if not requests:
-            return []
+    def _check(self, requests: Sequence[Request]) -> None:
         for i, r in enumerate(requests):
             n_img_tokens = int(np.sum(np.asarray(r.prompt_ids) == self.config.image_token_id))
             need = 0 if r.image_grid_thw is None else image_tokens(r.image_grid_thw, self.config)
@@ -206,85 +324,194 @@ class InferenceEngine:
                 raise ValueError(f"request {i}: {n_img_tokens} <|image_pad|> tokens but its images give {need} "
                                  "features; expand the image tokens with the same image_grid_thw (tokenizer."
                                  "expand_image_tokens) and the same processor settings")
-        features, feat_start = self._encode_images(requests)
-        rows = [(i, j) for i in range(len(requests)) for j in range(params.n)]
-        b = _bucket(len(rows), self.batch_buckets)
-        longest = max(len(r.prompt_ids) for r in requests)
-        t = -(-longest // self.length_bucket) * self.length_bucket
-        max_new = [requests[i].max_new_tokens or params.max_new_tokens for i, _ in rows]
-        new_bucket = -(-max(max_new) // self.decode_chunk) * self.decode_chunk
-        ids = np.full((b, t), self.pad_id, np.int32)
-        mask = np.zeros((b, t), bool)
-        for row, (i, _) in enumerate(rows):
-            p = np.asarray(requests[i].prompt_ids, np.int32)
-            ids[row, t - len(p):], mask[row, t - len(p):] = p, True
-        image_index = fill_image_index(ids, [feat_start[i] for i, _ in rows], self.config)
-        mask[len(rows):, -1] = True  # padding rows: one dummy real token keeps their softmax finite
-        grids = [np.asarray(requests[i].image_grid_thw).reshape(-1, 3) for i, _ in rows
-                 if requests[i].image_grid_thw is not None]
+            if len(r.prompt_ids) == 0:
+                raise ValueError(f"request {i}: empty prompt_ids")
+
+    def prefill_rows(self, prompt_len: int) -> int:
+        """Prompt rows per prefill call for prompts padded to prompt_len: the largest batch bucket within
+        prefill_tokens (at least 1)."""
+        t = -(-prompt_len // self.length_bucket) * self.length_bucket
+        fits = [b for b in self.batch_buckets if b * t <= self.prefill_tokens]
+        return max(fits) if fits else 1
+
+    def _prefill_prompts(self, requests: Sequence[Request], stats: GenerateStats):
+        """Prefill these prompts together (one row each): (logits [m', V], KV of [m', T], prompt lengths,
+        M-RoPE position of each prompt's next token)."""
+        m = len(requests)
+        rows = bucket(m, self.batch_buckets)
+        lengths = np.asarray([len(r.prompt_ids) for r in requests], np.int32)
+        t = -(-int(lengths.max()) // self.length_bucket) * self.length_bucket
+        ids = np.full((rows, t), self.pad_id, np.int32)
+        mask = np.zeros((rows, t), bool)
+        for i, r in enumerate(requests):
+            ids[i, :lengths[i]], mask[i, :lengths[i]] = np.asarray(r.prompt_ids, np.int32), True
+        mask[m:, 0] = True   # padding rows: one dummy real token keeps their softmax finite
+        features, starts = self._encode_images(requests)
+        image_index = fill_image_index(ids, list(starts) + [0] * (rows - m), self.config)
+        grids = [np.asarray(r.image_grid_thw).reshape(-1, 3) for r in requests if r.image_grid_thw is not None]
         pos, deltas = rope_index(ids, mask, np.concatenate(grids) if grids else None, self.config)
-        lengths = mask.sum(1)
-        remaining = np.zeros(b, np.int32)
-        remaining[:len(rows)] = np.asarray(max_new) - 1
-        cache = self._empty_cache(b, t + new_bucket)
-        key = jax.random.PRNGKey(params.seed)
-        samp = (float(params.temperature), int(params.top_k), float(params.top_p))
-        tok, logp, cache = self._prefill(self.state, self._put(ids, "tokens"), self._put(pos, "positions"),
-                                         self._put(mask, "tokens"), features, self._put(image_index, "tokens"),
-                                         cache, jax.random.fold_in(key, 0), *samp)
+        last = np.zeros(rows, np.int32)
+        last[:m] = lengths - 1
+        logits, pre = self._prefill(self.state, self._put(ids, "tokens"), self._put(pos, "positions"),
+                                    self._put(mask, "tokens"), features, self._put(image_index, "tokens"),
+                                    self._put(last, "rows"))
+        stats.prefill_calls += 1
+        stats.prefill_rows += m
+        stats.prefill_tokens += int(lengths.sum())
+        stats.prefill_padded_tokens += rows * t
+        return logits, pre, lengths, lengths + deltas[:m]
+
+    def _slot_tables(self, pool: SlotPool, slots: Sequence[int], src: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Per batch shard, (local slot, source row) pairs padded to a common bucketed width; padding slots
+        point past the shard (dropped)."""
+        per = pool.per_shard
+        by_shard = [[] for _ in range(pool.shards)]
+        for slot, s in zip(slots, src):
+            by_shard[slot // per].append((slot % per, s))
+        width = bucket(max(len(x) for x in by_shard), self.batch_buckets)
+        local = np.full((pool.shards, width), per, np.int32)
+        rows = np.zeros((pool.shards, width), np.int32)
+        for shard, pairs in enumerate(by_shard):
+            for i, (slot, s) in enumerate(pairs):
+                local[shard, i], rows[shard, i] = slot, s
+        return local, rows
+
+    def _admit(self, cache, pool, rows, queue, seqs, requests, key, params, stats):
+        """Fill free slots from the queue; sequences that end on their first token give their slot back at
+        once, so this runs until the pool is full or nobody waits. The admitted prompts are prefilled
+        shortest first, as many per call as fit in prefill_tokens at the call's longest prompt."""
+        while len(queue) and pool.free_count():
+            groups = sorted(queue.take(pool.free_count()), key=lambda g: len(requests[g[0]].prompt_ids))
+            chunk = []
+            for group in groups:
+                if chunk and len(chunk) + 1 > self.prefill_rows(len(requests[group[0]].prompt_ids)):
+                    cache = self._admit_chunk(cache, pool, rows, chunk, seqs, requests, key, params, stats)
+                    chunk = []
+                chunk.append(group)
+            cache = self._admit_chunk(cache, pool, rows, chunk, seqs, requests, key, params, stats)
+        return cache
+
+    def _admit_chunk(self, cache, pool, rows, chunk, seqs, requests, key, params, stats):
+        logits, pre, lengths, next_pos = self._prefill_prompts([requests[p] for p, _ in chunk], stats)
+        seq_ids, src = [], []
+        for row, (prompt, samples) in enumerate(chunk):
+            for sample in samples:
+                seq_ids.append(prompt * params.n + sample)
+                src.append(row)
+        slots = pool.assign(seq_ids)
+        local, local_src = self._slot_tables(pool, slots, src)
+        cache = self._insert(cache, pre, self._per_shard(local, pool.rows), self._per_shard(local_src, pool.rows))
+        k = bucket(len(slots), self.batch_buckets)
+        pad = lambda xs: np.asarray(list(xs) + [0] * (k - len(xs)), np.int32)
+        tok, logp = self._first_tokens(logits, self._put(pad(src), "rows"),
+                                       self._put(pad([seqs[i].prompt for i in seq_ids]), "rows"),
+                                       self._put(pad([seqs[i].sample for i in seq_ids]), "rows"), key, *params.static())
         tok, logp = to_host(tok), to_host(logp)
-        out_tokens = [[int(tok[r])] for r in range(b)]
-        out_logps = [[float(logp[r])] for r in range(b)]
-        finished_by_stop = np.zeros(b, bool)
-        done = np.isin(tok, self.eos_ids) | (remaining <= 0)
-        done[len(rows):] = True
-        if params.stop and self.tokenizer is not None:
-            for r in range(len(rows)):
-                if not done[r] and self._hit_stop(out_tokens[r], params.stop):
-                    done[r] = finished_by_stop[r] = True
-        positions = (lengths + deltas).astype(np.int32)
-        state = (cache, jnp.asarray(tok), jnp.asarray(positions), jnp.asarray(done), jnp.asarray(remaining))
-        start = t
-        chunk = 0
-        while not done.all() and start < t + new_bucket:
-            steps = min(self.decode_chunk, t + new_bucket - start)
-            chunk += 1
-            cache, tok_d, pos_d, done_d, rem_d, toks, logps = self._decode(
-                self.state, state[0], state[1], state[2], jnp.int32(start), state[3], state[4],
-                jax.random.fold_in(key, chunk), *samp, steps)
-            toks, logps, was_done = to_host(toks), to_host(logps), done.copy()
-            done = to_host(done_d).copy()
-            check_stop = bool(params.stop) and self.tokenizer is not None
-            for r in range(len(rows)):
-                if was_done[r]:
-                    continue
-                for s in range(steps):
-                    out_tokens[r].append(int(toks[r, s]))
-                    out_logps[r].append(float(logps[r, s]))
-                    if toks[r, s] in self.eos_ids or len(out_tokens[r]) >= max_new[r]:
-                        break
-                    if check_stop and self._hit_stop(out_tokens[r], params.stop):
-                        done[r] = finished_by_stop[r] = True
-                        break
-            state = (cache, tok_d, pos_d, jnp.asarray(done), rem_d)
-            start += steps
-        return [self._completion(rows[r], out_tokens[r], out_logps[r], max_new[r], params, finished_by_stop[r])
-                for r in range(len(rows))]
+        for j, (slot, seq_id, row) in enumerate(zip(slots, seq_ids, src)):
+            seq = seqs[seq_id]
+            self._append(seq, int(tok[j]), float(logp[j]), params)
+            stats.first_tokens += 1
+            if seq.finish is not None:
+                pool.release(slot)
+                rows["done"][slot] = True
+                continue
+            for name, value in (("token", tok[j]), ("position", next_pos[row]), ("write", lengths[row]),
+                                ("remaining", seq.max_new - 1), ("done", False), ("prompt", seq.prompt),
+                                ("sample", seq.sample), ("count", 1)):
+                rows[name][slot] = value
+        return cache
+
+    def _append(self, seq: Seq, token: int, logprob: float, params: SamplingParams) -> None:
+        """Add one token to a running sequence and decide whether it ends here."""
+        seq.tokens.append(token)
+        seq.logprobs.append(logprob)
+        if token in self.eos_ids:
+            seq.finish = "eos"
+        elif len(seq.tokens) >= seq.max_new:
+            seq.finish = "length"
+        elif params.stop and self.tokenizer is not None and self._hit_stop(seq.tokens, params.stop):
+            seq.finish = "stop"
+
+    def _decode_chunk(self, cache, pool, rows, seqs, key, params, stats):
+        active = pool.active_slots()
+        steps = self.decode_chunk
+        reach = int(np.max(rows["write"][active] + np.minimum(steps, rows["remaining"][active])))
+        read = min(cache.valid.shape[1], length_bucket(reach, self.kv_bucket))
+        device_rows = {name: self._put(rows[name], "rows") for name in ROW_FIELDS}
+        cache, new_rows, toks, logps = self._decode(self.state, cache, device_rows, key, *params.static(), steps, read)
+        toks, logps = to_host(toks), to_host(logps)
+        new_rows = {name: to_host(x).copy() for name, x in new_rows.items()}
+        for slot in active:
+            seq = seqs[pool.seq[slot]]
+            for s in range(steps):
+                self._append(seq, int(toks[slot, s]), float(logps[slot, s]), params)
+                stats.useful_tokens += 1
+                if seq.finish is not None:
+                    break
+            if seq.finish is not None:
+                pool.release(slot)
+                new_rows["done"][slot] = True
+        rows.update(new_rows)
+        stats.decode_chunks += 1
+        stats.decode_steps += steps
+        stats.row_steps += pool.rows * steps
+        stats.read_lengths[read] = stats.read_lengths.get(read, 0) + 1
+        return cache
+
+    def _maybe_compact(self, cache, pool, rows, stats):
+        keep = pool.compaction_plan(self.batch_buckets)
+        if keep is None:
+            return cache, rows
+        old_rows = pool.rows
+        cache = self._compact(cache, self._per_shard(keep, old_rows))
+        old = pool.compact(keep)
+        rows = {name: x[old] for name, x in rows.items()}
+        rows["done"][pool.seq == -1] = True
+        stats.compactions += 1
+        return cache, rows
+
+    def generate(self, requests: Sequence[Request], params: SamplingParams = SamplingParams()) -> list[Completion]:
+        """Completions for every (prompt, sample), in that order; engine.last_stats says what it cost."""
+        t0 = time.perf_counter()
+        if not requests:
+            return []
+        if self.state is None:
+            raise RuntimeError("the engine's weights were released; call update_weights(model) first")
+        self._check(requests)
+        max_new = [r.max_new_tokens or params.max_new_tokens for r in requests]
+        seqs = [Seq(i, j, max_new[i]) for i in range(len(requests)) for j in range(params.n)]
+        queue = AdmissionQueue(max_new, params.n, self.admission)
+        longest_prompt = max(len(r.prompt_ids) for r in requests)
+        length = max(length_bucket(max(len(r.prompt_ids) + m for r, m in zip(requests, max_new)), self.kv_bucket),
+                     -(-longest_prompt // self.length_bucket) * self.length_bucket)
+        n_rows = bucket(min(len(seqs), self.max_slots), self.batch_buckets)
+        pool = SlotPool(n_rows, self.batch_shards(n_rows))
+        stats = GenerateStats(prompts=len(requests), sequences=len(seqs), pool_rows=n_rows, cache_len=length)
+        cache = self._empty_cache(n_rows, length)
+        rows = _empty_rows(n_rows)
+        key = jax.random.PRNGKey(params.seed)
+        while True:
+            cache = self._admit(cache, pool, rows, queue, seqs, requests, key, params, stats)
+            if not len(pool.active_slots()):
+                break
+            if not len(queue):
+                cache, rows = self._maybe_compact(cache, pool, rows, stats)
+            cache = self._decode_chunk(cache, pool, rows, seqs, key, params, stats)
+        stats.seconds = time.perf_counter() - t0
+        self.last_stats = stats
+        return [self._completion(s, params) for s in seqs]
 
     def _hit_stop(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
         text = self.tokenizer.decode(tokens[-64:], skip_special_tokens=False)
         return any(s in text for s in stop)
 
-    def _completion(self, row, tokens, logps, max_new, params, by_stop) -> Completion:
-        reason = "length"
-        if tokens and tokens[-1] in self.eos_ids:
-            reason = "eos"
+    def _completion(self, seq: Seq, params: SamplingParams) -> Completion:
+        tokens, reason = seq.tokens, seq.finish
         text = None
         if self.tokenizer is not None:
             text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=False)
             if params.stop:
                 cut = min((text.find(s) for s in params.stop if s in text), default=-1)
-                if cut >= 0 or by_stop:
-                    reason = "stop"
-                    text = text[:cut] if cut >= 0 else text
-        return Completion(row[0], row[1], tokens[:max_new], logps[:max_new], reason, text)
+                if cut >= 0:
+                    reason, text = "stop", text[:cut]
+        return Completion(seq.prompt, seq.sample, tokens, seq.logprobs, reason, text)

@@ -12,7 +12,10 @@ Inputs
   attention_mask  bool  [B, T]      True = real token (padding may sit anywhere, usually on the left)
   vision          dict of the tower's arrays (vision.prepare_vision_inputs(...).arrays()) or None;
                   its merged tokens replace the <|image_pad|> embeddings in row-major order
-  cache           optional KVCache; tokens are written at slots [cache_index, cache_index + T)
+  cache           optional KVCache; tokens are written at slots [cache_index, cache_index + T) (a scalar
+                  cache_index: the same slots in every row, e.g. a prefill), or, for one token per row
+                  (T = 1), at each row's own slot cache_index[b] (int32 [B]: rows at different lengths, as
+                  the engine's decode slots are); cache_read = R reads only slots [0, R) (the filled part)
   image_features / image_index   precomputed encode_images output and the feature row of each image
                   token (the engine encodes each distinct image once and shares it across samples)
 Outputs: ModelOutput(logits [B, T, V] float32 | None, hidden [B, T, D], cache).
@@ -37,10 +40,24 @@ from hopchain_jax.models.stack import scan, stack
 from hopchain_jax.models.vision import VisionTower
 
 
+def cache_bits_dtype(dtype) -> jnp.dtype:
+    """The unsigned integer type a KV cache of `dtype` values is stored as (same width)."""
+    return jnp.dtype({1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[jnp.dtype(dtype).itemsize])
+
+
+def to_cache_bits(x: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(x, cache_bits_dtype(x.dtype))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Per-layer keys and values: k, v [L, B, S, KV, head_dim]; `valid` bool [B, S] marks filled, real slots."""
+    """Per-layer keys and values: k, v [L, B, S, KV, head_dim]; `valid` bool [B, S] marks filled, real slots.
+
+    k and v hold the raw bits of the compute-dtype values (uint16 for bfloat16; TextAttention bitcasts
+    on write and read, which costs nothing): per-row writes are then integer scatters, which XLA updates
+    in place on every backend (the CPU compiler upcasts a bfloat16 scatter to float32, copying the
+    whole cache twice)."""
 
     k: jax.Array
     v: jax.Array
@@ -50,7 +67,35 @@ class KVCache:
     def empty(cls, config: QwenVLConfig, batch: int, length: int, dtype) -> "KVCache":
         t = config.text
         shape = (t.num_hidden_layers, batch, length, t.num_key_value_heads, t.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, length), bool))
+        bits = cache_bits_dtype(dtype)
+        return cls(jnp.zeros(shape, bits), jnp.zeros(shape, bits), jnp.zeros((batch, length), bool))
+
+
+def write_token_rows(cache: jax.Array, update: jax.Array, layer, slots: jax.Array) -> jax.Array:
+    """cache [L, B, S, KV, D] with update [B, KV, D] written at (layer, b, slots[b]) for every row b.
+
+    A scatter whose batch dimension is declared as such (operand_batching_dims), so it partitions along
+    a batch-sharded cache with no collective and updates the donated buffer in place; out-of-range
+    slots are dropped."""
+    if update.dtype.itemsize != cache.dtype.itemsize:
+        raise ValueError(f"cache of {cache.dtype} cannot hold {update.dtype} values")
+    update = jax.lax.bitcast_convert_type(update, cache.dtype) if update.dtype != cache.dtype else update
+    index = jnp.stack([jnp.broadcast_to(jnp.asarray(layer, jnp.int32), slots.shape), slots.astype(jnp.int32)], 1)
+    dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(1, 2), inserted_window_dims=(0, 2),
+                                           scatter_dims_to_operand_dims=(0, 2), operand_batching_dims=(1,),
+                                           scatter_indices_batching_dims=(0,))
+    return jax.lax.scatter(cache, index, update, dims, indices_are_sorted=True,
+                           unique_indices=True, mode=jax.lax.GatherScatterMode.FILL_OR_DROP)
+
+
+def write_valid_rows(valid: jax.Array, update: jax.Array, slots: jax.Array) -> jax.Array:
+    """valid bool [B, S] with update [B] written at (b, slots[b]); the batched scatter of write_token_rows."""
+    dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(1,),
+                                           scatter_dims_to_operand_dims=(1,), operand_batching_dims=(0,),
+                                           scatter_indices_batching_dims=(0,))
+    return jax.lax.scatter(valid, slots.astype(jnp.int32)[:, None], update.astype(valid.dtype), dims,
+                           indices_are_sorted=True, unique_indices=True,
+                           mode=jax.lax.GatherScatterMode.FILL_OR_DROP)
 
 
 @dataclasses.dataclass
@@ -74,8 +119,10 @@ class TextAttention(nnx.Module):
         self.h, self.kv, self.d = h, kv, d
 
     def __call__(self, x, cos, sin, mask: "AttentionMask", kv_cache=None, impl: str = "flash"):
-        """x [B, T, D]. kv_cache: None, or (k, v [L, B, S, KV, hd], layer index, first slot) — this
-        layer's keys/values are written at slots [first, first + T) of its layer in place."""
+        """x [B, T, D]. kv_cache: None, or (k, v [L, B, S, KV, hd], layer index, first slot, read) — this
+        layer's keys/values are written in place at slots [first, first + T) of its layer (first a
+        scalar), or at slot first[b] of each row b (first int32 [B], T = 1); attention then reads the
+        layer's first `read` slots (None: all S)."""
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.h, self.d)
         k = self.k_proj(x).reshape(b, t, self.kv, self.d)
@@ -87,13 +134,24 @@ class TextAttention(nnx.Module):
             # The whole [L, B, S, KV, D] cache travels through the layers and each layer writes its
             # slot in place (one dynamic_update_slice on the donated buffer): slicing per layer
             # and re-stacking would copy the entire cache at every decode step.
-            ck, cv, layer, first = kv_cache
-            at = (layer, 0, first, 0, 0)
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], at)
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], at)
-            k, v, kv_cache = ck[layer].astype(q.dtype), cv[layer].astype(q.dtype), (ck, cv, layer, first)
+            ck, cv, layer, first, read = kv_cache
+            if jnp.ndim(first) == 0:
+                at = (layer, 0, first, 0, 0)
+                ck = jax.lax.dynamic_update_slice(ck, to_cache_bits(k)[None], at)
+                cv = jax.lax.dynamic_update_slice(cv, to_cache_bits(v)[None], at)
+            else:
+                if t != 1:
+                    raise ValueError(f"per-row cache slots take one token per row, got {t}")
+                ck, cv = write_token_rows(ck, k[:, 0], layer, first), write_token_rows(cv, v[:, 0], layer, first)
+            read = ck.shape[2] if read is None else read
+            window = (1, b, read, self.kv, self.d)
+            k = jax.lax.bitcast_convert_type(jax.lax.dynamic_slice(ck, (layer, 0, 0, 0, 0), window)[0], q.dtype)
+            v = jax.lax.bitcast_convert_type(jax.lax.dynamic_slice(cv, (layer, 0, 0, 0, 0), window)[0], q.dtype)
+            kv_cache = (ck, cv, layer, first, read)
+        # one query per row (decode): a single key block, no loop over blocks
+        block_k = k.shape[1] if t == 1 else 512
         out = attention(q, k, v, q_segment=mask.q_segment, kv_segment=mask.kv_segment, q_pos=mask.q_pos,
-                        kv_pos=mask.kv_pos, causal=True, impl=impl)
+                        kv_pos=mask.kv_pos, causal=True, impl=impl, block_k=block_k)
         return self.o_proj(out.reshape(b, t, self.h * self.d)), kv_cache
 
 
@@ -101,7 +159,8 @@ class TextAttention(nnx.Module):
 @dataclasses.dataclass
 class AttentionMask:
     """Causal mask of the decoder as per-token ids (models/attention.py): segment -1 = padding.
-    q_segment, q_pos int32 [B, T]; kv_segment, kv_pos int32 [B, S] (S = T without a cache)."""
+    q_segment, q_pos int32 [B, T]; kv_segment, kv_pos int32 [B, S] (S = T without a cache, else the
+    cache slots read). Queries sit at cache slots first_slot + t (first_slot a scalar or int32 [B])."""
 
     q_segment: jax.Array
     kv_segment: jax.Array
@@ -112,7 +171,8 @@ class AttentionMask:
     def build(cls, attention_mask: jax.Array, cache_valid: jax.Array | None = None, first_slot=0) -> "AttentionMask":
         b, t = attention_mask.shape
         q_seg = jnp.where(attention_mask, 0, -1).astype(jnp.int32)
-        q_pos = jnp.broadcast_to(first_slot + jnp.arange(t, dtype=jnp.int32), (b, t))
+        first = jnp.asarray(first_slot, jnp.int32)
+        q_pos = jnp.broadcast_to((first[:, None] if first.ndim else first) + jnp.arange(t, dtype=jnp.int32), (b, t))
         if cache_valid is None:
             return cls(q_seg, q_seg, q_pos, q_pos)
         s = cache_valid.shape[1]
@@ -142,8 +202,9 @@ class TextModel(nnx.Module):
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
 
     def decode(self, x, cos, sin, mask: AttentionMask, deepstack: list[jax.Array], kv=None, first_slot=0, *,
-               remat: str = "none", impl: str = "flash"):
+               read: int | None = None, remat: str = "none", impl: str = "flash"):
         """The decoder stack: x [B, T, D] -> (final-normed hidden [B, T, D], (k, v) cache or None).
+        first_slot / read: where the cache is written and how much of it is read (TextAttention).
 
         Deepstack features (Qwen3-VL) are added after the first len(deepstack) layers; those layers
         run as their own scan with the features as its xs, the rest as one scan."""
@@ -151,7 +212,7 @@ class TextModel(nnx.Module):
 
         def body(layer, carry, extra):
             x, kv, i = carry
-            cache = None if kv is None else (*kv, i, first_slot)
+            cache = None if kv is None else (*kv, i, first_slot, read)
             x, cache = layer(x, cos, sin, mask, cache, impl)
             if extra is not None:
                 x = x + extra
@@ -224,19 +285,25 @@ class QwenVL(nnx.Module):
                  cache_index: jax.Array | int | None = None, return_logits: bool = True,
                  image_features: tuple[jax.Array, list[jax.Array]] | None = None,
                  image_index: jax.Array | None = None, logits_at: jax.Array | None = None,
-                 remat: str = "none") -> ModelOutput:
+                 remat: str = "none", cache_read: int | None = None) -> ModelOutput:
         """logits_at int [B]: compute logits only at these positions (logits [B, V]); default all [B, T, V].
-        remat: the layers' rematerialisation policy (models.stack.REMAT) when differentiated."""
+        remat: the layers' rematerialisation policy (models.stack.REMAT) when differentiated.
+        cache_read (static): attention reads cache slots [0, cache_read) only; every query's keys must
+        lie there (the engine picks it from the rows' lengths). Default: the whole cache."""
         x, deepstack = self.embed(input_ids, vision, image_features, image_index)
         cos, sin = mrope_cos_sin(position_ids, self.config, x.dtype)
         attention_mask = attention_mask.astype(bool)
         valid = None
         if cache is not None:
-            valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask, cache_index, axis=1)
-        mask = AttentionMask.build(attention_mask, valid, 0 if cache is None else cache_index)
+            if jnp.ndim(cache_index) == 0:
+                valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask, cache_index, axis=1)
+            else:
+                valid = write_valid_rows(cache.valid, attention_mask[:, 0], cache_index)
+        read_valid = valid if valid is None or cache_read is None else valid[:, :cache_read]
+        mask = AttentionMask.build(attention_mask, read_valid, 0 if cache is None else cache_index)
         kv = (cache.k, cache.v) if cache is not None else None
-        hidden, kv = self.language_model.decode(x, cos, sin, mask, deepstack, kv, cache_index, remat=remat,
-                                                impl=self.attention_impl)
+        hidden, kv = self.language_model.decode(x, cos, sin, mask, deepstack, kv, cache_index, read=cache_read,
+                                                remat=remat, impl=self.attention_impl)
         new_cache = KVCache(*kv, valid) if cache is not None else None
         logits = None
         if return_logits:

@@ -29,6 +29,11 @@ class TrainConfig:
     Memory: each minibatch is split into grad_accum micro-batches whose gradients are accumulated
       (activation memory of one micro-batch); remat is the layers' rematerialisation policy
       (models.stack.REMAT: none | full | dots | dots_no_batch).
+    Rollouts (infer/engine.py): rollout_slots decode slots (0: one per sampled sequence of a step;
+      fewer bound the KV cache and are refilled as sequences end); rollout_mesh (data, fsdp, tensor) is the
+      decode layout of the weights on the same devices, e.g. (-1, 1, 1) replicates the bf16 copy on every
+      device and splits the rollout batch over all of them (no per-step all-gathers); None decodes from
+      the training layout. rollout_decode_chunk: decode steps per device call.
     """
 
     name: str = "tiny"
@@ -66,6 +71,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 1
     kernel_impl: str = "auto"
+    rollout_slots: int = 0
+    rollout_mesh: tuple[int, int, int] | None = None
+    rollout_decode_chunk: int = 16
 
     def __post_init__(self):
         if self.mode not in ("rl", "sft"):
@@ -81,6 +89,11 @@ class TrainConfig:
         from hopchain_jax.models.stack import REMAT
         if self.remat not in REMAT:
             raise ValueError(f"remat must be one of {sorted(REMAT)}, got {self.remat!r}")
+        if self.rollout_slots < 0 or self.rollout_decode_chunk < 1:
+            raise ValueError(f"rollout_slots must be >= 0 (0: all sequences) and rollout_decode_chunk >= 1, got "
+                             f"{self.rollout_slots} and {self.rollout_decode_chunk}")
+        if self.rollout_mesh is not None and len(self.rollout_mesh) != 3:
+            raise ValueError(f"rollout_mesh takes (data, fsdp, tensor), got {self.rollout_mesh}")
         for name, weight in self.data:
             if weight <= 0:
                 raise ValueError(f"data source {name!r} has weight {weight}; weights must be > 0")
@@ -97,6 +110,8 @@ class TrainConfig:
         data = dict(data)
         data["data"] = tuple((str(d), float(w)) for d, w in data.get("data", ()))
         data["mesh"] = tuple(data.get("mesh", (1, -1, 1)))
+        if data.get("rollout_mesh") is not None:
+            data["rollout_mesh"] = tuple(data["rollout_mesh"])
         return cls(**data)
 
     def replace(self, **kw) -> "TrainConfig":

@@ -4,7 +4,10 @@ metrics, and exact-resume checkpoints.
 One RL step:
   1. the next `prompts_per_step` prompts from the data mixture (this process's shard; all processes then
      share their prompts so every process holds the global batch);
-  2. `group_size` samples per prompt from the engine, which reads the trainer's current weights (no copy);
+  2. `group_size` samples per prompt from the engine (continuous batching over cfg.rollout_slots slots), on
+     the trainer's current weights: the arrays themselves when they are already in the compute dtype and
+     decode layout, else a copy (bf16 from float32 masters, resharded to cfg.rollout_mesh) that is
+     dropped again before the updates;
   3. reward 1/0 per sample (numeric answer check), group-normalised advantages; all-equal groups counted;
   4. old log-probs recomputed by the trainer's forward (the sampler's are only compared: logprob_gap);
   5. `minibatches` SAPO optimizer steps over shuffled slices of the rollout batch.
@@ -122,7 +125,11 @@ class Trainer:
                                                               model.config.vision.spatial_merge_size))
         self.data_iter = iter(self.data)
         self.updater = Updater(model, cfg, self.mesh)
-        self.engine = InferenceEngine(self.updater.model(), self.tokenizer, mesh=self.mesh)
+        self.engine = InferenceEngine(
+            self.updater.model(), self.tokenizer, mesh=self.mesh,
+            rollout_mesh=make_mesh(*cfg.rollout_mesh) if cfg.rollout_mesh else None,
+            max_slots=cfg.rollout_slots or cfg.prompts_per_step * cfg.group_size,
+            decode_chunk=cfg.rollout_decode_chunk)
         self.checkpointer = Checkpointer(self.out / "checkpoints", keep=cfg.keep_checkpoints)
         self.metrics = MetricsWriter(self.out, enabled=self.is_main)
         self.step = 0
@@ -170,6 +177,8 @@ class Trainer:
                                 max_new_tokens=cfg.max_new_tokens, n=cfg.group_size,
                                 seed=cfg.seed * 1_000_003 + self.step)
         outs = self.engine.generate([Request(p.prompt_ids, p.pixel_values, p.image_grid_thw) for p in prompts], params)
+        self.engine.release_weights()   # the rollout copy is not needed (nor kept in memory) during the updates
+        roll = self.engine.last_stats
         t_roll = time.perf_counter() - t0
         rewards = np.asarray([reward(o.text or "", elements[o.prompt_index]["answer"]) for o in outs],
                              np.float32).reshape(len(prompts), cfg.group_size)
@@ -215,6 +224,8 @@ class Trainer:
                  entropy=float(entropies.mean()) if entropies.size else 0.0,
                  logprob_gap=float(gaps.mean()) if gaps.size else 0.0,
                  rollout_seconds=t_roll, update_seconds=t_update, step_seconds=seconds,
+                 rollout_wasted_fraction=roll.wasted_fraction, rollout_prefill_rows=float(roll.prefill_rows),
+                 rollout_tokens_per_s=roll.generated_tokens / max(roll.seconds, 1e-9),
                  tokens_per_s=tokens / seconds,
                  learning_rate=self.updater.learning_rate(self.step * cfg.minibatches),
                  skipped_steps=float(sum(s["skipped"] for s in stats)),
