@@ -359,6 +359,9 @@ def run_preset(preset: str, config: QwenVLConfig, cfg: TrainConfig, mesh: Mesh, 
                 row["coresident_bytes"] = row["total_bytes"] + row["coresident_extra"] + \
                     resident["params_fp32"] + resident["frozen"] + resident["opt_state"]
                 row["coresident_note"] = note + " + fp32 master + frozen + opt state + pruned args"
+                if "gpu_estimate_bytes" in row:
+                    row["coresident_gpu_estimate_bytes"] = row["coresident_bytes"] - row["total_bytes"] + \
+                        row["gpu_estimate_bytes"]
             else:
                 raise ValueError(f"unknown program {prog!r}")
             # inputs the executable does not read (jit prunes them: e.g. the vision tower's weights in decode)
@@ -416,8 +419,9 @@ def format_details(rows: list[dict]) -> str:
                   f"global; {r['shapes']['decode_rows']} rows x {r['shapes']['cache_len']} slots)")
         s += f"\n    co-resident {r['coresident_bytes'] / GB:.2f} GB = {r['coresident_note']}"
         if "gpu_estimate_bytes" in r:
-            s += (f"\n    GPU estimate {r['gpu_estimate_bytes'] / GB:.2f} GB: total with temp replaced by half the temp "
-                  f"of the float32 program ({r['temp_bytes_f32_twin'] / GB:.2f} GB; the CPU upcasts bf16 weights)")
+            s += (f"\n    GPU estimate {r['gpu_estimate_bytes'] / GB:.2f} GB ({r['coresident_gpu_estimate_bytes'] / GB:.2f} GB "
+                  f"co-resident): temp replaced by half the temp of the float32 program "
+                  f"({r['temp_bytes_f32_twin'] / GB:.2f} GB; the CPU upcasts bf16 weights)")
         out.append(s)
     return "\n".join(out)
 
