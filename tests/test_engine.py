@@ -185,6 +185,9 @@ def test_prefix_sharing_copies_the_prompt_cache_into_every_sample(tiny):
     shared, alone = _engine(model), _engine(model, max_slots=1)
     a, b = shared.generate(requests, params), alone.generate(requests, params)
     assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    # log-probs see every cache entry (sampled tokens alone barely move when one is wrong)
+    np.testing.assert_allclose(np.concatenate([o.logprobs for o in a]), np.concatenate([o.logprobs for o in b]),
+                               atol=1e-4)
     assert shared.last_stats.prefill_rows == 2 and alone.last_stats.prefill_rows == 8
     one = shared.generate(requests, SamplingParams(temperature=1.0, max_new_tokens=10, n=1, seed=2))
     assert [o.token_ids for o in one] == [o.token_ids for o in a if o.sample_index == 0]
