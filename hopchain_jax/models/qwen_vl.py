@@ -132,8 +132,8 @@ class TextAttention(nnx.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             # The whole [L, B, S, KV, D] cache travels through the layers and each layer writes its
-            # slot in place (one dynamic_update_slice on the donated buffer): slicing per layer
-            # and re-stacking would copy the entire cache at every decode step.
+            # slots in place (a dynamic_update_slice or a per-row scatter on the donated buffer):
+            # slicing per layer and re-stacking would copy the entire cache at every decode step.
             ck, cv, layer, first, read = kv_cache
             if jnp.ndim(first) == 0:
                 at = (layer, 0, first, 0, 0)

@@ -130,6 +130,7 @@ class Trainer:
             rollout_mesh=make_mesh(*cfg.rollout_mesh) if cfg.rollout_mesh else None,
             max_slots=cfg.rollout_slots or cfg.prompts_per_step * cfg.group_size,
             decode_chunk=cfg.rollout_decode_chunk)
+        self.engine.release_weights()   # each RL step hands it the current weights (none needed for SFT)
         self.checkpointer = Checkpointer(self.out / "checkpoints", keep=cfg.keep_checkpoints)
         self.metrics = MetricsWriter(self.out, enabled=self.is_main)
         self.step = 0
