@@ -54,7 +54,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs.models import PRESETS  # noqa: E402
-from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams  # noqa: E402
+from hopchain_jax.infer.engine import BATCH_BUCKETS, InferenceEngine, Request, SamplingParams  # noqa: E402
 from hopchain_jax.models.qwen_vl import init_sharded  # noqa: E402
 from hopchain_jax.models.sharding import make_mesh  # noqa: E402
 
@@ -159,7 +159,7 @@ def longtail_requests(args, vocab: int) -> list[Request]:
             for n, m in zip(lengths, limits)]
 
 
-def static_row_steps(outs, requests, n: int, chunk: int, batch_buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)):
+def static_row_steps(outs, requests, n: int, chunk: int, batch_buckets=BATCH_BUCKETS):
     """Decode row-steps of the static-batch engine: every row of the batch bucket decodes in chunks until
     the longest output ends (its loop stops at the first chunk boundary after that)."""
     rows = len(requests) * n

@@ -352,7 +352,7 @@ def run_preset(preset: str, config: QwenVLConfig, cfg: TrainConfig, mesh: Mesh, 
                     row["temp_bytes_f32_twin"] = twin["temp_bytes"]
                     row["gpu_estimate_bytes"] = row["total_bytes"] - row["temp_bytes"] + twin["temp_bytes"] // 2
                 row["coresident_extra"] = tree_shard_bytes(pool) if prog == "prefill" else (
-                    tree_shard_bytes(eng.state) if prog == "insert" else 0)
+                    resident["rollout_copy"] if prog == "insert" else 0)
                 row["kv_cache_bytes"] = tree_shard_bytes(pool)
                 row["kv_cache_global_bytes"] = tree_bytes(pool)
                 # fp32 masters + opt state stay on device during rollouts

@@ -46,8 +46,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hopchain_jax.infer.sampling import SamplingParams, row_keys, sample_tokens
-from hopchain_jax.infer.scheduler import (AdmissionQueue, GenerateStats, Sequence as Seq, SlotPool, bucket,
-                                          length_bucket)
+from hopchain_jax.infer.scheduler import (AdmissionQueue, GenerateStats, SampleState, SlotPool, bucket,
+                                          check_admission, length_bucket)
 from hopchain_jax.models.qwen_vl import KVCache, QwenVL, cache_bits_dtype
 from hopchain_jax.models.rope import rope_index
 from hopchain_jax.models.sharding import activation_sharding, shard_model, state_shardings, to_host
@@ -116,7 +116,7 @@ class InferenceEngine:
                                  "same device list)")
         if min(max_slots, length_bucket, kv_bucket, decode_chunk, prefill_tokens) < 1:
             raise ValueError("max_slots, length_bucket, kv_bucket, decode_chunk and prefill_tokens must be >= 1")
-        AdmissionQueue([], 1, admission)   # validates the order name
+        check_admission(admission)
         self.config = model.config
         self.tokenizer = tokenizer
         if mesh is not None:
@@ -191,10 +191,9 @@ class InferenceEngine:
         if self.mesh is None:
             return KVCache.empty(self.config, batch, length, self.dtype)
         shape, bits = self._kv_shape(batch, length), cache_bits_dtype(self.dtype)
-        kv = activation_sharding("kv_cache", shape, self.mesh)
+        kv, valid = (NamedSharding(self.mesh, spec) for spec in self._cache_specs(batch, length))
         return KVCache(jnp.zeros(shape, bits, device=kv), jnp.zeros(shape, bits, device=kv),
-                       jnp.zeros((batch, length), bool,
-                                 device=activation_sharding("cache_valid", (batch, length), self.mesh)))
+                       jnp.zeros((batch, length), bool, device=valid))
 
     def _per_shard(self, table: np.ndarray, rows: int):
         """int32 [shards, k] placed so each batch shard of a `rows`-row cache holds its own row."""
@@ -406,7 +405,7 @@ class InferenceEngine:
         tok, logp = self._first_tokens(logits, self._put(pad(src), "rows"),
                                        self._put(pad([seqs[i].prompt for i in seq_ids]), "rows"),
                                        self._put(pad([seqs[i].sample for i in seq_ids]), "rows"), key, *params.static())
-        tok, logp = to_host(tok), to_host(logp)
+        tok, logp = to_host((tok, logp))
         for j, (slot, seq_id, row) in enumerate(zip(slots, seq_ids, src)):
             seq = seqs[seq_id]
             self._append(seq, int(tok[j]), float(logp[j]), params)
@@ -421,7 +420,7 @@ class InferenceEngine:
                 rows[name][slot] = value
         return cache
 
-    def _append(self, seq: Seq, token: int, logprob: float, params: SamplingParams) -> None:
+    def _append(self, seq: SampleState, token: int, logprob: float, params: SamplingParams) -> None:
         """Add one token to a running sequence and decide whether it ends here."""
         seq.tokens.append(token)
         seq.logprobs.append(logprob)
@@ -439,8 +438,7 @@ class InferenceEngine:
         read = min(cache.valid.shape[1], length_bucket(reach, self.kv_bucket))
         device_rows = {name: self._put(rows[name], "rows") for name in ROW_FIELDS}
         cache, new_rows, toks, logps = self._decode(self.state, cache, device_rows, key, *params.static(), steps, read)
-        toks, logps = to_host(toks), to_host(logps)
-        new_rows = {name: to_host(x).copy() for name, x in new_rows.items()}
+        toks, logps, new_rows = to_host((toks, logps, new_rows))   # one transfer of the chunk's results
         for slot in active:
             seq = seqs[pool.seq[slot]]
             for s in range(steps):
@@ -479,7 +477,7 @@ class InferenceEngine:
             raise RuntimeError("the engine's weights were released; call update_weights(model) first")
         self._check(requests)
         max_new = [r.max_new_tokens or params.max_new_tokens for r in requests]
-        seqs = [Seq(i, j, max_new[i]) for i in range(len(requests)) for j in range(params.n)]
+        seqs = [SampleState(i, j, max_new[i]) for i in range(len(requests)) for j in range(params.n)]
         queue = AdmissionQueue(max_new, params.n, self.admission)
         longest_prompt = max(len(r.prompt_ids) for r in requests)
         length = max(length_bucket(max(len(r.prompt_ids) + m for r, m in zip(requests, max_new)), self.kv_bucket),
@@ -505,7 +503,7 @@ class InferenceEngine:
         text = self.tokenizer.decode(tokens[-64:], skip_special_tokens=False)
         return any(s in text for s in stop)
 
-    def _completion(self, seq: Seq, params: SamplingParams) -> Completion:
+    def _completion(self, seq: SampleState, params: SamplingParams) -> Completion:
         tokens, reason = seq.tokens, seq.finish
         text = None
         if self.tokenizer is not None:

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Sequence as Seq
+from typing import Sequence
 
 import numpy as np
 
 FREE = -1
+ADMISSION_ORDERS = ("longest_first", "fifo")
 
 
-def bucket(n: int, buckets: Seq[int]) -> int:
+def bucket(n: int, buckets: Sequence[int]) -> int:
     """Smallest bucket >= n (past the last: a multiple of it)."""
     for b in buckets:
         if n <= b:
@@ -44,7 +45,7 @@ def length_bucket(n: int, base: int) -> int:
 
 
 @dataclasses.dataclass
-class Sequence:
+class SampleState:
     """One sample being generated: sample `sample` of prompt `prompt`, at most max_new tokens."""
 
     prompt: int
@@ -55,15 +56,19 @@ class Sequence:
     finish: str | None = None   # None while running; "eos" | "stop" | "length"
 
 
+def check_admission(order: str) -> None:
+    if order not in ADMISSION_ORDERS:
+        raise ValueError(f"admission order must be one of {ADMISSION_ORDERS}, got {order!r}")
+
+
 class AdmissionQueue:
     """Prompts waiting for decode slots, each with the samples not yet admitted.
 
     order "longest_first": prompts with the largest token limit first (stable), so the last sequences
     to start are short and the pool drains quickly; "fifo": request order."""
 
-    def __init__(self, max_new: Seq[int], n: int, order: str = "longest_first"):
-        if order not in ("longest_first", "fifo"):
-            raise ValueError(f"admission order must be 'longest_first' or 'fifo', got {order!r}")
+    def __init__(self, max_new: Sequence[int], n: int, order: str = "longest_first"):
+        check_admission(order)
         prompts = range(len(max_new))
         if order == "longest_first":
             prompts = sorted(prompts, key=lambda i: -max_new[i])
@@ -109,7 +114,7 @@ class SlotPool:
     def free_count(self) -> int:
         return int(np.sum(self.seq == FREE))
 
-    def assign(self, seq_ids: Seq[int]) -> list[int]:
+    def assign(self, seq_ids: Sequence[int]) -> list[int]:
         """Free slots for these sequences, each from the shard with the most free slots."""
         free = (self.seq == FREE).reshape(self.shards, self.per_shard)
         counts = free.sum(1)
@@ -129,7 +134,7 @@ class SlotPool:
     def release(self, slot: int) -> None:
         self.seq[slot] = FREE
 
-    def compaction_plan(self, buckets: Seq[int]) -> np.ndarray | None:
+    def compaction_plan(self, buckets: Sequence[int]) -> np.ndarray | None:
         """keep int [shards, new_per_shard]: the old local slot each new local slot takes (active rows
         first, then free ones as filler), or None when it would not shrink the pool."""
         active = (self.seq != FREE).reshape(self.shards, self.per_shard)

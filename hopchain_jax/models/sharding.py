@@ -177,10 +177,12 @@ def per_device_bytes(tree: Any) -> dict[jax.Device, int]:
     return out
 
 
-def to_host(x) -> np.ndarray:
-    """numpy copy of a device array; globally sharded multi-process arrays are all-gathered first
-    (every process must call it)."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+def to_host(x):
+    """numpy copy of a device array, or of every array in a pytree (fetched in one batched transfer);
+    globally sharded multi-process arrays are all-gathered first (every process must call it)."""
+    leaves = jax.tree.leaves(x)
+    if any(isinstance(a, jax.Array) and not a.is_fully_addressable for a in leaves):
         from jax.experimental import multihost_utils
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
+        return jax.tree.map(lambda a: np.array(multihost_utils.process_allgather(a, tiled=True))
+                            if isinstance(a, jax.Array) and not a.is_fully_addressable else np.array(a), x)
+    return jax.tree.map(np.array, jax.device_get(x))
