@@ -33,7 +33,8 @@ def _synth(args: argparse.Namespace) -> int:
     from hopchain_jax.synth.composer import ComposerConfig
     from hopchain_jax.synth.pipeline import SynthConfig, format_summary, run_synthesis
     config = SynthConfig(seed=args.seed, num_images=args.num_images, images_per_shard=args.images_per_shard,
-                         composer=dataclasses.replace(ComposerConfig(), queries_per_image=args.queries_per_image))
+                         composer=ComposerConfig() if args.queries_per_image is None else
+                         dataclasses.replace(ComposerConfig(), queries_per_image=args.queries_per_image))
     try:
         summary = run_synthesis(args.out, config, workers=args.workers, progress=not args.no_progress)
     except ValueError as e:
@@ -53,7 +54,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from hopchain_jax.inspect.gallery import write_gallery
-    n = write_gallery(args.dir, args.html, limit=args.limit, variants=tuple(args.variant))
+    n = write_gallery(args.dir, args.html, limit=args.limit, seed=args.seed, variants=args.variant, ops=args.op,
+                      answers=args.answer)
     print(f"wrote a gallery of {n} queries to {args.html}")
     return 0
 
@@ -100,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="dataset directory (created; rerun the same command to resume)")
     s.add_argument("--images", help="a folder of user images (needs the model-driven stages)")
     s.add_argument("--num-images", type=int, default=240, help="procedural scenes to render (default 240)")
-    s.add_argument("--queries-per-image", type=int, default=3, help="full chains per scene (default 3)")
-    s.add_argument("--images-per-shard", type=int, default=16, help="scenes per atomic shard (default 16)")
+    s.add_argument("--queries-per-image", type=int,
+                   help="most full chains kept per scene (default: ComposerConfig.queries_per_image, 14)")
+    s.add_argument("--images-per-shard", type=int, default=48,
+                   help="scenes per atomic shard, also the window over which answers are balanced (default 48)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -120,8 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="write an HTML gallery of a dataset")
     i.add_argument("dir")
     i.add_argument("--html", required=True)
-    i.add_argument("--limit", type=int, default=30, help="cards in the gallery (default 30)")
-    i.add_argument("--variant", **variants)
+    i.add_argument("--limit", type=int, default=60, help="cards: a random sample of the matching records (default 60)")
+    i.add_argument("--seed", type=int, default=0, help="seed of the random sample (default 0)")
+    i.add_argument("--variant", action="extend", nargs="+", choices=["full", "half", "single"],
+                   help="only these variants (repeatable; default: all)")
+    i.add_argument("--op", action="append", help="only records whose program uses this op (repeatable: any of them)")
+    i.add_argument("--answer", action="append", type=int, help="only records with this answer (repeatable)")
     i.set_defaults(fn=_inspect)
     m = sub.add_parser("import", help="convert your JSONL (image path, question, numeric answer) to a dataset")
     m.add_argument("--jsonl", required=True, help='one {"image": path, "question": str, "answer": number} per line')

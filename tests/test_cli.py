@@ -9,7 +9,7 @@ from hopchain_jax.cli import main
 from hopchain_jax.synth.record import validate_record
 
 
-def test_export_writes_valid_schema_v1_jsonl(small_dataset, tmp_path, capsys):
+def test_export_writes_valid_records_with_relative_image_paths(small_dataset, tmp_path, capsys):
     root, summary = small_dataset
     out = tmp_path / "q.jsonl"
     assert main(["export", str(root), "--jsonl", str(out), "--no-progress"]) == 0
@@ -24,7 +24,8 @@ def test_export_writes_valid_schema_v1_jsonl(small_dataset, tmp_path, capsys):
     full = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
     assert {r["variant"] for r in full} == {"full"} and len(full) == summary["queries"]["full"]
     for r in full[:3]:
-        with Image.open(r["image"]["path"]) as im:
+        assert not r["image"]["path"].startswith("/"), r["image"]["path"]  # relative to the JSONL's folder
+        with Image.open(tmp_path / r["image"]["path"]) as im:
             assert im.size == (r["image"]["width"], r["image"]["height"])
 
 
@@ -36,7 +37,7 @@ class _Cards(HTMLParser):
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         self.cards += tag == "section" and attrs.get("class") == "card"
-        self.images += tag == "img" and attrs.get("src", "").startswith("data:image/png;base64,")
+        self.images += tag == "img" and attrs.get("src", "").startswith("data:image/jpeg;base64,")
         self.rows += tag == "tr"
 
 
@@ -56,7 +57,7 @@ def test_synth_summary_and_resume(tmp_path, capsys):
     assert main(["synth", "--out", str(out), "--num-images", "4", "--images-per-shard", "2", "--workers", "1",
                  "--no-progress"]) == 0
     text = capsys.readouterr().out
-    for words in ("images seen: 4", "queries per variant: full=", "hops per full chain", "hop ops", "full queries/s"):
+    for words in ("images seen: 4", "queries per variant: full=", "hops per full chain", "program ops", "full-chain answers", "blind baselines", "full queries/s"):
         assert words in text
     assert main(["synth", "--out", str(out), "--num-images", "4", "--images-per-shard", "2", "--workers", "1",
                  "--no-progress", "--json"]) == 0

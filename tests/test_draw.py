@@ -4,9 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hopchain_jax.world.catalog import CATEGORIES, COLORS, SIGN_WORDS, SIZES
-from hopchain_jax.world.draw import draw_tile, part_color
-from hopchain_jax.world.scene import ObjectSpec
+import collections
+
+from PIL import ImageDraw, ImageFont
+
+from hopchain_jax.world.catalog import (CATEGORIES, COLORS, MAX_SIZE_JITTER, NOMINAL_SHORT_SIDE, SIGN_WORDS,
+                                        SIZE_ORDER, SIZES, max_angle, sign_min_size)
+from hopchain_jax.world.draw import MIN_CONDENSE, MIN_FONT_SIZE, OUTLINE, draw_tile, object_sprite, part_color
+from hopchain_jax.world.scene import DEFAULT_RESOLUTIONS, ObjectSpec
 
 
 def _spec(category: str, color: str, size: str, part_count: int | None = None,
@@ -140,10 +145,48 @@ def test_die_pips_contrast(color):
     assert rgb == ((0, 0, 0) if color in ("yellow", "orange", "pink", "green") else (255, 255, 255))
 
 
-@pytest.mark.parametrize("size", list(SIZES))
-@pytest.mark.parametrize("word", [max(SIGN_WORDS, key=len), "ZOO"])
+def _smallest_edge(size: str) -> int:
+    """The smallest tile edge a scene gives this size class (smallest resolution, most negative jitter)."""
+    scale = min(min(r) for r in DEFAULT_RESOLUTIONS) / NOMINAL_SHORT_SIDE
+    return int(round(SIZES[size] * scale * (1 - MAX_SIZE_JITTER)))
+
+
+FORBIDDEN = ("BOX", "MASK", "SEGMENT", "CROP", "ID", "INSTANCE", "LABEL", "COORDINATE")
+
+
+def test_sign_words_spread_over_lengths():
+    lengths = collections.Counter(len(w) for w in SIGN_WORDS)
+    assert sorted(lengths) == [3, 4, 5, 6, 7, 8] and len(set(lengths.values())) == 1
+    assert len(set(SIGN_WORDS)) == len(SIGN_WORDS) >= 24
+    for w in SIGN_WORDS:
+        assert w.isalpha() and w.isupper() and not any(f in w for f in FORBIDDEN)
+    # the longer the word, the bigger the board it needs; short words may be small
+    assert [sign_min_size(w) for w in ("INN", "TAXI", "PIZZA", "TICKET", "LIBRARY", "SHOPPING")] == \
+        ["small", "small", "medium", "medium", "large", "large"]
+
+
+@pytest.mark.parametrize("word", SIGN_WORDS)
+def test_sign_words_fit_their_smallest_board(word):
+    # Every word at the smallest tile its sign can get: the whole word is on the board, at >= 18 px,
+    # squeezed by no more than MIN_CONDENSE.
+    size = sign_min_size(word)
+    e = _smallest_edge(size)
+    d = ImageDraw.Draw(draw_tile(_spec("sign", "yellow", size, text=word), np.random.default_rng(0)))
+    l, t, r, b = d.textbbox((0, 0), word, font=ImageFont.load_default(size=MIN_FONT_SIZE), stroke_width=1)
+    for color, ink in (("yellow", (0, 0, 0)), ("blue", (255, 255, 255))):
+        arr = np.asarray(draw_tile(_spec("sign", color, size, text=word), np.random.default_rng(0), edge=e))
+        ys, xs = np.nonzero(_color_mask(arr, ink))
+        board = np.nonzero(_color_mask(arr, COLORS[color]))[1]  # the board's face spans these columns
+        assert board.min() + 2 <= xs.min() and xs.max() <= board.max() - 2  # clear of the rim
+        assert ys.max() - ys.min() + 1 >= 12  # cap height of an 18 px font or more
+        assert xs.max() - xs.min() + 1 >= MIN_CONDENSE * (r - l) - 2
+
+
+@pytest.mark.parametrize("size,word", [(size, word) for word in ("SHOPPING", "TICKET", "INN") for size in SIZES
+                                       if SIZE_ORDER.index(size) >= SIZE_ORDER.index(sign_min_size(word))])
 def test_sign_text_is_inside_board(size, word):
-    # The text colour appears on the board only; the tile edges stay clear of ink.
+    # The text colour appears on the board only; the tile edges stay clear of ink (at every size
+    # class a scene may draw the word at).
     for color in ("yellow", "blue"):
         arr = _rgba(_spec("sign", color, size, text=word))
         ink = (255, 255, 255) if color == "blue" else (0, 0, 0)
@@ -153,6 +196,68 @@ def test_sign_text_is_inside_board(size, word):
         edge = SIZES[size]
         assert xs.min() > 0 and ys.min() > 0 and xs.max() < edge - 1 and ys.max() < edge - 1
         assert ys.max() - ys.min() + 1 >= 12  # cap height of an 18 px font or more
+
+
+def _rotated_cases():
+    cases = []
+    for category in ("ladybug", "die", "house", "monster", "flower"):
+        cat = CATEGORIES[category]
+        lo, hi = cat.part_range
+        a = max_angle(category)
+        for i, count in enumerate(range(lo, hi + 1)):
+            color = cat.colors[i % len(cat.colors)]
+            for edge in (57, 60, 78, 224):
+                cases.append((category, color, count, edge, (-a, -0.55 * a, 0.3 * a, 0.8 * a, a)))
+    return cases
+
+
+@pytest.mark.parametrize("category,color,count,edge,angles", _rotated_cases())
+def test_rotated_sprites_keep_parts_countable(category, color, count, edge, angles):
+    # Scenes rotate objects (nearest-neighbour) up to max_angle and outline them: parts stay
+    # separate one-colour blobs with one surrounding colour, from the smallest tile to the largest.
+    spec = _spec(category, color, "small", part_count=count)
+    rgb = part_color(spec)
+    for angle in angles:
+        sprite = object_sprite(spec, edge, round(float(angle), 1), count, (3, 2))
+        arr = np.asarray(sprite.image)
+        assert np.array_equal(arr[..., 3] == 255, np.pad(sprite.mask, _pads(sprite, arr)))
+        labels, n = _label(_color_mask(arr, rgb))
+        assert n == count, (angle, n)
+        if category == "flower":
+            continue
+        part = labels > 0
+        grown = np.zeros_like(part)
+        grown[1:] |= part[:-1]
+        grown[:-1] |= part[1:]
+        grown[:, 1:] |= part[:, :-1]
+        grown[:, :-1] |= part[:, 1:]
+        assert len({tuple(c) for c in arr[grown & ~part].tolist()}) == 1, angle
+
+
+def _pads(sprite, arr):
+    (ox, oy), (w, h) = sprite.origin, sprite.size
+    return ((oy, arr.shape[0] - oy - h), (ox, arr.shape[1] - ox - w))
+
+
+@pytest.mark.parametrize("category", sorted(CATEGORIES))
+def test_sprite_is_outlined_and_shadowed(category):
+    spec = _spec(category, CATEGORIES[category].colors[0], "medium")
+    sprite = object_sprite(spec, 100, 9.0, 1, (3, 2))
+    arr = np.asarray(sprite.image)
+    solid = arr[..., 3] == 255
+    assert np.array_equal(solid, np.pad(sprite.mask, _pads(sprite, arr)))
+    # the mask's rim is the dark outline; outside it only translucent shadow
+    m = sprite.mask
+    inner = m.copy()
+    inner[1:] &= m[:-1]
+    inner[:-1] &= m[1:]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    (ox, oy), (w, h) = sprite.origin, sprite.size
+    rim = arr[oy:oy + h, ox:ox + w][m & ~inner]
+    assert np.all(rim[:, :3] == OUTLINE)
+    shade = arr[~solid, 3]
+    assert shade.max() > 0 and shade.max() < 128
 
 
 def test_card_digits_are_large():

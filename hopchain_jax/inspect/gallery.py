@@ -1,109 +1,389 @@
 """`hopchain inspect DIR --html OUT.html`: a self-contained HTML gallery of queries.
 
-Each card shows the image with the outlines of the instances the query uses (drawn from the exact
-masks, tagged with their ids: the tags are for the reader of the gallery, never part of a question),
-the question, every hop with its kind, level, op, dependencies and value, the answer, the variant and
-the gold rationale.
+The page opens with statistics over every record of the dataset (`hopchain_jax.synth.stats.dataset_stats`),
+then shows a seeded random sample of the records that pass the filters (variant, program op, answer).
+Each card shows the image once (JPEG data URL) under an SVG overlay with the bounding box of every
+instance the query uses, tagged with its id (the tags are for the reader of the gallery, never part of a
+question), a legend of those instances, the question, the answer, the variant (linked to its full chain
+when that card is on the page), the hops (hovering or clicking a hop highlights its instances and its
+program steps), the program and the gold rationale. Filters in the page hide cards without reloading.
+The page needs no external asset.
 """
 from __future__ import annotations
 
 import base64
 import html
 import io
+import json
 import os
+import random
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from hopchain_jax.data.store import HopChainDataset
 
-OUTLINE_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-                  (240, 50, 230), (0, 128, 128)]
+VARIANTS = ("full", "half", "single")
+# One colour per used instance of a card, dark enough for white id tags.
+PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0a9396", "#f032e6", "#9a6324", "#800000",
+           "#000075", "#808000", "#469990")
+JPEG_QUALITY = 85
+MAX_SIDE = 1024  # embedded images are downscaled to this longest side (bboxes are normalised, so unaffected)
+
+e = html.escape
 
 
-def outline_image(image: np.ndarray, labels: np.ndarray, instance_ids: list[str], width: int = 3) -> Image.Image:
-    """The image with each listed instance's mask boundary drawn in its own colour plus an id tag."""
-    out = image.copy()
-    for n, inst_id in enumerate(instance_ids):
-        mask = labels == int(inst_id[1:]) + 1
-        grown = mask.copy()
-        for _ in range(width):  # dilate by one pixel per pass
-            g = grown.copy()
-            g[1:] |= grown[:-1]
-            g[:-1] |= grown[1:]
-            g[:, 1:] |= grown[:, :-1]
-            g[:, :-1] |= grown[:, 1:]
-            grown = g
-        out[grown & ~mask] = OUTLINE_COLORS[n % len(OUTLINE_COLORS)]
-    pil = Image.fromarray(out)
-    draw = ImageDraw.Draw(pil)
-    font = ImageFont.load_default(size=16)
-    for n, inst_id in enumerate(instance_ids):
-        ys, xs = np.nonzero(labels == int(inst_id[1:]) + 1)
-        if len(xs):
-            x, y = int(xs.min()), max(0, int(ys.min()) - 20)
-            draw.rectangle([x, y, x + 30, y + 18], fill=OUTLINE_COLORS[n % len(OUTLINE_COLORS)])
-            draw.text((x + 3, y + 1), inst_id, fill=(255, 255, 255), font=font)
-    return pil
+def used_instances(rec: dict) -> list[str]:
+    """Ids of the instances the hops use, in first-use order."""
+    return list(dict.fromkeys(i for hop in rec.get("hops") or [] for i in hop.get("instance_ids") or []))
 
 
-def _png_data_url(pil: Image.Image) -> str:
+def record_ops(rec: dict) -> list[str]:
+    """The ops of the record's program steps (the hops' ops when it has no program), first-use order."""
+    steps = (rec.get("program") or {}).get("steps") or []
+    ops = [s.get("op") for s in steps] if steps else [h.get("op") for h in rec.get("hops") or []]
+    return list(dict.fromkeys(str(op) for op in ops if op))
+
+
+def _jpeg_data_url(image: np.ndarray) -> str:
+    pil = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+    if max(pil.size) > MAX_SIDE:
+        scale = MAX_SIDE / max(pil.size)
+        pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.LANCZOS)
     buf = io.BytesIO()
-    pil.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    pil.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _card(ds: HopChainDataset, rec: dict) -> str:
-    used = list(dict.fromkeys(i for hop in rec["hops"] for i in hop["instance_ids"]))
-    ref = rec["image"]
-    pil = outline_image(ds.image(ref["shard"], ref["index"]), ds.labels(ref["shard"], ref["index"]), used)
-    e = html.escape
+def _fmt(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _num_key(key: str):
+    try:
+        return (0, float(key), key)
+    except (TypeError, ValueError):
+        return (1, 0.0, str(key))
+
+
+def _overlay(rec: dict, used: list[str], colors: dict[str, str]) -> str:
+    """SVG over the image: one rect per used instance (bbox in 0..1000 on both axes) plus its id tag.
+
+    The viewBox stretches to the image (preserveAspectRatio none); tags are scaled back by width/height
+    along y so their text is not distorted."""
+    ref = rec.get("image") or {}
+    w, h = ref.get("width") or 1, ref.get("height") or 1
+    fix = w / h  # local tag units -> viewBox y units
+    by_id = {inst.get("id"): inst for inst in rec.get("instances") or []}
+    parts = []
+    for inst_id in used:
+        inst = by_id.get(inst_id)
+        if not inst or not inst.get("bbox") or len(inst["bbox"]) != 4:
+            continue
+        x0, y0, x1, y1 = (float(v) for v in inst["bbox"])
+        c = colors[inst_id]
+        tag_w, tag_h = 16 * len(inst_id) + 12, 32
+        tx = min(x0, 1000 - tag_w)
+        ty = y0 - tag_h * fix if y0 >= tag_h * fix else y0  # above the box, or inside it at the top edge
+        parts.append(
+            f'<g class="inst" data-inst="{e(inst_id)}">'
+            f'<rect x="{x0:g}" y="{y0:g}" width="{x1 - x0:g}" height="{y1 - y0:g}" fill="none" stroke="{c}" '
+            f'stroke-width="2.5" vector-effect="non-scaling-stroke"/>'
+            f'<text transform="translate({tx:g} {ty:.2f}) scale(1 {fix:.4f})" x="5" y="25" font-size="26" '
+            f'font-weight="700" fill="#fff" stroke="{c}" stroke-width="9" stroke-linejoin="round" '
+            f'paint-order="stroke">{e(inst_id)}</text></g>')
+    return ('<svg class="overlay" viewBox="0 0 1000 1000" preserveAspectRatio="none" '
+            f'xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>')
+
+
+def _legend(rec: dict, used: list[str], colors: dict[str, str]) -> str:
+    by_id = {inst.get("id"): inst for inst in rec.get("instances") or []}
+    items = []
+    for inst_id in used:
+        inst = by_id.get(inst_id)
+        if inst is None:
+            items.append(f'<li data-inst="{e(inst_id)}"><span class="sw" style="background:{colors[inst_id]}"></span>'
+                         f'<b>{e(inst_id)}</b> <i>not among the record\'s instances</i></li>')
+            continue
+        a = inst.get("attributes") or {}
+        bits = [str(a[k]) for k in ("color", "size") if a.get(k) is not None]
+        if a.get("text") is not None:
+            bits.append(f'text "{a["text"]}"')
+        if a.get("part_count") is not None:
+            bits.append(f'{a["part_count"]} {a.get("part") or "parts"}')
+        if inst.get("occludes"):
+            bits.append("in front of: " + ", ".join(map(str, inst["occludes"])))
+        items.append(f'<li data-inst="{e(inst_id)}"><span class="sw" style="background:{colors[inst_id]}"></span>'
+                     f'<b>{e(inst_id)}</b> {e(str(inst.get("category", "?")))}'
+                     f'<span class="attrs">{e(" · ".join(bits))}</span></li>')
+    return f'<ul class="legend">{"".join(items)}</ul>' if items else ""
+
+
+def _combine(hop: dict) -> str:
+    c = hop.get("combine")
+    if not c:
+        return ""
+    return f'{c.get("op", "?")} with hop {c.get("with_hop", "?")} → {_fmt(c.get("value"))}'
+
+
+def _hops_table(rec: dict) -> str:
+    hops = rec.get("hops") or []
+    if not hops:
+        return '<p class="none">no hops</p>'
+    combine = any(h.get("combine") for h in hops)
+    rows = []
+    for h in hops:
+        ids = [str(i) for i in h.get("instance_ids") or []]
+        deps = ", ".join(map(str, h.get("depends_on") or [])) or "-"
+        rows.append(
+            f'<tr class="hop" data-hop="{e(str(h.get("index")))}" data-instances="{e(" ".join(ids))}">'
+            f'<td>{e(str(h.get("index")))}</td><td>{e(str(h.get("kind", "")))}</td><td>L{e(str(h.get("level", "")))}</td>'
+            f'<td>{e(str(h.get("op", "")))}</td><td>{e(deps)}</td><td>{e(", ".join(ids))}</td>'
+            f'<td>{e(str(h.get("text", "")))}</td><td>{e(_fmt(h.get("value")))}</td>'
+            + (f'<td>{e(_combine(h))}</td>' if combine else "") + "</tr>")
+    head = ("<tr><th>#</th><th>kind</th><th>level</th><th>op</th><th>depends on</th><th>instances</th><th>text</th>"
+            "<th>value</th>" + ("<th>combine</th>" if combine else "") + "</tr>")
+    return f'<table class="hops"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _program_table(rec: dict) -> str:
+    program = rec.get("program") or {}
+    steps = program.get("steps") or []
+    if not steps:
+        return ""
+    out = program.get("output")
     rows = "".join(
-        f"<tr><td>{h['index']}</td><td>{e(h['kind'])}</td><td>L{h['level']}</td><td>{e(h['op'])}</td>"
-        f"<td>{e(', '.join(map(str, h['depends_on'])) or '-')}</td><td>{e(', '.join(h['instance_ids']))}</td>"
-        f"<td>{e(h['text'])}</td><td>{e(str(h['value']))}</td></tr>" for h in rec["hops"])
+        f'<tr class="step{" output" if s.get("id") == out else ""}" data-hop="{e(str(s.get("hop")))}">'
+        f'<td>{e(str(s.get("id", "")))}</td><td>{e(str(s.get("op", "")))}</td>'
+        f'<td><code>{e(json.dumps(s.get("args"), separators=(",", ":")))}</code></td>'
+        f'<td>{e(str(s.get("hop", "")))}</td></tr>' for s in steps)
+    return (f'<details class="program" open><summary>program ({len(steps)} steps, output {e(str(out))})</summary>'
+            f'<table><thead><tr><th>step</th><th>op</th><th>args</th><th>hop</th></tr></thead>'
+            f'<tbody>{rows}</tbody></table></details>')
+
+
+def _card(ds: HopChainDataset, rec: dict, on_page: set[str], variants_here: dict[str, list[tuple[str, str]]]) -> str:
+    used = used_instances(rec)
+    colors = {inst_id: PALETTE[n % len(PALETTE)] for n, inst_id in enumerate(used)}
+    ref = rec.get("image") or {}
+    img = _jpeg_data_url(ds.image(ref["shard"], ref["index"]))
+    rid, variant = str(rec.get("id", "")), str(rec.get("variant", ""))
+    answer = _fmt(rec.get("answer"))
+    link = ""
+    parent = rec.get("variant_of")
+    if parent:
+        link = (f'<span class="vof">variant of <a href="#{e(parent)}">{e(parent)}</a></span>' if parent in on_page
+                else f'<span class="vof">variant of {e(parent)} (not on this page)</span>')
+    elif variants_here.get(rid):
+        link = '<span class="vof">ablations here: ' + ", ".join(
+            f'<a href="#{e(vid)}">{e(v)}</a>' for v, vid in variants_here[rid]) + "</span>"
+    rationale = e(str(rec["rationale"])) if rec.get("rationale") else "<i>none</i>"
+    scene = f'{e(str(ref.get("shard")))} #{e(str(ref.get("index")))}'
+    ops = e(" ".join(record_ops(rec)))
     return f"""
-<section class="card" id="{e(rec['id'])}">
-  <img src="{_png_data_url(pil)}" alt="scene {e(ref['shard'])}/{ref['index']}">
+<section class="card" id="{e(rid)}" data-variant="{e(variant)}" data-answer="{e(answer)}" data-ops="{ops}">
+  <div class="left"><div class="imgwrap"><img src="{img}" alt="scene {scene}">{_overlay(rec, used, colors)}</div>
+  {_legend(rec, used, colors)}</div>
   <div class="body">
-    <div class="meta"><span class="variant {e(rec['variant'])}">{e(rec['variant'])}</span>
-      <span>{len(rec['hops'])} hops</span><span>{e(ref['shard'])} #{ref['index']}</span><span class="rid">{e(rec['id'])}</span></div>
-    <p class="question">{e(rec['question'])}</p>
-    <p class="answer">Answer: <b>{e(str(rec['answer']))}</b></p>
-    <table><thead><tr><th>#</th><th>kind</th><th>level</th><th>op</th><th>depends on</th><th>instances</th>
-      <th>text</th><th>value</th></tr></thead><tbody>{rows}</tbody></table>
-    <details><summary>gold rationale</summary><p>{e(rec['rationale'] or '')}</p></details>
+    <div class="meta"><span class="variant {e(variant)}">{e(variant)}</span>{link}
+      <span>{len(rec.get('hops') or [])} hops</span><span>{scene} ({ref.get('width')}×{ref.get('height')})</span>
+      <span class="rid">{e(rid)}</span></div>
+    <p class="question">{e(str(rec.get('question', '')))}</p>
+    <p class="answer">Answer: <b>{e(answer)}</b></p>
+    {_hops_table(rec)}
+    {_program_table(rec)}
+    <details><summary>gold rationale</summary><p class="rationale">{rationale}</p></details>
   </div>
 </section>"""
 
 
+def _pct(x) -> str:
+    try:
+        return f"{100 * float(x):.1f}%"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _count_table(title: str, counts: dict, key_name: str, sort_by_count: bool = False) -> str:
+    items = list((counts or {}).items())
+    items.sort(key=(lambda kv: (-kv[1], str(kv[0]))) if sort_by_count else (lambda kv: _num_key(kv[0])))
+    top = max([v for _, v in items] or [1]) or 1
+    rows = "".join(f'<tr><td>{e(str(k))}</td><td class="num">{v}</td>'
+                   f'<td class="hbar"><div style="width:{100 * v / top:.1f}%"></div></td></tr>' for k, v in items)
+    return (f'<div class="stat"><h3>{e(title)}</h3><table><thead><tr><th>{e(key_name)}</th><th>count</th><th></th>'
+            f'</tr></thead><tbody>{rows or "<tr><td colspan=3>none</td></tr>"}</tbody></table></div>')
+
+
+def _answer_chart(hist: dict) -> str:
+    items = sorted((hist or {}).items(), key=lambda kv: _num_key(kv[0]))
+    top = max([v for _, v in items] or [1]) or 1
+    cols = "".join(
+        f'<div class="col" title="answer {e(str(k))}: {v}"><span class="n">{v}</span>'
+        f'<div class="bar" style="height:{100 * v / top:.1f}%"></div><span class="k">{e(str(k))}</span></div>'
+        for k, v in items)
+    return f'<div class="stat wide"><h3>Answers of full queries</h3><div class="bars">{cols or "none"}</div></div>'
+
+
+def _stats_section(stats: dict) -> str:
+    variants = stats.get("variants") or {}
+    mc = stats.get("most_common_answer") or {}
+    blind = stats.get("blind") or {}
+    blind_html = (
+        '<div class="stat"><h3>Blind baselines (full queries)</h3><table><tbody>'
+        f'<tr><td>most common answer</td><td class="num">{e(_fmt(mc.get("answer")))}</td>'
+        f'<td>share {_pct(mc.get("share"))}</td></tr>'
+        f'<tr><td>always answer it</td><td class="num">{_pct(blind.get("most_common"))}</td><td>accuracy</td></tr>'
+        f'<tr><td>text only</td><td class="num">{_pct(blind.get("text_only"))}</td><td>accuracy</td></tr>'
+        f'</tbody></table><p class="rule">text-only rule: {e(str(blind.get("text_only_rule", "?")))}</p></div>')
+    return (f'<section class="stats" id="stats"><h2>Dataset statistics <small>over all {stats.get("records", "?")} '
+            f'records</small></h2><div class="grid">'
+            + _count_table("Records per variant", {v: variants.get(v, 0) for v in (*VARIANTS, *sorted(
+                set(variants) - set(VARIANTS)))}, "variant")
+            + _count_table("Hops per full chain", stats.get("hops") or {}, "hops")
+            + _count_table("Program ops (full chains)", stats.get("ops") or {}, "op", sort_by_count=True)
+            + blind_html
+            + _answer_chart((stats.get("answers") or {}).get("full") or {})
+            + "</div></section>")
+
+
+def _filter_bar(cards_meta: list[tuple[str, list[str], str]]) -> str:
+    variants = sorted({v for v, _, _ in cards_meta}, key=lambda v: (VARIANTS.index(v) if v in VARIANTS else 9, v))
+    ops = sorted({op for _, ops, _ in cards_meta for op in ops})
+    answers = sorted({a for _, _, a in cards_meta}, key=_num_key)
+
+    def select(name: str, values: Sequence[str]) -> str:
+        opts = "".join(f'<option value="{e(v)}">{e(v)}</option>' for v in values)
+        return f'<label>{name} <select id="f-{name}"><option value="">all</option>{opts}</select></label>'
+
+    return (f'<div class="filters">{select("variant", variants)}{select("op", ops)}{select("answer", answers)}'
+            f'<span id="f-count">{len(cards_meta)} of {len(cards_meta)} cards shown</span></div>')
+
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;background:#f4f4f6;color:#222}
-h1{font-size:22px} .card{display:flex;gap:18px;background:#fff;border-radius:10px;padding:14px;margin:0 0 18px;
-box-shadow:0 1px 4px #0002} .card img{width:480px;height:auto;border-radius:6px;flex:none}
+h1{font-size:22px} h2{font-size:18px;margin:0 0 8px} h2 small{font-weight:400;color:#666} h3{font-size:14px;margin:0 0 6px}
+.card{display:flex;gap:18px;background:#fff;border-radius:10px;padding:14px;margin:0 0 18px;box-shadow:0 1px 4px #0002}
+.card[hidden]{display:none}
+.left{width:480px;flex:none} .imgwrap{position:relative;width:100%;line-height:0}
+.imgwrap img{display:block;width:100%;height:auto;border-radius:6px}
+.overlay{position:absolute;left:0;top:0;width:100%;height:100%;pointer-events:none}
+.overlay g.inst{transition:opacity .12s} .card.hl .overlay g.inst{opacity:.15} .card.hl .overlay g.inst.on{opacity:1}
+.card.hl .overlay g.inst.on rect{stroke-width:4.5}
+.legend{list-style:none;padding:0;margin:8px 0 0;font-size:13px} .legend li{margin:2px 0;cursor:default}
+.legend .sw{display:inline-block;width:12px;height:12px;border-radius:3px;margin-right:6px;vertical-align:-1px}
+.legend .attrs{color:#666;margin-left:6px} .card.hl .legend li{opacity:.35} .card.hl .legend li.on{opacity:1}
 .body{flex:1;min-width:0} .meta span{margin-right:10px;font-size:13px;color:#555} .rid{font-family:monospace}
 .variant{padding:2px 8px;border-radius:10px;color:#fff !important;font-weight:600}
-.full{background:#2a7} .half{background:#e90} .single{background:#c44}
+.full{background:#2a7} .half{background:#e90} .single{background:#c44} .external{background:#777}
 .question{font-size:16px;line-height:1.45} .answer{font-size:16px}
-table{border-collapse:collapse;font-size:13px;width:100%} td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;
-vertical-align:top} th{background:#f0f0f0}
+table{border-collapse:collapse;font-size:13px;width:100%;margin:4px 0} td,th{border:1px solid #ddd;padding:3px 6px;
+text-align:left;vertical-align:top} th{background:#f0f0f0}
+tr.hop{cursor:pointer} tr.hop:hover,tr.hop.on{background:#fff4c2} tr.step.on{background:#fff4c2}
+tr.step.output td:first-child{font-weight:700} code{font-size:12px;word-break:break-all}
+details{margin:6px 0} summary{cursor:pointer;color:#444;font-size:13px}
+.stats{background:#fff;border-radius:10px;padding:14px;margin:0 0 18px;box-shadow:0 1px 4px #0002}
+.stats .grid{display:flex;flex-wrap:wrap;gap:18px} .stat{min-width:220px;flex:1} .stat.wide{flex-basis:100%}
+.stat table{width:auto;min-width:220px} td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.hbar{width:120px} td.hbar div{height:10px;background:#4363d8;border-radius:2px}
+.bars{display:flex;align-items:flex-end;gap:3px;height:160px;border-bottom:1px solid #999;padding-top:14px;overflow-x:auto}
+.bars .col{display:flex;flex-direction:column;align-items:center;justify-content:flex-end;height:100%;min-width:18px;flex:0 1 40px}
+.bars .bar{width:100%;background:#2a7;border-radius:2px 2px 0 0;min-height:1px}
+.bars .n{font-size:10px;color:#555} .bars .k{font-size:11px;margin-top:2px;height:14px}
+.rule{font-size:13px;color:#444} .filters{position:sticky;top:0;background:#f4f4f6;padding:8px 0;margin-bottom:10px;z-index:2}
+.filters label{margin-right:14px;font-size:14px} #f-count{color:#555;font-size:13px}
+"""
+
+SCRIPT = """
+(function(){
+  var cards = Array.prototype.slice.call(document.querySelectorAll('section.card'));
+  var fv = document.getElementById('f-variant'), fo = document.getElementById('f-op'),
+      fa = document.getElementById('f-answer'), count = document.getElementById('f-count');
+  function apply(){
+    var n = 0;
+    cards.forEach(function(c){
+      var ok = (!fv.value || c.dataset.variant === fv.value)
+            && (!fo.value || (c.dataset.ops || '').split(' ').indexOf(fo.value) >= 0)
+            && (!fa.value || c.dataset.answer === fa.value);
+      c.hidden = !ok; if (ok) n++;
+    });
+    count.textContent = n + ' of ' + cards.length + ' cards shown';
+  }
+  [fv, fo, fa].forEach(function(s){ if (s) s.addEventListener('change', apply); });
+  cards.forEach(function(card){
+    var pinned = null;
+    function show(ids, hop){
+      card.classList.toggle('hl', ids !== null);
+      card.querySelectorAll('[data-inst]').forEach(function(el){
+        el.classList.toggle('on', ids !== null && ids.indexOf(el.dataset.inst) >= 0); });
+      card.querySelectorAll('tr.hop, tr.step').forEach(function(el){
+        el.classList.toggle('on', hop !== null && el.dataset.hop === hop); });
+    }
+    function reset(){ if (pinned) show(pinned.ids, pinned.hop); else show(null, null); }
+    card.querySelectorAll('tr.hop').forEach(function(row){
+      var ids = row.dataset.instances ? row.dataset.instances.split(' ') : [], hop = row.dataset.hop;
+      row.addEventListener('mouseenter', function(){ show(ids, hop); });
+      row.addEventListener('mouseleave', reset);
+      row.addEventListener('click', function(){
+        pinned = (pinned && pinned.hop === hop) ? null : {ids: ids, hop: hop}; reset(); });
+    });
+    card.querySelectorAll('.legend li').forEach(function(li){
+      li.addEventListener('mouseenter', function(){ show([li.dataset.inst], null); });
+      li.addEventListener('mouseleave', reset);
+    });
+  });
+})();
 """
 
 
-def write_gallery(root: str | os.PathLike, out_html: str | os.PathLike, limit: int = 30,
-                  variants: tuple[str, ...] = ("full", "half", "single")) -> int:
-    """Write the gallery of the first `limit` records of `variants`; returns how many cards."""
+def select_records(records: Iterable[tuple[int, dict]], limit: int | None, seed: int,
+                   variants: Sequence[str] | None = None, ops: Sequence[str] | None = None,
+                   answers: Sequence[int | float] | None = None) -> tuple[list[tuple[int, dict]], int]:
+    """The records passing every given filter (any of the values within one filter), then a seeded random
+    sample of `limit` of them in dataset order. Returns (sample, how many passed the filters)."""
+    vset = set(variants) if variants else None
+    oset = set(ops) if ops else None
+    aset = set(answers) if answers else None
+    passed = [(i, r) for i, r in records
+              if (vset is None or r.get("variant") in vset)
+              and (oset is None or oset.intersection(record_ops(r)))
+              and (aset is None or (not isinstance(r.get("answer"), bool) and r.get("answer") in aset))]
+    if limit is not None and len(passed) > limit:
+        keep = sorted(random.Random(seed).sample(range(len(passed)), max(0, limit)))
+        return [passed[k] for k in keep], len(passed)
+    return passed, len(passed)
+
+
+def write_gallery(root: str | os.PathLike, out_html: str | os.PathLike, limit: int | None = 60, seed: int = 0,
+                  variants: Sequence[str] | None = None, ops: Sequence[str] | None = None,
+                  answers: Sequence[int | float] | None = None) -> int:
+    """Write the gallery: statistics of every record, then a seeded sample of `limit` records among those
+    whose variant is in `variants`, whose program uses one of `ops` and whose answer is in `answers`
+    (None or empty: no filter). Returns how many cards."""
+    from hopchain_jax.synth.stats import dataset_stats
+
     ds = HopChainDataset(root)
-    cards = []
-    for rec in ds.records():
-        if len(cards) >= limit:
-            break
-        if rec["variant"] in variants:
-            cards.append(_card(ds, rec))
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>HopChain gallery: {html.escape(str(root))}</title>"
-            f"<style>{STYLE}</style></head><body><h1>HopChain gallery — {html.escape(str(root))} "
-            f"({len(cards)} of {len(ds)} records)</h1>{''.join(cards)}</body></html>")
+    all_records = list(ds.records())
+    stats = dataset_stats(all_records)
+    sample, n_passed = select_records(enumerate(all_records), limit, seed, variants, ops, answers)
+    on_page = {str(r.get("id")) for _, r in sample}
+    variants_here: dict[str, list[tuple[str, str]]] = {}
+    for _, r in sample:
+        if r.get("variant_of") and r["variant_of"] in on_page:
+            variants_here.setdefault(r["variant_of"], []).append((str(r.get("variant")), str(r.get("id"))))
+    cards = [_card(ds, r, on_page, variants_here) for _, r in sample]
+    meta = [(str(r.get("variant", "")), record_ops(r), _fmt(r.get("answer"))) for _, r in sample]
+    filters = [f"{name}: {', '.join(map(str, vals))}" for name, vals in
+               (("variant", variants), ("op", ops), ("answer", answers)) if vals]
+    title = e(str(root))
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>HopChain gallery: {title}</title>"
+        f"<style>{STYLE}</style></head><body><h1>HopChain gallery — {title}</h1>"
+        f"<p class='sub'>{len(cards)} cards: a random sample (seed {seed}) of the {n_passed} records "
+        f"{'matching ' + e('; '.join(filters)) if filters else 'in the dataset'} (dataset: {len(all_records)} records). "
+        f"Hover or click a hop to highlight its instances and program steps.</p>"
+        f"{_stats_section(stats)}{_filter_bar(meta)}{''.join(cards)}<script>{SCRIPT}</script></body></html>")
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -2,61 +2,105 @@
 
 A chain is a list of hops (SPEC §1, §3):
   hop 0          an anchor: one instance picked out by Level-1 perception (its text, its part count,
-                 its colour) or Level-2 comparison (largest, leftmost, most dots, ...);
-  1-2 link hops  instance-chain hops to a new instance through the previous ones (nearest / left of /
-                 above ..., between two found instances, same colour as a found instance);
-  1-2 value hops numbers read off found instances: Level 1 (count its parts, read its number) or
-                 Level 2 (count a set relative to it); the last may combine with the earlier number
-                 (sum, difference, product), and its value is the answer.
+                 its colour, its size class) or Level-2 comparison (largest, leftmost, most dots, ...);
+                 always one of several instances of its category, so the pick is real perception work;
+  1-2 link hops  instance-chain hops to a new instance through the previous ones (nearest / farthest /
+                 directly left of / above ..., in front of / behind through occlusion, between two found
+                 instances, same colour as a found instance);
+  0-1 compare    of the last two found instances, the larger or smaller one (Level-2 size comparison);
+  1-2 value hops numbers read off found instances: Level 1 (count its parts, read its number, count the
+                 letters of its word) or Level 2 (count a set relative to it, up to `max_count`); the last
+                 may combine with the earlier number (sum, difference, product), and that result is the
+                 answer.
 Every referring expression is resolved with the program executor (exactly one referent) and must also
-pass clarity margins (the runner-up is clearly farther, nothing sits on a left/right boundary, ...), so
-a person looking at the image picks the same instance. Named instances have distinct categories, so
+pass clarity margins, so a person looking at the image picks the same instance: the runner-up is clearly
+farther; for a direction, every object of the asked category lies well inside the direction's cone or
+well outside it (a dead zone around the cone's edge); ... Named instances have distinct categories, so
 "that ladybug" is never ambiguous.
+No padding: a hop never re-asks what the question already states (a colour given in words, the text
+that found a sign), an instance found through a colour is not used for that colour again, arithmetic
+never multiplies by 1 or subtracts equal numbers, and every full chain passes the counterfactual check
+(counterfactual.py) before it is offered.
 
 Variants (SPEC §1): "full" keeps every hop, "half" the last ceil(n/2) hops, "single" the last hop.
 Instances that the dropped hops used to establish are named directly ("the orange ladybug", "the
 leftmost card") and arithmetic with a dropped number is dropped, so each variant has its own answer.
+
+Answer balance: `compose` makes up to `candidates_per_image` distinct valid chains and keeps the
+`queries_per_image` whose answers are rarest so far in the caller's running histogram.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from hopchain_jax.synth import phrasing
-from hopchain_jax.synth.program import DIRECTIONS, RELATIONS, Executor, ProgramError, superlative_key
+from hopchain_jax.synth.counterfactual import counterfactual_failures
+from hopchain_jax.synth.stats import blind_guess, blind_keys
+from hopchain_jax.synth.program import DIRECTION_AXES, DIRECTIONS, Executor, ProgramError, occludes, superlative_key
 from hopchain_jax.world.catalog import CATEGORIES
 
 VARIANTS = ("full", "half", "single")
+LINK_FORM_WEIGHTS = {"relate": 1.0, "same_color": 1.0, "between": 2.0}
+COMBINE_PENALTY = {"mul": 0, "sub": 1, "add": 2}  # added to an answer's count when choosing the arithmetic
+# Hop forms (the composer's names) -> the program op of the hop's main step (the record's hops[].op).
+HOP_OPS = {"select": "select", "superlative": "superlative", "relate": "relate", "between": "between",
+           "same_color": "select", "compare": "compare", "count_parts": "count_parts",
+           "read_number": "read_number", "count_letters": "count_letters", "count_relative": "count",
+           "count_same_color": "count"}
 
 
 @dataclasses.dataclass(frozen=True)
 class ComposerConfig:
-    """Chain shape and clarity margins.
+    """Chain shape, clarity margins and answer balance.
 
-    queries_per_image: distinct full chains wanted per image; max_attempts: random tries per image.
+    queries_per_image: chains kept per image; candidates_per_image: distinct valid chains made per
+    image to choose from (rarest answers first); max_attempts: random tries per image.
     min_instances/max_instances: distinct instances a full chain must use (SPEC: 3-6).
-    p_*: probabilities of a superlative anchor, a second link hop, a second value hop, combining.
-    Margins (pixels unless noted) only make references visually clear; execution never uses them.
+    p_*: probabilities of a superlative anchor, a second link hop, steering the links towards a
+    `between` hop, a compare hop, a second value hop, combining. min_count/max_count: smallest/largest set count asked; max_product: largest product asked;
+    max_answer_share: no answer may take more than this share of an image batch's kept chains.
+    drop_blind_solvable: drop chains the text-only rule (stats.py), with the value priors of the chains
+    kept so far, answers without the image: like the paper's calibration, which drops queries a weaker
+    model always solves, it keeps guessable chains out of RL data. blind_top: the rule may take any of
+    the blind_top most common values of each kind (2: robust to the priors of a batch differing from
+    the dataset's).
+    Margins only make references visually clear; execution never uses them. Pixel margins are for a
+    600 px short image side and scale with it. Directions: members lie within `cone_inside_deg` of the
+    stated direction, every other object of the category at least `cone_outside_deg` off it.
     """
 
-    queries_per_image: int = 3
-    max_attempts: int = 80
+    queries_per_image: int = 14
+    candidates_per_image: int = 24
+    max_attempts: int = 100
     min_instances: int = 3
     max_instances: int = 6
     p_superlative_anchor: float = 0.3
     p_two_links: float = 0.5
-    p_two_values: float = 0.85
-    p_combine: float = 0.9
-    max_count: int = 3
+    p_between: float = 0.3
+    p_compare: float = 0.3
+    p_two_values: float = 0.95
+    p_combine: float = 0.95
+    min_count: int = 1
+    max_count: int = 6
+    max_answer_share: float = 0.07
+    drop_blind_solvable: bool = True
+    blind_top: int = 2
+    max_product: int = 120
     relate_ratio: float = 1.25
     relate_gap_px: float = 15.0
-    direction_margin_px: float = 30.0
+    min_separation_px: float = 30.0
+    cone_inside_deg: float = 30.0
+    cone_outside_deg: float = 60.0
     superlative_position_px: float = 40.0
     superlative_area_ratio: float = 1.3
+    compare_area_ratio: float = 1.6
     between_min_length_px: float = 150.0
 
 
@@ -68,14 +112,15 @@ class Reject(Exception):
 class HopSpec:
     """One hop of a full chain before it is turned into text and program steps.
 
-    op: hop operation (select, superlative, relate, between, same_color, count_parts, read_number,
-    count_relative, count_same_color); kind/level: SPEC §3 labels; inst: the instance an instance hop
+    form: hop form (a key of HOP_OPS); kind/level: SPEC §3 labels; inst: the instance an instance hop
     establishes (None for value hops); uses: earlier hops whose instances it refers to; counted:
-    instances a counting hop counts; params: op details; combine: (arith op, earlier hop, a_first) or None;
-    value: what the hop evaluates to (instance id or int), checked against execution.
+    instances a counting hop counts; params: form details; known: what the question's words already
+    give away about `inst` ("color", "size", "parts", "number", "text"); combine: (arith op, earlier
+    hop, a_first) or None; value: the hop's own result (instance id or int); combined: the result after
+    `combine` (None without one). Both are checked against execution.
     """
 
-    op: str
+    form: str
     kind: str
     level: int
     value: Any
@@ -83,7 +128,13 @@ class HopSpec:
     uses: tuple[int, ...] = ()
     counted: tuple[str, ...] = ()
     params: dict = dataclasses.field(default_factory=dict)
+    known: frozenset = frozenset()
     combine: tuple[str, int, bool] | None = None
+    combined: int | None = None
+
+    @property
+    def op(self) -> str:
+        return HOP_OPS[self.form]
 
     def instance_ids(self, chain: Sequence["HopSpec"]) -> list[str]:
         ids = [chain[h].inst for h in self.uses] + ([self.inst] if self.inst else []) + list(self.counted)
@@ -92,7 +143,7 @@ class HopSpec:
 
 @dataclasses.dataclass
 class RealizedQuery:
-    """One variant ready for a record: schema-v1 hops, program, question, answer and rationale."""
+    """One variant ready for a record: schema-v2 hops, program, question, answer and rationale."""
 
     variant: str
     hops: list[dict]
@@ -100,61 +151,145 @@ class RealizedQuery:
     question: str
     answer: int
     rationale: str
+    step_values: dict = dataclasses.field(default_factory=dict, repr=False)  # step id -> value (not stored)
 
 
 class ChainComposer:
-    """Composes verified multi-hop chains over one image's instances (schema-v1 instance dicts)."""
+    """Composes verified multi-hop chains over one image's instances (schema-v2 instance dicts)."""
 
     def __init__(self, instances: Sequence[dict], width: int, height: int, config: ComposerConfig = ComposerConfig()):
         self.instances = list(instances)
         self.width, self.height = width, height
         self.cfg = config
+        self.px = min(width, height) / 600.0  # pixel margins are given for a 600 px short side
         self.ex = Executor(self.instances, width, height)
         self.geo = self.ex.geo
         self.by_id = self.ex.by_id
         self.by_cat: dict[str, list[dict]] = {}
         for inst in self.instances:
             self.by_cat.setdefault(inst["category"], []).append(inst)
+        self.occluded = {i["id"] for inst in self.instances for i in map(self.by_id.get, inst.get("occludes") or ()) if i}
+        # Pairwise geometry in one numpy pass, kept as nested lists (fast scalar lookups): dist[a][c],
+        # off-axis angle[relation][a][c] in degrees of c seen from a. Only clarity checks and the local
+        # counterfactual read these; every composed program is then run by the executor itself.
+        self.index = {inst["id"]: k for k, inst in enumerate(self.instances)}
+        xy = np.array([self.geo.center(inst) for inst in self.instances], dtype=np.float64).reshape(-1, 2)
+        dx = xy[None, :, 0] - xy[:, None, 0]
+        dy = xy[None, :, 1] - xy[:, None, 1]
+        self._dist = np.hypot(dx, dy).tolist()
+        self._angle = {}
+        for relation, (ux, uy) in DIRECTION_AXES.items():
+            along, across = dx * ux + dy * uy, np.abs(dx * uy - dy * ux)
+            self._angle[relation] = np.degrees(np.arctan2(across, along)).tolist()
 
     # ------------------------------------------------------------------------------------------------
     # public
-    def compose(self, rng: np.random.Generator) -> list[dict[str, RealizedQuery]]:
-        """Up to cfg.queries_per_image distinct chains, each as {variant: RealizedQuery}."""
-        out, seen = [], set()
+    def compose(self, rng: np.random.Generator, balance: "AnswerBalance | None" = None
+                ) -> list[dict[str, RealizedQuery]]:
+        """Up to cfg.queries_per_image distinct chains, each as {variant: RealizedQuery}.
+
+        balance: running histograms of what was kept so far (updated here); of the candidates, the
+        chains kept are those whose answer and values it holds least often, so answers spread out."""
+        balance = balance if balance is not None else AnswerBalance()
+        self._balance = balance
+        candidates, seen = [], set()
         for _ in range(self.cfg.max_attempts):
-            if len(out) >= self.cfg.queries_per_image:
+            if len(candidates) >= self.cfg.candidates_per_image:
                 break
             try:
                 chain = self._chain(rng)
-                key = tuple((h.op, tuple(h.instance_ids(chain))) for h in chain)
+                key = tuple((h.form, tuple(h.instance_ids(chain))) for h in chain)
                 if key in seen:
                     continue
-                variants = {v: self.realize(chain, v, rng) for v in VARIANTS}
+                seen.add(key)
+                full = self.realize(chain, "full", rng)
             except Reject:
                 continue
-            seen.add(key)
+            if not self._admissible(full, balance):
+                continue
+            candidates.append((chain, full))
+        out = []
+        while candidates and len(out) < self.cfg.queries_per_image:
+            scores = [balance.score(full) for _, full in candidates]
+            pool = [k for k, sc in enumerate(scores) if sc == min(scores)]
+            chain, full = candidates.pop(pool[int(rng.integers(len(pool)))])
+            if not self.passes_counterfactual(full):  # checked only for the chains about to be kept
+                continue
+            try:
+                variants = {"full": full, **{v: self.realize(chain, v, rng) for v in VARIANTS[1:]}}
+            except Reject:
+                continue
+            balance.add(full)
             out.append(variants)
+            # Only the cap is rechecked as chains are kept; the blind rule judged each candidate once.
+            candidates = [c for c in candidates if not balance.over_cap(c[1], self.cfg.max_answer_share)]
         return out
+
+    def _admissible(self, full: RealizedQuery, balance: "AnswerBalance") -> bool:
+        """Its answer is under the cap, and (drop_blind_solvable) no blind rule gets it."""
+        if balance.over_cap(full, self.cfg.max_answer_share):
+            return False
+        return not (self.cfg.drop_blind_solvable and full.answer in balance.blind_guesses(full, self.cfg.blind_top))
+
+    def passes_counterfactual(self, full: RealizedQuery) -> bool:
+        record = {"image": {"width": self.width, "height": self.height}, "instances": self.instances,
+                  "program": full.program}
+        return not counterfactual_failures(record, first_only=True)
 
     # ------------------------------------------------------------------------------------------------
     # clarity-checked geometry
-    def _clear_relate(self, anchor: dict, relation: str, category: str) -> dict:
-        others = [c for c in self.by_cat.get(category, []) if c["id"] != anchor["id"]]
-        if relation != "nearest" and any(
-                abs(self.geo.offset(c, anchor, relation)) < self.cfg.direction_margin_px for c in others):
+    def _cone_members(self, anchor: dict, relation: str, category: str) -> list[dict]:
+        """Instances of `category` in the direction's cone from `anchor`; Reject when any of them lies
+        in the dead zone around the cone's edge or too close to the anchor to judge."""
+        members = self._cone_cached(anchor["id"], relation, category)
+        if members is None:
             raise Reject
-        cands = sorted(self.ex.relate_candidates(anchor, relation, {"category": category}, {}),
-                       key=lambda c: self.geo.dist(c, anchor))
+        return list(members)
+
+    @functools.lru_cache(maxsize=None)
+    def _cone_cached(self, anchor_id: str, relation: str, category: str) -> tuple | None:
+        a = self.index[anchor_id]
+        dist, angle = self._dist[a], self._angle[relation][a]
+        near = self.cfg.min_separation_px * self.px
+        members = []
+        for c in self.by_cat.get(category, []):
+            k = self.index[c["id"]]
+            if k == a:
+                continue
+            if dist[k] < near or self.cfg.cone_inside_deg < angle[k] < self.cfg.cone_outside_deg:
+                return None
+            if angle[k] <= self.cfg.cone_inside_deg:
+                members.append(c)
+        return tuple(members)
+
+    def _clear_extreme(self, cands: list[dict], anchor: dict, farthest: bool) -> dict:
+        dist = self._dist[self.index[anchor["id"]]]
+        cands = sorted(cands, key=lambda c: dist[self.index[c["id"]]], reverse=farthest)
         if not cands:
             raise Reject
         if len(cands) > 1:
-            d1, d2 = self.geo.dist(cands[0], anchor), self.geo.dist(cands[1], anchor)
-            if d2 < self.cfg.relate_ratio * d1 + self.cfg.relate_gap_px:
+            d1, d2 = dist[self.index[cands[0]["id"]]], dist[self.index[cands[1]["id"]]]
+            near, far = (d2, d1) if farthest else (d1, d2)
+            if far < self.cfg.relate_ratio * near + self.cfg.relate_gap_px * self.px:
                 raise Reject
         return cands[0]
 
+    def _clear_relate(self, anchor: dict, relation: str, category: str) -> dict:
+        others = [c for c in self.by_cat.get(category, []) if c["id"] != anchor["id"]]
+        if relation in DIRECTIONS:
+            return self._clear_extreme(self._cone_members(anchor, relation, category), anchor, False)
+        if relation in ("nearest", "farthest"):
+            return self._clear_extreme(others, anchor, relation == "farthest")
+        if relation == "in_front_of":
+            found = [c for c in others if occludes(c, anchor)]
+        else:  # behind
+            found = [c for c in others if occludes(anchor, c)]
+        if len(found) != 1:
+            raise Reject
+        return found[0]
+
     def _clear_between(self, a: dict, b: dict, category: str) -> dict:
-        if self.geo.dist(a, b) < self.cfg.between_min_length_px:
+        if self.geo.dist(a, b) < self.cfg.between_min_length_px * self.px:
             raise Reject
         inside = []
         for c in self.by_cat.get(category, []):
@@ -170,7 +305,10 @@ class ChainComposer:
         return inside[0]
 
     def _clear_superlative(self, category: str, key: str, order: str) -> dict:
-        scored = [(superlative_key(c, key, self.geo), c) for c in self.by_cat.get(category, [])]
+        members = self.by_cat.get(category, [])
+        if key == "area" and any(c["id"] in self.occluded for c in members):
+            raise Reject  # a partly hidden object's visible area is not its size
+        scored = [(superlative_key(c, key, self.geo), c) for c in members]
         scored = sorted(((v, c) for v, c in scored if v is not None), key=lambda vc: vc[0], reverse=order == "max")
         if len(scored) < 2:
             raise Reject
@@ -178,7 +316,7 @@ class ChainComposer:
         if key == "area":
             ok = max(v1, v2) >= self.cfg.superlative_area_ratio * min(v1, v2)
         elif key in ("center_x", "center_y"):
-            ok = abs(v1 - v2) >= self.cfg.superlative_position_px
+            ok = abs(v1 - v2) >= self.cfg.superlative_position_px * self.px
         else:
             ok = v1 != v2
         if not ok:
@@ -186,12 +324,8 @@ class ChainComposer:
         return best
 
     def _clear_count_relative(self, anchor: dict, category: str, relation: str) -> list[dict]:
-        others = [c for c in self.by_cat.get(category, []) if c["id"] != anchor["id"]]
-        offsets = [self.geo.offset(c, anchor, relation) for c in others]
-        if any(abs(o) < self.cfg.direction_margin_px for o in offsets):
-            raise Reject
-        counted = [c for c, o in zip(others, offsets) if o > 0]
-        if not 1 <= len(counted) <= self.cfg.max_count:
+        counted = self._cone_members(anchor, relation, category)
+        if not self.cfg.min_count <= len(counted) <= self.cfg.max_count:
             raise Reject
         return counted
 
@@ -202,87 +336,251 @@ class ChainComposer:
     # ------------------------------------------------------------------------------------------------
     # chain generation
     @functools.cached_property
-    def _anchor_selects(self) -> list[tuple]:
-        """(instance, mode, filter) for every instance a Level-1 description picks out alone."""
+    def _anchor_selects(self) -> list[HopSpec]:
+        """A Level-1 select for every instance a description picks out alone among several of its
+        category (a unique text, part count, colour or size class)."""
         options = []
-        for inst in self.instances:
-            cat, attrs = inst["category"], inst["attributes"]
-            if attrs.get("text") is not None and self._unique({"category": cat, "text": attrs["text"]}):
-                options.append((inst, "text", {"category": cat, "text": attrs["text"]}))
-            if attrs.get("part_count") is not None and self._unique({"category": cat, "part_count": attrs["part_count"]}):
-                options.append((inst, "part_count", {"category": cat, "part_count": attrs["part_count"]}))
-            if len(self.by_cat[cat]) > 1 and self._unique({"category": cat, "color": attrs["color"]}):
-                options.append((inst, "color", {"category": cat, "color": attrs["color"]}))
+        for cat, members in self.by_cat.items():
+            if len(members) < 2:
+                continue  # picking the only one of its kind is no perception work
+            for inst in members:
+                attrs = inst["attributes"]
+                for mode, key, known in (("text", "text", {"text", "number"}), ("part_count", "part_count", {"parts"}),
+                                         ("color", "color", {"color"}), ("size", "size", {"size"})):
+                    value = attrs.get(key)
+                    if value is None or (mode == "size" and inst["id"] in self.occluded):
+                        continue
+                    filt = {"category": cat, key: value}
+                    if self._unique(filt):
+                        options.append(HopSpec("select", "perception", 1, inst["id"], inst["id"],
+                                               params={"filter": filt, "mode": mode}, known=frozenset(known)))
+        return options
+
+    @functools.cached_property
+    def _anchor_superlatives(self) -> list[HopSpec]:
+        """A Level-2 superlative for every clear (category, key, order) of a category with several instances."""
+        options = []
+        for cat, members in sorted(self.by_cat.items()):
+            if len(members) < 2:
+                continue
+            keys = ["area", "center_x", "center_y"]
+            if CATEGORIES[cat].part:
+                keys.append("part_count")
+            if CATEGORIES[cat].text == "number":
+                keys.append("number")
+            for key in keys:
+                for order in ("max", "min"):
+                    try:
+                        best = self._clear_superlative(cat, key, order)
+                    except Reject:
+                        continue
+                    known = {"part_count": {"parts"}, "number": {"number"}}.get(key, set())
+                    options.append(HopSpec("superlative", "perception", 2, best["id"], best["id"],
+                                           params={"category": cat, "key": key, "order": order}, known=frozenset(known)))
         return options
 
     def _anchor(self, rng: np.random.Generator) -> HopSpec:
-        options = [HopSpec("select", "perception", 1, inst["id"], inst["id"], params={"filter": dict(f), "mode": mode})
-                   for inst, mode, f in self._anchor_selects]
-        if rng.random() < self.cfg.p_superlative_anchor or not options:
-            cats = [c for c, members in self.by_cat.items() if len(members) > 1]
-            if cats:
-                cat = str(rng.choice(sorted(cats)))
-                keys = ["area", "center_x", "center_y"]
-                if CATEGORIES[cat].part:
-                    keys.append("part_count")
-                if CATEGORIES[cat].text == "number":
-                    keys.append("number")
-                key, order = str(rng.choice(keys)), str(rng.choice(["max", "min"]))
-                best = self._clear_superlative(cat, key, order)
-                return HopSpec("superlative", "perception", 2, best["id"], best["id"],
-                               params={"category": cat, "key": key, "order": order})
+        # Only anchors a link can leave from (the others end every chain at once).
+        selects = [h for h in self._anchor_selects if self._single_links(h.inst)]
+        superlatives = [h for h in self._anchor_superlatives if self._single_links(h.inst)]
+        if superlatives and (rng.random() < self.cfg.p_superlative_anchor or not selects):
+            return dataclasses.replace(superlatives[int(rng.integers(len(superlatives)))])
+        if not selects:
+            raise Reject
+        return dataclasses.replace(selects[int(rng.integers(len(selects)))])
+
+    def _last_instance_hop(self, chain: list[HopSpec]) -> int:
+        return max(i for i, h in enumerate(chain) if h.inst)
+
+    def _links_from(self, anchor_id: str, other_id: str | None) -> tuple:
+        """(form, target id, params) of every clear instance-chain step from `anchor_id` (and, for
+        `between`, `other_id`) to an instance of another category that has several instances."""
+        return self._single_links(anchor_id) + (self._between_links(other_id, anchor_id) if other_id else ())
+
+    @functools.lru_cache(maxsize=None)
+    def _single_links(self, anchor_id: str) -> tuple:
+        """The relate and same-colour steps from one instance (see _links_from)."""
+        anchor = self.by_id[anchor_id]
+        out = []
+        for cat in sorted(self.by_cat):
+            if cat == anchor["category"] or len(self.by_cat[cat]) < 2:
+                continue
+            for relation in ("nearest", "farthest", *DIRECTIONS, "in_front_of", "behind"):
+                try:
+                    target = self._clear_relate(anchor, relation, cat)
+                except Reject:
+                    continue
+                if self._pick_matters(anchor, target, lambda alt: self._relate_from(alt, relation, cat)):
+                    out.append(("relate", target["id"], (("category", cat), ("relation", relation))))
+            target = self._unique({"category": cat, "color": anchor["attributes"]["color"]})
+            if target is not None and self._pick_matters(
+                    anchor, target, lambda alt: self.ex.op_select({}, {"category": cat, "color": self.by_id[alt]["attributes"]["color"]})):
+                out.append(("same_color", target["id"], (("category", cat),)))
+        return tuple(out)
+
+    @functools.lru_cache(maxsize=None)
+    def _between_links(self, other_id: str, anchor_id: str) -> tuple:
+        """The `between` steps from the segment other -> anchor (see _links_from)."""
+        anchor, other = self.by_id[anchor_id], self.by_id[other_id]
+        if other["category"] == anchor["category"]:
+            return ()
+        out = []
+        for cat in sorted(self.by_cat):
+            if cat in (anchor["category"], other["category"]) or len(self.by_cat[cat]) < 2:
+                continue
+            try:
+                target = self._clear_between(other, anchor, cat)
+            except Reject:
+                continue
+            if self._pick_matters(anchor, target, lambda alt: self.ex.op_between({}, other_id, alt, {"category": cat})):
+                out.append(("between", target["id"], (("category", cat),)))
+        return tuple(out)
+
+    def _relate_from(self, anchor_id: str, relation: str, category: str) -> str | None:
+        """What `relate` yields from anchor_id (None: no candidate or a tie), from the pairwise tables."""
+        a = self.index[anchor_id]
+        cands = [c for c in self.by_cat.get(category, []) if c["id"] != anchor_id]
+        if relation in DIRECTIONS:
+            angle = self._angle[relation][a]
+            cands = [c for c in cands if angle[self.index[c["id"]]] < 45.0]
+        elif relation == "in_front_of":
+            cands = [c for c in cands if occludes(c, self.by_id[anchor_id])]
+        elif relation == "behind":
+            cands = [c for c in cands if occludes(self.by_id[anchor_id], c)]
+        if not cands:
+            return None
+        dist = self._dist[a]
+        ds = sorted((dist[self.index[c["id"]]], c["id"]) for c in cands)
+        if relation == "farthest":
+            ds.reverse()
+        if len(ds) > 1 and ds[0][0] == ds[1][0]:
+            return None
+        return ds[0][1]
+
+    def _count_from(self, anchor_id: str, relation: str, category: str) -> int:
+        """What `count` with a direction yields from anchor_id, from the pairwise tables."""
+        angle = self._angle[relation][self.index[anchor_id]]
+        return sum(1 for c in self.by_cat.get(category, []) if c["id"] != anchor_id and angle[self.index[c["id"]]] < 45.0)
+
+    def _pick_matters(self, inst: dict, result: Any, step_from: Callable[[str], Any]) -> bool:
+        """A local counterfactual: a reader who took another instance of inst's category for `inst`
+        gets a different result from `step_from` (or none at all). The chain's full check
+        (counterfactual.py) decides; this only keeps hopeless chains from being composed."""
+        result = result["id"] if isinstance(result, dict) else result
+        for alt in self.by_cat[inst["category"]]:
+            if alt["id"] == inst["id"]:
+                continue
+            try:
+                if step_from(alt["id"]) == result:
+                    return False
+            except ProgramError:
+                pass
+        return True
+
+    def _link(self, chain: list[HopSpec], rng: np.random.Generator, towards_between: bool = False,
+              onward: bool = False) -> HopSpec:
+        """The next instance-chain hop. towards_between: when some targets would allow a `between`
+        hop next (between them and the current instance), pick among those; when the chain already has
+        two instances and a `between` is possible, take it. onward: another link follows, so only
+        targets with links of their own; otherwise only targets with value hops about them."""
+        named_cats = {self.by_id[h.inst]["category"] for h in chain if h.inst}
+        last = self._last_instance_hop(chain)
+        instance_hops = [i for i, h in enumerate(chain) if h.inst]
+        other = instance_hops[-2] if len(instance_hops) >= 2 else None
+        options = [o for o in self._links_from(chain[last].inst, chain[other].inst if other is not None else None)
+                   if self.by_id[o[1]]["category"] not in named_cats
+                   and not (o[0] == "same_color" and "color" in chain[last].known)]  # colour already in words
+        if onward:
+            options = [o for o in options if any(self.by_id[x[1]]["category"] not in named_cats | {self.by_id[o[1]]["category"]}
+                                                 for x in self._single_links(o[1]))]
+        else:
+            options = [o for o in options if self._values_about(o[1], frozenset({"color"}) if o[0] == "same_color" else frozenset(), False)]
         if not options:
             raise Reject
-        return options[int(rng.integers(len(options)))]
+        if towards_between:
+            if any(o[0] == "between" for o in options):
+                options = [o for o in options if o[0] == "between"]
+            else:
+                leading = [o for o in options if o[0] != "same_color" and any(
+                    x[0] == "between" and self.by_id[x[1]]["category"] not in named_cats | {self.by_id[o[1]]["category"]}
+                    for x in self._between_links(chain[last].inst, o[1]))]
+                options = leading or options
+        # A form first, then a relation, then a target: between and occlusion are not crowded out.
+        forms = sorted({o[0] for o in options})
+        weights = np.array([LINK_FORM_WEIGHTS[f] for f in forms])
+        form = forms[int(rng.choice(len(forms), p=weights / weights.sum()))]
+        options = [o for o in options if o[0] == form]
+        if form == "relate":
+            relations = sorted({dict(o[2])["relation"] for o in options})
+            relation = relations[int(rng.integers(len(relations)))]
+            options = [o for o in options if dict(o[2])["relation"] == relation]
+        _, target, params = options[int(rng.integers(len(options)))]
+        params = dict(params)
+        if form == "between":
+            return HopSpec("between", "instance_chain", 2, target, target, uses=(other, last), params=params)
+        if form == "same_color":
+            return HopSpec("same_color", "instance_chain", 1, target, target, uses=(last,), params=params,
+                           known=frozenset({"color"}))
+        return HopSpec("relate", "instance_chain", 2, target, target, uses=(last,), params=params)
 
-    def _link(self, chain: list[HopSpec], rng: np.random.Generator) -> HopSpec:
-        named_cats = {self.by_id[h.inst]["category"] for h in chain if h.inst}
-        # Only categories with several instances: the target must be findable only through the chain.
-        free_cats = sorted(c for c in set(self.by_cat) - named_cats if len(self.by_cat[c]) > 1)
-        if not free_cats:
+    def _compare(self, chain: list[HopSpec], rng: np.random.Generator) -> HopSpec:
+        a_hop, b_hop = [i for i, h in enumerate(chain) if h.inst][-2:]
+        a, b = self.by_id[chain[a_hop].inst], self.by_id[chain[b_hop].inst]
+        if a["id"] in self.occluded or b["id"] in self.occluded:
             raise Reject
-        cat = str(rng.choice(free_cats))
-        last = len(chain) - 1
-        while chain[last].inst is None:
-            last -= 1
-        anchor = self.by_id[chain[last].inst]
-        instance_hops = [i for i, h in enumerate(chain) if h.inst]
-        kind = rng.choice(["relate", "same_color", "between"], p=[0.6, 0.2, 0.2])
-        if kind == "between" and len(instance_hops) >= 2:
-            other = instance_hops[-2]
-            target = self._clear_between(self.by_id[chain[other].inst], anchor, cat)
-            return HopSpec("between", "instance_chain", 2, target["id"], target["id"], uses=(other, last),
-                           params={"category": cat})
-        if kind == "same_color":
-            target = self._unique({"category": cat, "color": anchor["attributes"]["color"]})
-            if target is None:
-                raise Reject
-            return HopSpec("same_color", "instance_chain", 1, target["id"], target["id"], uses=(last,),
-                           params={"category": cat})
-        relation = str(rng.choice(RELATIONS))
-        target = self._clear_relate(anchor, relation, cat)
-        return HopSpec("relate", "instance_chain", 2, target["id"], target["id"], uses=(last,),
-                       params={"category": cat, "relation": relation})
+        if max(a["area"], b["area"]) < self.cfg.compare_area_ratio * min(a["area"], b["area"]):
+            raise Reject
+        order = str(rng.choice(["max", "min"]))
+        pick = a if (a["area"] > b["area"]) == (order == "max") else b
+        known = chain[a_hop if pick is a else b_hop].known
+        return HopSpec("compare", "perception", 2, pick["id"], pick["id"], uses=(a_hop, b_hop),
+                       params={"order": order}, known=known)
 
     def _value_options(self, chain: list[HopSpec], hop: int) -> list[HopSpec]:
         """Every clear value hop about the instance that hop `hop` established."""
-        inst = self.by_id[chain[hop].inst]
+        spec = chain[hop]
+        return [HopSpec(form, "perception", level, value, uses=(hop,), counted=counted, params=dict(params))
+                for form, level, value, counted, params in self._values_about(spec.inst, spec.known, spec.form == "compare")]
+
+    @functools.lru_cache(maxsize=None)
+    def _values_about(self, inst_id: str, known: frozenset, compared: bool) -> tuple:
+        """(form, level, value, counted ids, params) of every clear value hop about one instance that
+        re-asks nothing the words already give (`known`) and whose value a mistaken pick changes.
+        compared: the instance is named only as "the larger/smaller one", so Level-1 reads (whose
+        wording names its kind of part or text) are left out and no mistaken pick is checked here."""
+        inst = self.by_id[inst_id]
         cat, attrs = inst["category"], inst["attributes"]
-        how = chain[hop].params
+
+        def matters(value_of: Callable[[str], Any], value: Any) -> bool:
+            return compared or self._pick_matters(inst, value, value_of)
+
         options = []
-        chosen_by_parts = how.get("mode") == "part_count" or how.get("key") == "part_count"
-        chosen_by_number = how.get("mode") == "text" or how.get("key") == "number"
-        if attrs.get("part_count") is not None and not chosen_by_parts:
-            options.append(HopSpec("count_parts", "perception", 1, attrs["part_count"], uses=(hop,)))
-        if CATEGORIES[cat].text == "number" and not chosen_by_number:
-            options.append(HopSpec("read_number", "perception", 1, int(attrs["text"]), uses=(hop,)))
-        for op, value, counted, params in self._set_counts(inst["id"]):
-            options.append(HopSpec(op, "perception", 2, value, uses=(hop,), counted=counted, params=dict(params)))
-        return options
+        if not compared:
+            if attrs.get("part_count") is not None and "parts" not in known and matters(
+                    lambda alt: self.by_id[alt]["attributes"]["part_count"], attrs["part_count"]):
+                options.append(("count_parts", 1, attrs["part_count"], (), ()))
+            if CATEGORIES[cat].text == "number" and not {"number", "text"} & known and matters(
+                    lambda alt: int(self.by_id[alt]["attributes"]["text"]), int(attrs["text"])):
+                options.append(("read_number", 1, int(attrs["text"]), (), ()))
+            if CATEGORIES[cat].text == "word" and "text" not in known and matters(
+                    lambda alt: len(self.by_id[alt]["attributes"]["text"]), len(attrs["text"])):
+                options.append(("count_letters", 1, len(attrs["text"]), (), ()))
+        for form, value, counted, params in self._set_counts(inst_id):
+            if form == "count_same_color" and "color" in known:
+                continue
+            p = dict(params)
+            if form == "count_relative":
+                value_of = lambda alt, p=p: self._count_from(alt, p["relation"], p["category"])
+            else:
+                value_of = lambda alt, p=p: self.ex.op_count(
+                    {}, {"category": p["category"], "color": self.by_id[alt]["attributes"]["color"]})
+            if matters(value_of, value):
+                options.append((form, 2, value, counted, params))
+        return tuple(options)
 
     @functools.lru_cache(maxsize=None)
     def _set_counts(self, inst_id: str) -> tuple:
-        """(op, count, counted ids, params) of every clear Level-2 count about one instance."""
+        """(form, count, counted ids, params) of every clear Level-2 count about one instance."""
         inst = self.by_id[inst_id]
         out = []
         for other in sorted(set(self.by_cat) - {inst["category"]}):
@@ -294,36 +592,87 @@ class ChainComposer:
                 out.append(("count_relative", len(counted), tuple(c["id"] for c in counted),
                             (("category", other), ("relation", relation))))
             same = [c for c in self.by_cat[other] if c["attributes"]["color"] == inst["attributes"]["color"]]
-            if 1 <= len(same) <= self.cfg.max_count:
+            if self.cfg.min_count <= len(same) <= self.cfg.max_count and len(same) < len(self.by_cat[other]):
                 out.append(("count_same_color", len(same), tuple(c["id"] for c in same), (("category", other),)))
         return tuple(out)
 
     def _chain(self, rng: np.random.Generator) -> list[HopSpec]:
         chain = [self._anchor(rng)]
-        for _ in range(2 if rng.random() < self.cfg.p_two_links else 1):
-            chain.append(self._link(chain, rng))
+        towards_between = rng.random() < self.cfg.p_between
+        n_links = 2 if towards_between or rng.random() < self.cfg.p_two_links else 1
+        for k in range(n_links):
+            chain.append(self._link(chain, rng, towards_between, onward=k < n_links - 1))
+        if rng.random() < self.cfg.p_compare:
+            try:
+                chain.append(self._compare(chain, rng))
+            except Reject:
+                pass  # the two objects are too alike in size to compare: no compare hop
         last_inst = len(chain) - 1
+        # Set counts never count a category the chain names ("count the houses ..." after "the large
+        # house" leaves open whether that house counts, and "that house" after it whether it is one of them).
+        named_cats = {self.by_id[h.inst]["category"] for h in chain if h.inst}
         # The last found instance must matter: the first value hop is about it.
-        first = self._value_options(chain, last_inst)
+        first = [o for o in self._value_options(chain, last_inst) if o.params.get("category") not in named_cats]
         if not first:
             raise Reject
-        chain.append(_pick_by_op(first, rng))
-        if rng.random() < self.cfg.p_two_values:
-            pool = [o for h in range(last_inst + 1) for o in self._value_options(chain, h)
-                    if (o.op, o.uses, o.params) != (chain[-1].op, chain[-1].uses, chain[-1].params)]
+        chain.append(self._pick_value(first, chain, rng))
+        # SPEC: a Level-1 and a Level-2 perception hop; the second value hop supplies what is missing.
+        need = {(1, "perception"), (2, "perception")} - {(h.level, h.kind) for h in chain}
+        if need or rng.random() < self.cfg.p_two_values:
+            pool = [o for h in range(last_inst + 1) if chain[h].form != "compare" or h == last_inst
+                    for o in self._value_options(chain, h)
+                    if (o.form, o.uses, o.params) != (chain[-1].form, chain[-1].uses, chain[-1].params)
+                    and o.params.get("category") not in named_cats
+                    and (len(need) != 1 or (o.level, o.kind) in need)]
             if pool:
-                second = _pick_by_op(pool, rng)
+                second = self._pick_value(pool, chain, rng)
                 if rng.random() < self.cfg.p_combine:
                     second.combine = self._combine(chain[-1].value, second.value, len(chain) - 1, rng)
-                    second.value = _apply(second.combine, chain[-1].value, second.value)
+                    second.combined = _apply(second.combine, chain[-1].value, second.value)
                 chain.append(second)
         self._check_invariants(chain)
         return chain
 
+    def _pick_value(self, options: list[HopSpec], chain: list[HopSpec], rng: np.random.Generator) -> HopSpec:
+        """An option with weight (1 - share)^4 / (options of its form): forms are equally likely a
+        priori (plentiful set counts do not crowd out Level-1 reads and part counts), and a value its
+        kind has produced often so far (share) is avoided; this keeps e.g. "1" from dominating set
+        counts, so no blind prior per kind of value is worth much."""
+        per_form = collections.Counter(o.form for o in options)
+        kinds = self._balance.kinds if getattr(self, "_balance", None) is not None else {}
+
+        def share(o: HopSpec) -> float:
+            """How often this kind of value (its op and relation, any category) came out as o.value."""
+            kind = self._value_kind(o, chain)
+            seen = kinds.get((kind[0], None, kind[2]))
+            return seen[o.value] / sum(seen.values()) if seen else 0.0
+        weights = np.array([((1.0 - share(o)) ** 4 + 1e-3) / per_form[o.form] for o in options])
+        return options[int(rng.choice(len(options), p=weights / weights.sum()))]
+
+    def _value_kind(self, spec: HopSpec, chain: list[HopSpec]) -> tuple:
+        """The kind of a value hop as stats.blind_keys names it: (program op, category, how)."""
+        p = dict(spec.params)
+        if spec.form == "count_relative":
+            return ("count", p["category"], p["relation"])
+        if spec.form == "count_same_color":
+            return ("count", p["category"], "same_color")
+        subject = chain[spec.uses[0]]
+        return (spec.op, None if subject.form == "compare" else self.by_id[subject.inst]["category"], "")
+
     def _combine(self, first: int, second: int, first_hop: int, rng) -> tuple[str, int, bool]:
-        ops = ["add", "sub"] + (["mul"] if first <= 9 and second <= 9 else [])
-        op = str(rng.choice(ops))
-        return op, first_hop, (first >= second if op == "sub" else True)
+        """An arithmetic step that does real work (no product with 1, no difference of equal numbers),
+        the op whose result is the rarest answer so far (ties at random)."""
+        results = {"add": first + second}
+        if first != second:
+            results["sub"] = abs(first - second)
+        if min(first, second) >= 2 and first * second <= self.cfg.max_product:
+            results["mul"] = first * second
+        seen = self._balance.answers if getattr(self, "_balance", None) is not None else collections.Counter()
+        # Products of two readings are the hardest to guess blind, sums of two small counts the easiest.
+        cost = {op: seen[v] + COMBINE_PENALTY[op] for op, v in results.items()}
+        ops = sorted(op for op in results if cost[op] == min(cost.values()))
+        op = ops[int(rng.integers(len(ops)))]
+        return op, first_hop, (first > second if op == "sub" else True)
 
     def _check_invariants(self, chain: list[HopSpec]) -> None:
         kinds = {(h.kind, h.level) for h in chain}
@@ -348,6 +697,9 @@ class ChainComposer:
             return "select", {"filter": {"category": cat, "color": attrs["color"]}}, f"the {attrs['color']} {cat}"
         if CATEGORIES[cat].text == "word" and self._unique({"category": cat, "text": attrs["text"]}):
             return "select", {"filter": {"category": cat, "text": attrs["text"]}}, f'the {cat} that reads "{attrs["text"]}"'
+        if inst["id"] not in self.occluded and self._unique({"category": cat, "size": attrs["size"]}):
+            return ("select", {"filter": {"category": cat, "size": attrs["size"]}},
+                    f"the {phrasing.SIZE_WORDS[attrs['size']]} {cat}")
         for key, order in phrasing.SUPERLATIVE_WORDS:
             try:
                 best = self._clear_superlative(cat, key, order)
@@ -366,7 +718,7 @@ class ChainComposer:
         r = _Realizer(self, chain, range(start, n), rng)
         for h in range(start, n):
             r.emit(h)
-        program = {"steps": r.steps, "output": r.hop_step[n - 1]}
+        program = {"steps": r.steps, "output": r.out_step[n - 1]}
         try:
             answer, env = self.ex.run(program)
         except ProgramError as e:  # a composer bug, never a scene property: fail loudly
@@ -375,17 +727,22 @@ class ChainComposer:
         for new_index, h in enumerate(range(start, n)):
             spec, value = chain[h], env[r.hop_step[h]]
             if variant == "full" and value != spec.value:
-                raise AssertionError(f"hop {h} ({spec.op}) executes to {value!r}, composed as {spec.value!r}")
+                raise AssertionError(f"hop {h} ({spec.form}) executes to {value!r}, composed as {spec.value!r}")
+            combine = None
+            if r.combined[h]:
+                if variant == "full" and env[r.out_step[h]] != spec.combined:
+                    raise AssertionError(f"hop {h} combines to {env[r.out_step[h]]!r}, composed as {spec.combined!r}")
+                combine = {"op": spec.combine[0], "with_hop": spec.combine[1] - start, "value": env[r.out_step[h]]}
             depends = sorted({d - start for d in spec.uses + ((spec.combine[1],) if r.combined[h] else ())
                               if d >= start})
             if new_index > 0 and not depends:
                 raise Reject  # this cut of the chain would leave a hop hanging on nothing
             hops.append({"index": new_index, "kind": spec.kind, "level": spec.level, "op": spec.op,
                          "instance_ids": spec.instance_ids(chain), "depends_on": depends,
-                         "text": r.sentences[h], "value": value})
+                         "text": r.sentences[h], "value": value, "combine": combine})
         rationale = " ".join(f"Step {i + 1}: {r.sentences[h]} {r.explain[h](env)}" for i, h in enumerate(range(start, n)))
         rationale += f" The answer is \\boxed{{{answer}}}."
-        return RealizedQuery(variant, hops, program, " ".join(r.question_parts), int(answer), rationale)
+        return RealizedQuery(variant, hops, program, " ".join(r.question_parts), int(answer), rationale, env)
 
     def describe(self, inst_id: str) -> str:
         inst = self.by_id[inst_id]
@@ -393,13 +750,65 @@ class ChainComposer:
         return f"the {inst['attributes']['color']} {inst['category']} in the {phrasing.region_words(cx, cy, self.width, self.height)}"
 
 
-def _pick_by_op(options: list[HopSpec], rng: np.random.Generator) -> HopSpec:
-    """Pick an op uniformly, then one of its options, so plentiful set counts do not crowd out
-    Level-1 reads and part counts."""
-    ops = sorted({o.op for o in options})
-    op = ops[int(rng.integers(len(ops)))]
-    same = [o for o in options if o.op == op]
-    return same[int(rng.integers(len(same)))]
+class AnswerBalance:
+    """Running histograms of kept full chains: their answers and, per kind of value step (program op,
+    category, relation as stats.blind_keys names it), the values those steps produced.
+
+    A candidate's score is (blind, spread): blind is 1 when the text-only rule of stats.py, with the
+    priors seen so far, would answer it without the image (such a query is trivially easy: the paper's
+    calibration drops queries a weaker model always solves, for the same reason); spread is the count
+    of its answer plus the mean count of its step values. The lowest score is kept first, which
+    flattens both the answers and what a blind rule could learn about each kind of value."""
+
+    def __init__(self):
+        self.answers: collections.Counter = collections.Counter()
+        self.values: collections.Counter = collections.Counter()  # (kind, value) -> count
+        self.kinds: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
+
+    @staticmethod
+    def _value_keys(query: RealizedQuery) -> list[tuple]:
+        said = blind_keys(query.program)
+        return [(key, query.step_values[sid]) for sid, key in said.items() if isinstance(key, tuple)]
+
+    def blind_guesses(self, query: RealizedQuery, top: int = 2) -> set:
+        """The answers the text-only rule of stats.py would give if each value step took any of the
+        `top` most common values of its kind seen so far (a kind seen fewer than 3 times borrows the
+        values of its op and relation over all categories, so the rule is as strong early in a batch
+        as over a whole dataset). A chain whose answer is among them is guessable without the image."""
+        said = blind_keys(query.program)
+        steps = [sid for sid, kind in said.items() if isinstance(kind, tuple)]
+        choices = []
+        for sid in steps:
+            kind = said[sid]
+            seen = self.kinds.get(kind)
+            if not seen or sum(seen.values()) < 3:
+                seen = self.kinds.get((kind[0], None, kind[2]))
+            ranked = [v for v, _ in sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))][:top] if seen else [1]
+            choices.append(ranked)
+        guesses = set()
+        for values in itertools.product(*choices):
+            pick = dict(zip(steps, values))
+            guesses.add(blind_guess(query.program, said, pick.__getitem__))
+        return guesses
+
+    def score(self, query: RealizedQuery) -> tuple[int, float]:
+        keys = self._value_keys(query)
+        spread = self.answers[query.answer] + (sum(self.values[k] for k in keys) / len(keys) if keys else 0.0)
+        return int(query.answer in self.blind_guesses(query, top=1)), spread
+
+    def over_cap(self, query: RealizedQuery, max_share: float, slack: int = 3) -> bool:
+        """Keeping `query` would give its answer more than `max_share` of the kept chains plus `slack`
+        (the slack lets the first chains of a batch in; it weighs less as the batch grows)."""
+        total = sum(self.answers.values())
+        return self.answers[query.answer] + 1 > max_share * (total + 1) + slack
+
+    def add(self, query: RealizedQuery) -> None:
+        self.answers[query.answer] += 1
+        for key, value in self._value_keys(query):
+            self.values[key, value] += 1
+            self.kinds[key][value] += 1
+            if key[1] is not None:
+                self.kinds[key[0], None, key[2]][value] += 1
 
 
 def _apply(combine: tuple[str, int, bool], first: int, second: int) -> int:
@@ -418,7 +827,8 @@ class _Realizer:
     def __init__(self, composer: ChainComposer, chain: list[HopSpec], kept: range, rng: np.random.Generator):
         self.c, self.chain, self.kept, self.rng = composer, chain, kept, rng
         self.steps: list[dict] = []
-        self.hop_step: dict[int, str] = {}
+        self.hop_step: dict[int, str] = {}  # hop -> step holding the hop's own result
+        self.out_step: dict[int, str] = {}  # hop -> step holding its result after `combine`
         self.direct: dict[str, str] = {}
         self.sentences: dict[int, str] = {}
         self.explain: dict[int, Callable[[dict], str]] = {}
@@ -437,6 +847,8 @@ class _Realizer:
         cat = self.c.by_id[inst_id]["category"]
         self.ref_phrase = f"that {cat}"
         if hop in self.kept:
+            if self.chain[hop].form == "compare":
+                self.ref_phrase = "the " + ("larger" if self.chain[hop].params["order"] == "max" else "smaller") + " one"
             return {"ref": self.hop_step[hop]}, self.ref_phrase
         if inst_id in self.direct:
             return {"ref": self.direct[inst_id]}, self.ref_phrase
@@ -450,33 +862,34 @@ class _Realizer:
         return text[0].upper() + text[1:]
 
     def emit(self, h: int) -> None:
-        spec, c = self.chain[h], self.c
+        spec = self.chain[h]
         self._hop = h - self.kept.start
         self._cur = h
         p = spec.params
         is_last = h == self.kept.stop - 1
-        sentence, explain = getattr(self, f"_emit_{spec.op}")(spec, p)
+        sentence, explain = getattr(self, f"_emit_{spec.form}")(spec, p)
+        self.out_step[h] = self.hop_step[h]
         self.combined[h] = False
         question = sentence
         if spec.combine is not None and spec.combine[1] in self.kept:
             op, other, first_is_a = spec.combine
-            first, second = {"ref": self.hop_step[other]}, {"ref": self.hop_step[h]}
+            first, second = {"ref": self.out_step[other]}, {"ref": self.hop_step[h]}
             a, b = (first, second) if first_is_a else (second, first)
-            self.hop_step[h] = self.step(op, {"a": a, "b": b})
+            self.out_step[h] = self.step(op, {"a": a, "b": b})
             self.combined[h] = True
             key = op if op != "sub" else ("sub_first_minus_second" if first_is_a else "sub_second_minus_first")
             question = f"{sentence} {phrasing.choose(phrasing.COMBINE[key], self.rng)}"
             symbol = {"add": "+", "sub": "-", "mul": "×"}[op]
-            inner = explain
+            inner, out = explain, self.out_step[h]
             explain = lambda env, inner=inner: (
-                f"{inner(env)} Combining the two numbers: {env[a['ref']]} {symbol} {env[b['ref']]} = {env[self.hop_step[h]]}.")
-        elif is_last and spec.op in phrasing.QUESTIONS:
+                f"{inner(env)} Combining the two numbers: {env[a['ref']]} {symbol} {env[b['ref']]} = {env[out]}.")
+        elif is_last and spec.form in phrasing.QUESTIONS:
             question = self._question(spec, p)
         self.sentences[h] = sentence
         self.explain[h] = explain
         self.question_parts.append(question)
 
-    # -- one emitter per hop op; each returns (sentence, explain(env) -> rationale text) -------------
+    # -- one emitter per hop form; each returns (sentence, explain(env) -> rationale text) -----------
     def _found(self, h_value_step: str) -> Callable[[dict], str]:
         return lambda env: f"It is {self.c.describe(env[h_value_step])}."
 
@@ -487,6 +900,8 @@ class _Realizer:
             s = self._t("select_text_word" if CATEGORIES[cat].text == "word" else "select_text_number", text=f["text"])
         elif p["mode"] == "part_count":
             s = self._t("select_part_count", cat=cat, n=f["part_count"], parts=phrasing.parts_word(cat, f["part_count"]))
+        elif p["mode"] == "size":
+            s = self._t("select_size", cat=cat, cats=phrasing.plural(cat), size=phrasing.SIZE_WORDS[f["size"]])
         else:
             s = self._t("select_color", cat=cat, color=f["color"])
         sid = self.hop_step[self._cur] = self.step("select", {"filter": dict(f)})
@@ -508,10 +923,10 @@ class _Realizer:
     def _emit_relate(self, spec, p):
         arg, ref = self.ref(spec.uses[0])
         cat, rel = p["category"], p["relation"]
-        if rel == "nearest":
-            s = self._t("relate_nearest", cat=cat, ref=ref)
-        else:
+        if rel in DIRECTIONS:
             s = self._t("relate_direction", cat=cat, cats=phrasing.plural(cat), ref=ref, rel=phrasing.RELATION_WORDS[rel])
+        else:
+            s = self._t(f"relate_{rel}", cat=cat, cats=phrasing.plural(cat), ref=ref)
         sid = self.hop_step[self._cur] = self.step(
             "relate", {"anchor": arg, "relation": rel, "filter": {"category": cat}})
         return s, self._found(sid)
@@ -523,6 +938,15 @@ class _Realizer:
         sid = self.hop_step[self._cur] = self.step(
             "between", {"a": arg_a, "b": arg_b, "filter": {"category": p["category"]}})
         return s, self._found(sid)
+
+    def _emit_compare(self, spec, p):
+        arg_a, ref_a = self.ref(spec.uses[0])
+        arg_b, ref_b = self.ref(spec.uses[1])
+        bigger = "larger" if p["order"] == "max" else "smaller"
+        s = self._t("compare_area", ref_a=ref_a, ref_b=ref_b, bigger=bigger)
+        sid = self.hop_step[self._cur] = self.step(
+            "compare", {"a": arg_a, "b": arg_b, "key": "area", "order": p["order"]})
+        return s, lambda env: f"The {bigger} one is {self.c.describe(env[sid])}."
 
     def _emit_same_color(self, spec, p):
         arg, ref = self.ref(spec.uses[0])
@@ -545,6 +969,13 @@ class _Realizer:
         sid = self.hop_step[self._cur] = self.step("read_number", {"instance": arg})
         return s, lambda env: f"It shows {env[sid]}."
 
+    def _emit_count_letters(self, spec, p):
+        arg, ref = self.ref(spec.uses[0])
+        s = self._t("count_letters", ref=ref)
+        sid = self.hop_step[self._cur] = self.step("count_letters", {"instance": arg})
+        word = self.c.by_id[self.chain[spec.uses[0]].inst]["attributes"]["text"]
+        return s, lambda env: f'The word is "{word}", which has {env[sid]} letters.'
+
     def _counted(self, spec) -> str:
         return ", ".join(self.c.describe(i) for i in spec.counted)
 
@@ -566,14 +997,14 @@ class _Realizer:
 
     def _question(self, spec, p) -> str:
         ref = self.ref_phrase  # the phrase the hop's own sentence used for its object
-        if spec.op in ("count_parts",):
+        if spec.form == "count_parts":
             cat = self.c.by_id[self.chain[spec.uses[0]].inst]["category"]
             fmt = {"parts": phrasing.parts_word(cat), "ref": ref}
-        elif spec.op == "read_number":
+        elif spec.form in ("read_number", "count_letters"):
             fmt = {"ref": ref}
-        elif spec.op == "count_relative":
+        elif spec.form == "count_relative":
             fmt = {"cats": phrasing.plural(p["category"]), "rel": phrasing.RELATION_WORDS[p["relation"]], "ref": ref}
         else:
             fmt = {"cats": phrasing.plural(p["category"]), "ref": ref}
-        q = phrasing.choose(phrasing.QUESTIONS[spec.op], self.rng).format(**fmt)
+        q = phrasing.choose(phrasing.QUESTIONS[spec.form], self.rng).format(**fmt)
         return q[0].upper() + q[1:]

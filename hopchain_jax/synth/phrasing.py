@@ -9,12 +9,16 @@ import numpy as np
 
 from hopchain_jax.world.catalog import CATEGORIES
 
+# Directions are cones around the stated direction (program.py); "directly" tells the reader so, and the
+# composer keeps every object of the asked category well inside or well outside the cone.
 RELATION_WORDS = {
-    "left_of": "to the left of",
-    "right_of": "to the right of",
-    "above": "above",
-    "below": "below",
+    "left_of": "directly to the left of",
+    "right_of": "directly to the right of",
+    "above": "directly above",
+    "below": "directly below",
 }
+
+SIZE_WORDS = {"small": "small", "medium": "medium-sized", "large": "large"}
 
 SUPERLATIVE_WORDS = {
     ("area", "max"): "largest", ("area", "min"): "smallest",
@@ -31,6 +35,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "select_part_count": ("Find the {cat} with exactly {n} {parts}.", "Locate the {cat} that has {n} {parts}.",
                           "Look for the {cat} showing {n} {parts}."),
     "select_color": ("Find the {color} {cat}.", "Look at the {color} {cat}.", "Locate the {color} {cat}."),
+    "select_size": ("Find the {size} {cat}.", "Look at the {size} {cat}.", "Among the {cats}, pick the {size} one."),
     "superlative_position": ("Find the {sup} {cat}.", "Look at the {sup} {cat} in the image.",
                              "Locate the {sup} {cat}."),
     "superlative_value": ("Find the {cat} with the {most} {parts}.", "Look for the {cat} that has the {most} {parts}.",
@@ -39,6 +44,14 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
                            "Look for the card whose number is the {most}."),
     "relate_nearest": ("Find the {cat} closest to {ref}.", "Look at the {cat} nearest to {ref}.",
                        "Move from {ref} to the {cat} closest to it."),
+    "relate_farthest": ("Find the {cat} farthest from {ref}.", "Look at the {cat} that is farthest away from {ref}.",
+                        "Among the {cats}, take the one farthest from {ref}."),
+    "relate_in_front_of": ("Find the {cat} that partly covers {ref}.", "Look at the {cat} lying in front of {ref}, hiding part of it.",
+                           "Locate the {cat} that overlaps {ref} from the front."),
+    "relate_behind": ("Find the {cat} partly covered by {ref}.", "Look at the {cat} lying behind {ref}, partly hidden by it.",
+                      "Locate the {cat} partly hidden behind {ref}."),
+    "compare_area": ("Of {ref_a} and {ref_b}, take the {bigger} one.", "Compare {ref_a} with {ref_b} and keep the {bigger} of the two.",
+                     "Which is {bigger}, {ref_a} or {ref_b}? Take that one."),
     "relate_direction": ("Find the {cat} nearest to {ref} among those {rel} it.",
                          "Among the {cats} {rel} {ref}, take the one closest to it.",
                          "Look {rel} {ref} and find the nearest {cat} there."),
@@ -48,7 +61,9 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "same_color": ("Find the {cat} that has the same colour as {ref}.", "Look at the {cat} whose colour matches {ref}.",
                    "Locate the {cat} painted in the same colour as {ref}."),
     "count_parts": ("Count the {parts} on {ref}.", "Count how many {parts} {ref} has.", "Note the number of {parts} on {ref}."),
-    "read_number": ("Read the number on {ref}.", "Note the number written on {ref}.", "Read off the number that {ref} shows."),
+    "read_number": ("Read the number on {ref}.", "Note the number written on {ref}.", "Read off the number shown on {ref}."),
+    "count_letters": ("Count the letters of the word on {ref}.", "Read the word on {ref} and count its letters.",
+                      "Note how many letters the word on {ref} has."),
     "count_relative": ("Count the {cats} {rel} {ref}.", "Count how many {cats} are {rel} {ref}.",
                        "Note how many {cats} there are {rel} {ref}."),
     "count_same_color": ("Count the {cats} that have the same colour as {ref}.",
@@ -60,6 +75,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 QUESTIONS: dict[str, tuple[str, ...]] = {
     "count_parts": ("How many {parts} does {ref} have?", "What is the number of {parts} on {ref}?"),
     "read_number": ("What number is written on {ref}?", "Which number does {ref} show?"),
+    "count_letters": ("How many letters does the word on {ref} have?", "What is the number of letters in the word on {ref}?"),
     "count_relative": ("How many {cats} are {rel} {ref}?", "What is the number of {cats} {rel} {ref}?"),
     "count_same_color": ("How many {cats} have the same colour as {ref}?",
                          "What is the number of {cats} sharing the colour of {ref}?"),

@@ -21,8 +21,10 @@ import tqdm
 
 import hopchain_jax
 from hopchain_jax.data import store
-from hopchain_jax.synth.composer import ComposerConfig
+from hopchain_jax.data.store import HopChainDataset
+from hopchain_jax.synth.composer import AnswerBalance, ComposerConfig
 from hopchain_jax.synth.record import build_record
+from hopchain_jax.synth.stats import blind_baselines
 from hopchain_jax.synth.stages import (ChainQueryComposer, ImageInput, OracleCategoryIdentifier, OracleSegmenter,
                                        ProgramVerifier)
 from hopchain_jax.world.render import render_scene
@@ -35,13 +37,15 @@ MIN_INSTANCES = 3
 class SynthConfig:
     """Everything that determines a synthesized dataset.
 
-    seed: base seed; num_images: scenes to render; images_per_shard: scenes per atomic shard.
+    seed: base seed; num_images: scenes to render; images_per_shard: scenes per atomic shard, which is
+    also the window over which answers are balanced (composer.AnswerBalance): larger shards balance
+    better, smaller ones spread over more workers.
     Run: `hopchain synth --out DIR [--num-images N] [--seed S] [--workers W]`.
     """
 
     seed: int = 0
     num_images: int = 240
-    images_per_shard: int = 16
+    images_per_shard: int = 48
     scene: SceneConfig = SceneConfig()
     composer: ComposerConfig = ComposerConfig()
 
@@ -78,6 +82,7 @@ def synthesize_shard(config: SynthConfig, shard_index: int) -> tuple[list, list,
               "verification": verify.name}
     images, labels, records = [], [], []
     stats = _empty_stats()
+    balance = AnswerBalance()  # what was kept so far: the composer keeps the rarest answers and values
     first = shard_index * config.images_per_shard
     for image_index in range(first, min(first + config.images_per_shard, config.num_images)):
         seed = scene_seed(config, image_index)
@@ -88,7 +93,7 @@ def synthesize_shard(config: SynthConfig, shard_index: int) -> tuple[list, list,
         if len(seg.instances) < MIN_INSTANCES:
             stats["skipped"][f"fewer than {MIN_INSTANCES} instances"] += 1
             continue
-        queries = compose.compose(image, seg.instances, np.random.default_rng([seed, 2]))
+        queries = compose.compose(image, seg.instances, np.random.default_rng([seed, 2]), balance)
         if not queries:
             stats["skipped"]["no clear chain found"] += 1
             continue
@@ -113,8 +118,9 @@ def synthesize_shard(config: SynthConfig, shard_index: int) -> tuple[list, list,
                     stats["queries"][rec["variant"]] += 1
                     if rec["variant"] == "full":
                         stats["hops"][str(len(rec["hops"]))] += 1
-                        for hop in rec["hops"]:
-                            stats["ops"][hop["op"]] += 1
+                        stats["answers"][str(rec["answer"])] += 1
+                        for step in rec["program"]["steps"]:
+                            stats["ops"][step["op"]] += 1
         if kept:
             images.append(rendered.image)
             labels.append(seg.labels)
@@ -125,15 +131,16 @@ def synthesize_shard(config: SynthConfig, shard_index: int) -> tuple[list, list,
 
 def _empty_stats() -> dict:
     return {"images_seen": 0, "skipped": collections.Counter(), "rejected": collections.Counter(),
-            "queries": collections.Counter(), "hops": collections.Counter(), "ops": collections.Counter()}
+            "queries": collections.Counter(), "hops": collections.Counter(), "ops": collections.Counter(),
+            "answers": collections.Counter()}
 
 
 def merge_stats(parts: Iterable[dict]) -> dict:
     total = _empty_stats()
     for part in parts:
         total["images_seen"] += part["images_seen"]
-        for key in ("skipped", "rejected", "queries", "hops", "ops"):
-            total[key].update(part[key])
+        for key in ("skipped", "rejected", "queries", "hops", "ops", "answers"):
+            total[key].update(part.get(key, {}))
     return total
 
 
@@ -151,7 +158,7 @@ def prepare_output(root: str | os.PathLike, config: SynthConfig) -> None:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "config.json"
-    wanted = config.to_json()
+    wanted = json.loads(json.dumps(config.to_json()))  # tuples -> lists, as read back from the file
     if path.exists():
         have = json.loads(path.read_text())
         if have != wanted:
@@ -199,17 +206,36 @@ def run_synthesis(root: str | os.PathLike, config: SynthConfig, workers: int = 0
     all_stats = merge_stats(json.loads((p / "shard.json").read_text())["stats"]
                             for _, p in sorted(store.committed_shards(root).items()))
     made = merge_stats(new_stats)
+    answers = all_stats["answers"]
+    full_total = sum(answers.values())
+    top = answers.most_common(1)[0] if answers else (None, 0)
     return {
         "out": str(root), "shards": config.num_shards, "shards_resumed": len(done), "partial_shards_removed": cleaned,
         "images_seen": all_stats["images_seen"], "skipped": dict(all_stats["skipped"]),
         "rejected": dict(all_stats["rejected"]), "queries": dict(all_stats["queries"]),
         "hops": dict(sorted(all_stats["hops"].items())), "ops": dict(all_stats["ops"].most_common()),
+        "answers": dict(sorted(answers.items(), key=lambda kv: int(kv[0]))),
+        "most_common_answer": {"answer": None if top[0] is None else int(top[0]),
+                               "share": round(top[1] / full_total, 4) if full_total else None},
+        "blind": blind_baselines(HopChainDataset(root).records()),
         "this_run": {"images": made["images_seen"], "records": sum(made["queries"].values()),
                      "full_queries": made["queries"].get("full", 0), "seconds": round(elapsed, 2),
                      "full_queries_per_s": round(made["queries"].get("full", 0) / elapsed, 1) if elapsed else None,
                      "records_per_s": round(sum(made["queries"].values()) / elapsed, 1) if elapsed else None,
                      "workers": workers},
     }
+
+
+def _histogram_line(answers: dict) -> str:
+    """'0-4: 12%, 5-9: 20%, ...' over buckets of 5, then the largest answer."""
+    total = sum(answers.values())
+    if not total:
+        return "none"
+    buckets = collections.Counter()
+    for answer, n in answers.items():
+        buckets[int(answer) // 5] += n
+    parts = [f"{5 * b}-{5 * b + 4}: {n / total:.0%}" for b, n in sorted(buckets.items())]
+    return ", ".join(parts) + f" (max {max(int(a) for a in answers)})"
 
 
 def format_summary(summary: dict) -> str:
@@ -221,8 +247,15 @@ def format_summary(summary: dict) -> str:
         + "".join(f"\n  - {why}: {n}" for why, n in summary["skipped"].items()),
         "queries per variant: " + ", ".join(f"{v}={summary['queries'].get(v, 0)}" for v in ("full", "half", "single")),
         "hops per full chain: " + ", ".join(f"{k} hops: {v}" for k, v in summary["hops"].items()),
-        "hop ops (full chains): " + ", ".join(f"{k}={v}" for k, v in summary["ops"].items()),
+        "program ops (full chains): " + ", ".join(f"{k}={v}" for k, v in summary["ops"].items()),
+        "full-chain answers: " + _histogram_line(summary["answers"]),
     ]
+    blind = summary["blind"]
+    if blind["queries"]:
+        top = summary["most_common_answer"]
+        lines.append(f"blind baselines on full queries (no image): most common answer ({top['answer']}) "
+                     f"{blind['most_common']:.1%}, text-only rule {blind['text_only']:.1%} "
+                     f"(goal: <= 10% and <= 15%; rule: {blind['text_only_rule']})")
     if summary["rejected"]:
         lines.append("rejected by verification: " + ", ".join(f"{k}={v}" for k, v in summary["rejected"].items()))
     lines.append(f"this run: {run['images']} images, {run['full_queries']} full-chain queries "

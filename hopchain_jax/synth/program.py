@@ -5,26 +5,35 @@ answer. (docs/op_set.md points here.)
 
 Inputs
 ------
-A program runs against the record it belongs to (schema v1):
+A program runs against the record it belongs to (schema v2):
   * ``record["image"]["width"]``, ``record["image"]["height"]``: image size W, H in pixels.
   * ``record["instances"]``: list of instances, each
     ``{"id": str, "category": str, "bbox": [x0, y0, x1, y1], "area": int, "score": float,
        "attributes": {"color": str, "size": "small"|"medium"|"large", "text": str|null,
-                      "part": str|null, "part_count": int|null}}``
-    ``bbox`` holds integers in 0..1000: x scaled by 1000/W, y by 1000/H. ``area`` is the mask's pixel
-    count. ``part`` names the countable part ("dots", "eyes", "petals", "pips", "windows", "points").
+                      "part": str|null, "part_count": int|null},
+       "occludes": [instance id, ...]}``
+    ``bbox`` holds integers in 0..1000: x scaled by 1000/W, y by 1000/H, origin at the top-left corner
+    (``record["box_convention"]`` says the same in words). ``area`` is the pixel count of the instance's
+    visible mask. ``part`` names the countable part ("dots", "eyes", "petals", "pips", "windows",
+    "points"). ``occludes`` lists the instances this one is in front of (it hides part of each of them);
+    a missing ``occludes`` means the empty list.
 
 Geometry (always in pixels)
 ---------------------------
   center(i) = ((x0 + x1) / 2 * W / 1000, (y0 + y1) / 2 * H / 1000)
   dist(i, j) = Euclidean distance between center(i) and center(j)
 Image y grows downwards, so "above" means a smaller center y.
-Directional predicates, for a candidate c and an anchor a (cx, cy = center coordinates):
-  left_of: cx(c) < cx(a)    right_of: cx(c) > cx(a)    above: cy(c) < cy(a)    below: cy(c) > cy(a)
+Directional predicates are cones of half-angle 45 degrees around the stated direction. For a candidate
+c and an anchor a, let dx = cx(c) - cx(a) and dy = cy(c) - cy(a) (center coordinates); then
+  left_of: -dx > |dy|    right_of: dx > |dy|    above: -dy > |dx|    below: dy > |dx|
+(strict inequalities: a candidate exactly on a cone's edge, or at the anchor's center, is in no cone).
+Occlusion predicates, for a candidate c and an anchor a:
+  in_front_of: a's id is in c's ``occludes``      behind: c's id is in a's ``occludes``
 Between predicate for c and two instances a, b: with p = center(c), A = center(a), B = center(b),
   L = |B - A|, t = (p - A)·(B - A) / L², d = distance from p to the segment's line = |cross(B - A, p - A)| / L;
   c is between a and b  iff  0.1 <= t <= 0.9  and  d <= 0.3 * L  (a and b sharing a center is an error).
-Comparisons are exact float comparisons on these formulas; a "tie" means exactly equal values.
+Comparisons are exact float comparisons on these formulas (dist as Python's math.hypot); a "tie" means
+exactly equal values. Composed programs keep clear margins, so no stored answer hinges on the last bit.
 
 Program
 -------
@@ -39,22 +48,25 @@ stored program produces an integer, the record's answer.
 Filter: a dict whose keys are all optional; an instance matches when every given key matches:
   "category": str          instance.category == value
   "color": str | ref       attributes.color == value (a ref must produce a colour string)
-  "size": str              attributes.size == value
+  "size": str | ref        attributes.size == value (a ref must produce a size string)
   "text": str              attributes.text == value
   "part_count": int        attributes.part_count == value
   "exclude": [ref, ...]    instance is none of these instances
-Only "color" and the items of "exclude" may be refs; the other values are literals. Any other key is
-an error.
+Only "color", "size" and the items of "exclude" may be refs; the other values are literals. Any other
+key is an error.
 
 Ops (every "must" that fails is an execution error; the program is then invalid):
   select      {filter}                     -> instance: the instances matching filter; there must be
                                               exactly one, which is the result.
   relate      {anchor, relation, filter}   -> instance: candidates = instances matching filter, not the
-                                              anchor, and (unless relation == "nearest") satisfying the
-                                              directional predicate `relation` w.r.t. the anchor
-                                              (relation in nearest | left_of | right_of | above | below).
-                                              Result: the candidate with the smallest dist to the anchor;
-                                              there must be at least one candidate and no tie for smallest.
+                                              anchor, and satisfying `relation` w.r.t. the anchor.
+                                              relation "nearest" and "farthest" keep every candidate;
+                                              left_of | right_of | above | below keep those in the
+                                              direction's cone; in_front_of | behind keep those the
+                                              occlusion predicate accepts. There must be at least one
+                                              candidate. Result: the candidate with the largest dist to
+                                              the anchor for "farthest", otherwise the one with the
+                                              smallest dist; no tie for that extreme is allowed.
   between     {a, b, filter}               -> instance: the instances matching filter, other than a and b,
                                               that are between a and b; there must be exactly one.
   superlative {filter, key, order}         -> instance: among instances matching filter (at least one),
@@ -64,24 +76,32 @@ Ops (every "must" that fails is an execution error; the program is then invalid)
                                               (attributes.part_count), "number" (int of
                                               attributes.text). Instances without a key value (null
                                               part_count; text null or not digits) are left out.
+  compare     {a, b, key, order}           -> instance: of the two instances a and b (they must differ),
+                                              the one with the larger (order "max") or smaller ("min")
+                                              key, keys as for superlative; both must have a key value
+                                              and the values must differ.
   attribute   {instance, name}             -> str: attributes[name], name in color | size.
   count_parts {instance}                   -> int: attributes.part_count (must not be null).
   read_number {instance}                   -> int: int(attributes.text); text must be one or more
                                               ASCII digits 0-9.
+  count_letters {instance}                 -> int: the number of characters of attributes.text, which
+                                              must be one or more ASCII letters A-Z / a-z.
   count       {filter, relation?, anchor?} -> int: number of instances matching filter; when relation
-                                              (left_of | right_of | above | below; not "nearest") is
-                                              given, anchor is required and only instances that are
-                                              not the anchor and satisfy the predicate w.r.t. anchor
-                                              count.
+                                              (left_of | right_of | above | below | in_front_of |
+                                              behind; not "nearest" or "farthest") is given, anchor is
+                                              required and only instances that are not the anchor and
+                                              satisfy the relation w.r.t. the anchor count. relation
+                                              and anchor come together: one without the other is an
+                                              error.
   add {a, b} -> a + b     sub {a, b} -> a - b     mul {a, b} -> a * b     (integers)
 
 A malformed program is an execution error too: an unknown op, missing or unexpected arguments, an
 unknown relation/key/order/attribute name, a duplicate step id, a ref to an unknown or later step, or
 an output naming no step.
 
-Not part of execution: each record's ``hops[].op`` names the reasoning step in words of the chain
-(select, superlative, relate, between, same_color, count_parts, read_number, count_relative,
-count_same_color); the program steps tagged with that hop carry the executable ops.
+Not part of execution: each record's ``hops[].op`` is the op of the hop's main program step (one of
+the op names above); the hop's ``combine`` names the arithmetic step, if any, that joins its value with
+an earlier hop's. The program steps tagged with a hop carry everything the hop executes.
 """
 from __future__ import annotations
 
@@ -89,7 +109,11 @@ import math
 from typing import Any, Callable, Mapping, Sequence
 
 DIRECTIONS = ("left_of", "right_of", "above", "below")
-RELATIONS = ("nearest",) + DIRECTIONS
+OCCLUSIONS = ("in_front_of", "behind")
+RELATIONS = ("nearest", "farthest") + DIRECTIONS + OCCLUSIONS
+COUNT_RELATIONS = DIRECTIONS + OCCLUSIONS
+# Unit vector of each direction in image coordinates (y grows downwards).
+DIRECTION_AXES = {"left_of": (-1.0, 0.0), "right_of": (1.0, 0.0), "above": (0.0, -1.0), "below": (0.0, 1.0)}
 SUPERLATIVE_KEYS = ("area", "center_x", "center_y", "part_count", "number")
 BETWEEN_T = (0.1, 0.9)
 BETWEEN_MAX_OFFSET = 0.3
@@ -107,19 +131,47 @@ class Geometry:
 
     def __init__(self, width: int, height: int):
         self.sx, self.sy = width / 1000.0, height / 1000.0
+        # Memo of centers and distances: id(instance dict) -> (the dict, value); the dict is kept so
+        # its id cannot be reused by another object.
+        self._centers: dict[int, tuple[Instance, tuple[float, float]]] = {}
+        self._dists: dict[tuple[int, int], float] = {}
+        self._along: dict[tuple[int, int, str], tuple[float, float]] = {}
 
     def center(self, inst: Instance) -> tuple[float, float]:
-        x0, y0, x1, y1 = inst["bbox"]
-        return (x0 + x1) / 2 * self.sx, (y0 + y1) / 2 * self.sy
+        c = self._centers.get(id(inst))
+        if c is None or c[0] is not inst:
+            x0, y0, x1, y1 = inst["bbox"]
+            c = self._centers[id(inst)] = (inst, ((x0 + x1) / 2 * self.sx, (y0 + y1) / 2 * self.sy))
+        return c[1]
 
     def dist(self, a: Instance, b: Instance) -> float:
-        (ax, ay), (bx, by) = self.center(a), self.center(b)
-        return math.hypot(ax - bx, ay - by)
+        key = (id(a), id(b))
+        d = self._dists.get(key)
+        if d is None:
+            (ax, ay), (bx, by) = self.center(a), self.center(b)
+            d = self._dists[key] = math.hypot(ax - bx, ay - by)
+        return d
 
-    def offset(self, c: Instance, a: Instance, relation: str) -> float:
-        """Signed distance by which c satisfies the directional relation w.r.t. a (> 0: satisfied)."""
-        (cx, cy), (ax, ay) = self.center(c), self.center(a)
-        return {"left_of": ax - cx, "right_of": cx - ax, "above": ay - cy, "below": cy - ay}[relation]
+    def along_across(self, c: Instance, a: Instance, relation: str) -> tuple[float, float]:
+        """(along, across): how far c lies from a along the direction's axis (> 0: on its side) and
+        off that axis (>= 0), in pixels. c is in the direction's cone iff along > across."""
+        key = (id(c), id(a), relation)
+        out = self._along.get(key)
+        if out is None:
+            (cx, cy), (ax, ay) = self.center(c), self.center(a)
+            ux, uy = DIRECTION_AXES[relation]
+            dx, dy = cx - ax, cy - ay
+            out = self._along[key] = (dx * ux + dy * uy, abs(dx * uy - dy * ux))
+        return out
+
+    def in_cone(self, c: Instance, a: Instance, relation: str) -> bool:
+        along, across = self.along_across(c, a, relation)
+        return along > across
+
+    def off_axis_degrees(self, c: Instance, a: Instance, relation: str) -> float:
+        """Angle between the direction and the line from a's center to c's center (0..180)."""
+        along, across = self.along_across(c, a, relation)
+        return math.degrees(math.atan2(across, along))
 
     def between_coords(self, c: Instance, a: Instance, b: Instance) -> tuple[float, float]:
         """(t, d / L): position along the segment a->b and distance off its line, relative to its length."""
@@ -139,6 +191,26 @@ class Geometry:
 
 def _is_digits(text: Any) -> bool:
     return isinstance(text, str) and text.isascii() and text.isdigit()
+
+
+def _is_letters(text: Any) -> bool:
+    return isinstance(text, str) and text.isascii() and text.isalpha()
+
+
+def occludes(front: Instance, back: Instance) -> bool:
+    """True when `front` hides part of `back` (back's id is in front's occludes list)."""
+    return back["id"] in (front.get("occludes") or ())
+
+
+def satisfies(geo: "Geometry", c: Instance, a: Instance, relation: str) -> bool:
+    """The directional or occlusion predicate of `relation` for candidate c and anchor a."""
+    if relation in DIRECTIONS:
+        return geo.in_cone(c, a, relation)
+    if relation == "in_front_of":
+        return occludes(c, a)
+    if relation == "behind":
+        return occludes(a, c)
+    raise ProgramError(f"unknown relation {relation!r}; expected one of {RELATIONS}")
 
 
 def read_number(inst: Instance) -> int:
@@ -171,6 +243,9 @@ class Executor:
     def __init__(self, instances: Sequence[Instance], width: int, height: int):
         self.instances = list(instances)
         self.by_id = {inst["id"]: inst for inst in self.instances}
+        self.by_category: dict[str, list[Instance]] = {}
+        for inst in self.instances:
+            self.by_category.setdefault(inst["category"], []).append(inst)
         self.geo = Geometry(width, height)
 
     # -- values -----------------------------------------------------------------------------------
@@ -189,12 +264,14 @@ class Executor:
 
     # -- filters ----------------------------------------------------------------------------------
     def matches(self, filt: Mapping[str, Any], env: Mapping[str, Any] = {}) -> list[Instance]:
+        if len(filt) == 1 and "category" in filt:  # the common case, indexed
+            return list(self.by_category.get(filt["category"], ()))
         unknown = set(filt) - {"category", "color", "size", "text", "part_count", "exclude"}
         if unknown:
             raise ProgramError(f"filter has unknown keys {sorted(unknown)}")
         excluded = {self._instance(r, env)["id"] for r in filt.get("exclude", ())}
         out = []
-        for inst in self.instances:
+        for inst in self.by_category.get(filt["category"], ()) if "category" in filt else self.instances:
             attrs = inst["attributes"]
             if inst["id"] in excluded:
                 continue
@@ -202,7 +279,7 @@ class Executor:
                 continue
             if "color" in filt and attrs.get("color") != self._value(filt["color"], env):
                 continue
-            if "size" in filt and attrs.get("size") != filt["size"]:
+            if "size" in filt and attrs.get("size") != self._value(filt["size"], env):
                 continue
             if "text" in filt and attrs.get("text") != filt["text"]:
                 continue
@@ -222,13 +299,14 @@ class Executor:
         if relation not in RELATIONS:
             raise ProgramError(f"relate: unknown relation {relation!r}; expected one of {RELATIONS}")
         cands = [c for c in self.matches(filt, env) if c["id"] != anchor["id"]]
-        if relation != "nearest":
-            cands = [c for c in cands if self.geo.offset(c, anchor, relation) > 0]
+        if relation not in ("nearest", "farthest"):
+            cands = [c for c in cands if satisfies(self.geo, c, anchor, relation)]
         return cands
 
     def op_relate(self, env, anchor, relation, filter):
         a = self._instance(anchor, env)
-        cands = sorted(self.relate_candidates(a, relation, filter, env), key=lambda c: self.geo.dist(c, a))
+        cands = sorted(self.relate_candidates(a, relation, filter, env), key=lambda c: self.geo.dist(c, a),
+                       reverse=relation == "farthest")
         if not cands:
             raise ProgramError(f"relate: no instance matching {filter} is {relation} {a['id']}")
         if len(cands) > 1 and self.geo.dist(cands[0], a) == self.geo.dist(cands[1], a):
@@ -258,6 +336,19 @@ class Executor:
             raise ProgramError(f"superlative: tie for {order} {key}")
         return scored[0][1]["id"]
 
+    def op_compare(self, env, a, b, key, order):
+        if order not in ("max", "min"):
+            raise ProgramError(f"compare: order must be 'max' or 'min', got {order!r}")
+        ia, ib = self._instance(a, env), self._instance(b, env)
+        if ia["id"] == ib["id"]:
+            raise ProgramError(f"compare: a and b are the same instance {ia['id']}")
+        va, vb = superlative_key(ia, key, self.geo), superlative_key(ib, key, self.geo)
+        if va is None or vb is None:
+            raise ProgramError(f"compare: {ia['id'] if va is None else ib['id']} has no {key}")
+        if va == vb:
+            raise ProgramError(f"compare: tie on {key}")
+        return ia["id"] if (va > vb) == (order == "max") else ib["id"]
+
     def op_attribute(self, env, instance, name):
         if name not in ("color", "size"):
             raise ProgramError(f"attribute: name must be color or size, got {name!r}")
@@ -273,15 +364,22 @@ class Executor:
     def op_read_number(self, env, instance):
         return read_number(self._instance(instance, env))
 
+    def op_count_letters(self, env, instance):
+        inst = self._instance(instance, env)
+        text = inst["attributes"].get("text")
+        if not _is_letters(text):
+            raise ProgramError(f"count_letters: instance {inst['id']} shows no word (text={text!r})")
+        return len(text)
+
     def op_count(self, env, filter, relation=None, anchor=None):
         found = self.matches(filter, env)
         if (relation is None) != (anchor is None):
             raise ProgramError("count: relation and anchor go together")
         if relation is not None:
-            if relation not in DIRECTIONS:
-                raise ProgramError(f"count: relation must be one of {DIRECTIONS}, got {relation!r}")
+            if relation not in COUNT_RELATIONS:
+                raise ProgramError(f"count: relation must be one of {COUNT_RELATIONS}, got {relation!r}")
             a = self._instance(anchor, env)
-            found = [c for c in found if c["id"] != a["id"] and self.geo.offset(c, a, relation) > 0]
+            found = [c for c in found if c["id"] != a["id"] and satisfies(self.geo, c, a, relation)]
         return len(found)
 
     def _arith(fn: Callable[[int, int], int]):
@@ -308,13 +406,20 @@ class Executor:
         except TypeError as e:
             raise ProgramError(f"op {step['op']}: bad arguments {sorted(step['args'])}: {e}") from None
 
-    def run(self, program: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """Execute; returns (answer, values of every step by id)."""
-        env: dict[str, Any] = {}
-        for step in program["steps"]:
+    def run(self, program: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
+            start: int = 0, env: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        """Execute; returns (answer, values of every step by id).
+
+        overrides: step id -> value that step yields instead of executing (a counterfactual);
+        start/env: resume at step index `start` with the values of the steps before it."""
+        env = dict(env or {})
+        for step in program["steps"][start:]:
             if step["id"] in env:
                 raise ProgramError(f"duplicate step id {step['id']!r}")
-            env[step["id"]] = self.run_step(step, env)
+            if overrides and step["id"] in overrides:
+                env[step["id"]] = overrides[step["id"]]
+            else:
+                env[step["id"]] = self.run_step(step, env)
         if program["output"] not in env:
             raise ProgramError(f"output {program['output']!r} names no step")
         return env[program["output"]], env

@@ -1,4 +1,12 @@
-"""Schema-v1 records (SPEC §3): building one from a realised query, and checking every invariant."""
+"""Schema-v2 records (SPEC §3 plus docs/record_schema.md): building one from a realised query, and
+checking every invariant.
+
+v2 over v1: each hop's `value` is that hop's own result and its `combine` (or null) the arithmetic that
+joins it with an earlier hop's value; the answer is the last hop's combined value when it has one;
+`variant_of` links a half/single record to its full record; `box_convention` names the bbox format;
+instances may list the instances they are in front of (`occludes`); image paths in exports are relative
+to the JSONL file.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +16,9 @@ from typing import Any
 
 from hopchain_jax.synth.program import ProgramError, execute
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+BOX_CONVENTION = ("bbox = [x0, y0, x1, y1], integers in 0..1000: x * 1000 / image width, y * 1000 / image height, "
+                  "origin at the top-left corner, y growing downwards")
 HOP_KINDS = ("perception", "instance_chain")
 VARIANTS = ("full", "half", "single")
 # Words a question may not use: it names objects by what is visible, never by annotation artefacts.
@@ -28,12 +38,15 @@ def record_id(image_sha256: str, chain_program: dict, variant: str) -> str:
 
 
 def build_record(*, image: dict, instances: list[dict], query: Any, chain_program: dict, provenance: dict) -> dict:
-    """A schema-v1 record (verification filled in by the verifier). `query` is a RealizedQuery;
-    chain_program: the program of its full chain (names the chain in the id)."""
+    """A schema-v2 record (verification filled in by the verifier). `query` is a RealizedQuery;
+    chain_program: the program of its full chain (names the chain in the id; half/single records point
+    to the full record through `variant_of`)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "id": record_id(image["sha256"], chain_program, query.variant),
+        "variant_of": None if query.variant == "full" else record_id(image["sha256"], chain_program, "full"),
         "image": image,
+        "box_convention": BOX_CONVENTION,
         "instances": instances,
         "hops": query.hops,
         "program": query.program,
@@ -86,8 +99,24 @@ def validate_record(record: dict, check_program: bool = True) -> list[str]:
     answer = record["answer"]
     if isinstance(answer, bool) or not isinstance(answer, (int, float)):
         problems.append(f"answer {answer!r} is not a number")
-    if hops[-1]["value"] != answer:
-        problems.append(f"last hop value {hops[-1]['value']!r} != answer {answer!r}")
+    last = hops[-1].get("combine") or hops[-1]
+    if last["value"] != answer:
+        problems.append(f"last hop's {'combined ' if hops[-1].get('combine') else ''}value {last['value']!r} != answer {answer!r}")
+    for i, hop in enumerate(hops):
+        combine = hop.get("combine")
+        if combine is None:
+            continue
+        j = combine.get("with_hop")
+        if combine.get("op") not in ("add", "sub", "mul") or not isinstance(j, int) or not 0 <= j < i:
+            problems.append(f"hop {i} has a bad combine {combine}")
+            continue
+        a, b = hops[j]["value"], hop["value"]
+        if combine.get("value") not in {"add": (a + b,), "sub": (a - b, b - a), "mul": (a * b,)}[combine["op"]]:
+            problems.append(f"hop {i} combines {a} and {b} by {combine['op']} into {combine['value']}")
+    if record["variant"] == "full" and record.get("variant_of") is not None:
+        problems.append("a full record has a variant_of")
+    if record["variant"] in ("half", "single") and record.get("schema_version", 1) >= 2 and not record.get("variant_of"):
+        problems.append(f"{record['variant']} record does not name its full record in variant_of")
     if record["variant"] not in VARIANTS:
         problems.append(f"variant {record['variant']!r}")
     bad = FORBIDDEN_WORDS.findall(record["question"])

@@ -16,7 +16,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from hopchain_jax.synth.composer import ChainComposer, ComposerConfig, RealizedQuery
+from hopchain_jax.synth.composer import AnswerBalance, ChainComposer, ComposerConfig, RealizedQuery
+from hopchain_jax.synth.counterfactual import counterfactual_failures
 from hopchain_jax.synth.program import ProgramError, execute
 from hopchain_jax.synth.record import validate_record
 from hopchain_jax.world.catalog import CATEGORIES
@@ -77,7 +78,8 @@ class InstanceSegmenter(Protocol):
 class QueryComposer(Protocol):
     name: str
 
-    def compose(self, image: ImageInput, instances: list[dict], rng: np.random.Generator) -> list[dict[str, RealizedQuery]]: ...
+    def compose(self, image: ImageInput, instances: list[dict], rng: np.random.Generator,
+                balance: AnswerBalance | None = None) -> list[dict[str, RealizedQuery]]: ...
 
 
 class QueryVerifier(Protocol):
@@ -120,8 +122,12 @@ class OracleSegmenter:
         wanted = set(categories)
         instances = []
         labels = np.zeros_like(scene.labels)
+        ids = {}
         for k, obj in enumerate(scene.objects):
-            if obj.spec.category not in wanted:
+            if obj.spec.category in wanted:
+                ids[k] = f"i{len(ids)}"
+        for k, obj in enumerate(scene.objects):
+            if k not in ids:
                 continue
             inst_id = len(instances)
             labels[scene.labels == k + 1] = inst_id + 1
@@ -138,6 +144,7 @@ class OracleSegmenter:
                     "part": CATEGORIES[obj.spec.category].part,
                     "part_count": obj.spec.part_count,
                 },
+                "occludes": [ids[j] for j in getattr(obj, "covers", ()) if j in ids],
             })
         return Segmentation(instances, labels)
 
@@ -145,13 +152,15 @@ class OracleSegmenter:
 class ChainQueryComposer:
     """Stage 3: the procedural chain composer (see composer.py)."""
 
-    name = "procedural-chain-v1"
+    name = "procedural-chain-v2"
 
     def __init__(self, config: ComposerConfig = ComposerConfig()):
         self.config = config
 
-    def compose(self, image: ImageInput, instances: list[dict], rng: np.random.Generator) -> list[dict[str, RealizedQuery]]:
-        return ChainComposer(instances, image.width, image.height, self.config).compose(rng)
+    def compose(self, image: ImageInput, instances: list[dict], rng: np.random.Generator,
+                balance: AnswerBalance | None = None) -> list[dict[str, RealizedQuery]]:
+        """balance: what was kept so far, to spread answers out (see ChainComposer.compose)."""
+        return ChainComposer(instances, image.width, image.height, self.config).compose(rng, balance)
 
 
 class ProgramVerifier:
@@ -170,4 +179,8 @@ class ProgramVerifier:
         problems = validate_record(record, check_program=False)
         if problems:
             return Verification(False, {}, "; ".join(problems))
+        if record["variant"] == "full":  # shortened variants name dropped instances directly
+            failures = counterfactual_failures(record)
+            if failures:
+                return Verification(False, {}, "counterfactual: " + failures[0])
         return Verification(True, {"method": "program", "solvers": 1, "agreeing": 1, "calibration": None})

@@ -1,10 +1,12 @@
-"""Cartoon drawings of single objects, one square RGBA tile per object.
+"""Cartoon drawings of single objects: square RGBA tiles, and the rotated, outlined sprites scenes paste.
 
-`draw_tile(spec, rng)` returns a `PIL.Image` of mode RGBA and size (edge, edge) with
-edge = SIZES[spec.size]. Conventions:
+`draw_tile(spec, rng, edge=None)` returns a `PIL.Image` of mode RGBA and size (edge, edge), with
+edge = SIZES[spec.size] unless given. `object_sprite(spec, edge, angle, variant)` turns such a tile
+into what a scene pastes: rotated by `angle` degrees (nearest-neighbour, so alpha stays binary and
+part colours stay exact), ringed by a thin dark outline, cropped to its mask. Conventions:
 
 * Tile coordinates: (0, 0) is the top-left pixel, x grows right, y grows down. Every drawer
-  lays its shapes out in fractions of the edge, so one drawing scales to every size class; the
+  lays its shapes out in fractions of the edge, so one drawing scales to every size; the
   object spans roughly 80-95% of the edge in its larger dimension.
 * Alpha is binary: 0 (background, RGB also 0) or 255 (object). Shapes are drawn without
   anti-aliasing; the only anti-aliased ink is text, which sits on an opaque panel, so
@@ -13,14 +15,18 @@ edge = SIZES[spec.size]. Conventions:
   are drawn as separate 4-connected blobs in one exact RGB colour that appears nowhere else in
   the tile: `part_color(spec)` returns it. Parts never touch each other, and dots/pips/pupils/
   panes are enclosed by a single surrounding colour (body, die face, eyeball, window frame).
+  All of this still holds for sprites at every angle up to `catalog.max_angle(category)`: the
+  outline colour (OUTLINE) is none of the part colours and only rings the outside of the mask.
 * Text (card numbers, sign words) uses Pillow's bundled scalable font (`ImageFont.load_default`),
   sized to fill its panel, never below 18 px, always inside the tile.
 * `rng` only picks small cosmetic variations (a star's tilt, a flower's petal phase, a monster's
-  mouth, the side of a mug's handle or a house's chimney). The number of draws depends on the
-  category, so give each object its own generator if other draws must not shift.
+  mouth, the side of a mug's handle or a house's chimney, a kite's tail). The number of draws
+  depends on the category, so give each object its own generator if other draws must not shift
+  (sprites use `np.random.default_rng(variant)`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Callable
@@ -28,8 +34,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from hopchain_jax.world.catalog import CATEGORIES, COLORS, SIZES
-from hopchain_jax.world.scene import ObjectSpec
+from hopchain_jax.world.catalog import CATEGORIES, COLORS, SIZES, ObjectSpec
 
 RGB = tuple[int, int, int]
 
@@ -54,6 +59,9 @@ POST: RGB = (125, 85, 45)
 POST_DARK: RGB = (80, 55, 30)
 PANEL: RGB = (252, 252, 248)
 COFFEE: RGB = (95, 60, 35)
+SPAR: RGB = (70, 50, 40)          # kite spars and tail string
+SHAFT: RGB = (60, 60, 66)         # umbrella shaft and handle
+OUTLINE: RGB = (26, 24, 30)       # the ring around every sprite; no part colour equals it
 
 # Dice of these colours get black pips; the others (red, blue, purple) get white ones.
 LIGHT_COLORS = frozenset({"yellow", "orange", "pink", "green"})
@@ -102,30 +110,71 @@ def _draw_text_in_box(d: ImageDraw.ImageDraw, text: str, box: tuple[float, float
                       fill: RGB, e: int, width_frac: float, height_frac: float) -> None:
     """Draw `text` centred in `box` with the largest font whose ink fits the box fractions.
 
-    The font never drops below MIN_FONT_SIZE, and the ink is clamped inside the tile (0..e).
+    The font never drops below MIN_FONT_SIZE; if even that is too wide, the ink is condensed
+    horizontally (down to MIN_CONDENSE of its width, letters keep their height). The ink is clamped
+    inside the tile (0..e).
     """
     x0, y0, x1, y1 = box
     max_w, max_h = (x1 - x0) * width_frac, (y1 - y0) * height_frac
-    stroke = 1
-    best = MIN_FONT_SIZE
-    for size in range(MIN_FONT_SIZE, 200):
-        l, t, r, b = d.textbbox((0, 0), text, font=_font(size), stroke_width=stroke)
-        if r - l > max_w or b - t > max_h:
-            break
-        best = size
+    best, stroke, (l, t, r, b) = _fit_text(text, int(max_w), int(max_h), e)
     font = _font(best)
-    l, t, r, b = d.textbbox((0, 0), text, font=font, stroke_width=stroke)
     w, h = r - l, b - t
-    if w > e or h > e:  # cannot happen for catalog text; fall back to a thinner stroke
-        stroke = 0
-        l, t, r, b = d.textbbox((0, 0), text, font=font, stroke_width=stroke)
-        w, h = r - l, b - t
+    if w > max_w:  # condense: draw the ink into a mask, squeeze it horizontally, stamp it
+        cw = max(int(max_w), math.ceil(w * MIN_CONDENSE))
+        ink = _condensed_ink(text, best, stroke, cw)
+        x = min(max(round((x0 + x1 - cw) / 2), 0), e - cw)
+        y = min(max(round((y0 + y1 - h) / 2), 0), e - h)
+        d.bitmap((x, y), ink, fill=_rgba(fill))
+        return
     x = (x0 + x1 - w) / 2 - l
     y = (y0 + y1 - h) / 2 - t
     x = min(max(x, -l), e - r)  # keep every inked pixel inside the tile
     y = min(max(y, -t), e - b)
     d.text((round(x), round(y)), text, font=font, fill=_rgba(fill), stroke_width=stroke,
            stroke_fill=_rgba(fill))
+
+
+MIN_CONDENSE = 0.85
+
+
+@functools.lru_cache(maxsize=512)
+def _condensed_ink(text: str, size: int, stroke: int, width: int) -> Image.Image:
+    """The ink of `text` (font `size`, `stroke`) as an L mask squeezed to `width` px wide."""
+    font = _font(size)
+    l, t, r, b = _MEASURE.textbbox((0, 0), text, font=font, stroke_width=stroke)
+    mask = Image.new("L", (r - l, b - t), 0)
+    ImageDraw.Draw(mask).text((-l, -t), text, font=font, fill=255, stroke_width=stroke, stroke_fill=255)
+    return mask.resize((width, b - t), Image.Resampling.BILINEAR, reducing_gap=None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fit_text(text: str, max_w: int, max_h: int, e: int) -> tuple[int, int, tuple[int, int, int, int]]:
+    """(font size, stroke width, ink bbox at origin) of the largest font >= MIN_FONT_SIZE whose ink
+    fits max_w x max_h; the stroke drops to 0 only if even that ink would not fit the tile."""
+    stroke = 1
+
+    def bbox(size: int, stroke: int) -> tuple[int, int, int, int]:
+        return _MEASURE.textbbox((0, 0), text, font=_font(size), stroke_width=stroke)
+
+    def fits(size: int) -> bool:
+        l, t, r, b = bbox(size, stroke)
+        return r - l <= max_w and b - t <= max_h
+
+    # Ink grows about linearly with the font size: start from the size-100 estimate and step.
+    l, t, r, b = bbox(100, stroke)
+    lo = int(min(199, max(MIN_FONT_SIZE, min(max_w * 100 / max(1, r - l), max_h * 100 / max(1, b - t)))))
+    while lo > MIN_FONT_SIZE and not fits(lo):
+        lo -= 1
+    while lo < 199 and fits(lo + 1):
+        lo += 1
+    l, t, r, b = bbox(lo, stroke)
+    if r - l > e or b - t > e:  # cannot happen for catalog text; fall back to a thinner stroke
+        stroke = 0
+        l, t, r, b = bbox(lo, stroke)
+    return lo, stroke, (l, t, r, b)
+
+
+_MEASURE = ImageDraw.Draw(Image.new("L", (1, 1)))
 
 
 def _contrast_text(rgb: RGB) -> RGB:
@@ -246,7 +295,7 @@ def _draw_monster(img, d, e, spec, rng):
         # Integer centre and radii keep eyeball and pupil concentric, so the white ring
         # around the pupil stays at least 2 px thick at every size.
         x, y, r = round(fx * e), round(fy * e), round(re_ * e)
-        _circle(d, x, y, r, WHITE, dark, lw)
+        _circle(d, x, y, r, WHITE, dark, 1 if r < 7 else lw)  # thin rim on small eyes: the white ring stays >= 2 px
         _circle(d, x, y + int(0.1 * r), round(0.4 * r), BLACK)
     # Mouth below the lowest eye.
     top = max(fy + re_ for _, fy in centres) * e + 0.06 * e
@@ -279,23 +328,22 @@ def _draw_flower(img, d, e, spec, rng):
     phase = -math.pi / 2 + float(rng.uniform(-0.25, 0.25)) * (math.pi / n)
     half = math.pi / n
     outline = _darken(col, 0.6)
+    # Each petal: a polygon out along its axis and back, widened by a shape profile but kept
+    # `gap` px from the neighbouring petals' axes so the petals stay separate blobs.
+    t = np.linspace(0.0, 1.0, 25)
+    r0 = 0.45 * rc
+    rho = r0 + (big_r - r0) * t
+    w_shape = 0.16 * e * np.sin(np.pi * t) ** 0.75 * (0.55 + 0.45 * t)
+    w_gap = (rho * math.sin(half) - gap / 2) / math.cos(half)
+    w = np.maximum(0.0, np.minimum(w_shape, w_gap))
+    rho2 = np.concatenate([rho, rho[::-1]])
+    w2 = np.concatenate([w, -w[::-1]])  # side +1 out, side -1 back
     for k in range(n):
         ang = phase + 2 * math.pi * k / n
-        pts = []
-        steps = 24
-        r0 = 0.45 * rc
-        for side in (1, -1):
-            rng_ = range(steps + 1) if side == 1 else range(steps, -1, -1)
-            for i in rng_:
-                t = i / steps
-                rho = r0 + (big_r - r0) * t
-                w_shape = 0.16 * e * math.sin(math.pi * t) ** 0.75 * (0.55 + 0.45 * t)
-                w_gap = (rho * math.sin(half) - gap / 2) / math.cos(half)
-                w = max(0.0, min(w_shape, w_gap))
-                px = cx + rho * math.cos(ang) - side * w * math.sin(ang)
-                py = cy + rho * math.sin(ang) + side * w * math.cos(ang)
-                pts.append((px, py))
-        d.polygon(pts, fill=_rgba(col), outline=_rgba(outline), width=1)
+        ca, sa = math.cos(ang), math.sin(ang)
+        px = cx + rho2 * ca - w2 * sa
+        py = cy + rho2 * sa + w2 * ca
+        d.polygon(list(zip(px.tolist(), py.tolist())), fill=_rgba(col), outline=_rgba(outline), width=1)
     centre = CENTER_BROWN if spec.color in ("yellow", "orange") else CENTER_YELLOW
     _circle(d, cx, cy, rc, centre, _darken(centre, 0.65), _line_w(e, 1 / 50, 1))
 
@@ -464,6 +512,85 @@ def _draw_mug(img, d, e, spec, rng):
     return None
 
 
+def _draw_kite(img, d, e, spec, rng):
+    col = COLORS[spec.color]
+    dark = _darken(col, 0.55)
+    light = _lighten(col, 0.45)
+    lw = _line_w(e, 1 / 45, 1)
+    cx, top, mid, bot, half = 0.44 * e, 0.04 * e, 0.31 * e, 0.80 * e, 0.33 * e
+    # Tail first: a wavy string from the bottom corner with small bows, curling left or right.
+    s = 1 if rng.integers(0, 2) else -1
+    pts = []
+    for i in range(13):
+        t = i / 12
+        pts.append((cx + s * (0.36 * e * t) + 0.035 * e * math.sin(t * 2 * math.pi * 1.5),
+                    bot + (0.955 * e - bot) * t))
+    d.line(pts, fill=_rgba(SPAR), width=_line_w(e, 1 / 45, 1))
+    bow = 0.045 * e
+    bow_col = _contrast_bow(spec.color)
+    for i in (4, 8, 12):
+        x, y = pts[i]
+        d.polygon([(x, y), (x - bow, y - 0.7 * bow), (x - bow, y + 0.7 * bow)], fill=_rgba(bow_col))
+        d.polygon([(x, y), (x + bow, y - 0.7 * bow), (x + bow, y + 0.7 * bow)], fill=_rgba(bow_col))
+    left, right, apex, foot = (cx - half, mid), (cx + half, mid), (cx, top), (cx, bot)
+    centre = (cx, mid)
+    # Four panels in two tones, then the spars on top, then the outline.
+    d.polygon([apex, left, centre], fill=_rgba(col))
+    d.polygon([apex, right, centre], fill=_rgba(light))
+    d.polygon([left, foot, centre], fill=_rgba(light))
+    d.polygon([right, foot, centre], fill=_rgba(col))
+    spar = _line_w(e, 1 / 40, 1)
+    d.line([apex, foot], fill=_rgba(SPAR), width=spar)
+    d.line([left, right], fill=_rgba(SPAR), width=spar)
+    d.polygon([apex, right, foot, left], outline=_rgba(dark), width=lw)
+
+
+def _contrast_bow(color: str) -> RGB:
+    """Tail bows of a kite: a hue far from its body colour."""
+    return COLORS["blue"] if color in ("red", "orange", "yellow", "pink") else COLORS["yellow"]
+
+
+def _draw_umbrella(img, d, e, spec, rng):
+    col = COLORS[spec.color]
+    dark = _darken(col, 0.55)
+    light = _lighten(col, 0.4)
+    lw = _line_w(e, 1 / 45, 1)
+    cx = e / 2
+    rx, ry = 0.46 * e, 0.38 * e
+    cy = 0.46 * e  # centre of the dome's ellipse: the canopy spans cy - ry .. cy
+    box = [round(cx - rx), round(cy - ry), round(cx + rx), round(cy + ry)]
+    # Shaft and hook handle below the canopy; the hook opens left or right.
+    sw = _line_w(e, 1 / 26, 2)
+    s = 1 if rng.integers(0, 2) else -1
+    hook_r = 0.09 * e
+    shaft_bot = 0.95 * e - hook_r
+    d.line([(cx, cy - 0.02 * e), (cx, shaft_bot)], fill=_rgba(SHAFT), width=sw)
+    hx = cx + s * hook_r
+    d.arc([round(hx - hook_r), round(shaft_bot - hook_r), round(hx + hook_r), round(shaft_bot + hook_r)],
+          0, 180, fill=_rgba(SHAFT), width=sw)
+    d.line([(cx, cy - ry - 0.03 * e), (cx, cy - ry + 0.02 * e)], fill=_rgba(SHAFT), width=sw)  # tip
+    # Canopy (side view): the dome, seams from the tip down to the lower edge splitting it into
+    # panels of alternating tones, then scallops cut from the lower edge.
+    n_panels = 4
+    tip = (cx, cy - ry)
+    feet = [(cx - rx + 2 * rx * k / n_panels, cy) for k in range(n_panels + 1)]
+    d.pieslice(box, 180, 360, fill=_rgba(col))
+    d.polygon([tip, feet[1], feet[2]], fill=_rgba(light))
+    d.polygon([tip, feet[3], feet[4]] + [(cx + rx * math.cos(a), cy + ry * math.sin(a))
+                                          for a in np.linspace(2 * math.pi, 1.5 * math.pi, 12)],
+              fill=_rgba(light))
+    d.pieslice(box, 180, 360, outline=_rgba(dark), width=lw)
+    sr = rx / n_panels
+    for k in range(n_panels):
+        _ellipse_clear(d, cx - rx + sr * (2 * k + 1), cy + 0.35 * sr, sr * 0.98, 0.5 * sr)
+    for foot in feet[1:-1]:
+        d.line([tip, (foot[0], cy - 0.12 * sr)], fill=_rgba(dark), width=lw)
+
+
+def _ellipse_clear(d: ImageDraw.ImageDraw, cx: float, cy: float, rx: float, ry: float) -> None:
+    d.ellipse([round(cx - rx), round(cy - ry), round(cx + rx), round(cy + ry)], fill=(0, 0, 0, 0))
+
+
 _DRAWERS: dict[str, Drawer] = {
     "ladybug": _draw_ladybug,
     "monster": _draw_monster,
@@ -475,15 +602,27 @@ _DRAWERS: dict[str, Drawer] = {
     "sign": _draw_sign,
     "ball": _draw_ball,
     "mug": _draw_mug,
+    "kite": _draw_kite,
+    "umbrella": _draw_umbrella,
 }
 assert set(_DRAWERS) == set(CATEGORIES), "every catalog category needs a drawer"
 
 
-def draw_tile(spec: ObjectSpec, rng: np.random.Generator) -> Image.Image:
-    """The object `spec` drawn on a transparent square RGBA tile of edge SIZES[spec.size].
+def draw_tile(spec: ObjectSpec, rng: np.random.Generator, edge: int | None = None) -> Image.Image:
+    """The object `spec` drawn on a transparent square RGBA tile of edge `edge` (SIZES[spec.size] if None).
 
-    Deterministic given (spec, rng state); alpha is exactly 0 or 255 (see the module docstring).
+    Deterministic given (spec, edge, rng state); alpha is exactly 0 or 255 (see the module docstring).
     """
+    img = _draw_raw(spec, rng, edge)
+    # Enforce the binary-alpha contract (shapes are aliased already; this is a cheap guarantee).
+    arr = np.asarray(img).copy()
+    opaque = arr[..., 3] >= 128
+    arr[..., 3] = np.where(opaque, 255, 0)
+    arr[~opaque, :3] = 0
+    return Image.fromarray(arr, "RGBA")
+
+
+def _draw_raw(spec: ObjectSpec, rng: np.random.Generator, edge: int | None) -> Image.Image:
     if spec.category not in _DRAWERS:
         raise ValueError(f"draw_tile: unknown category {spec.category!r}")
     if spec.color not in COLORS:
@@ -498,15 +637,158 @@ def draw_tile(spec: ObjectSpec, rng: np.random.Generator) -> Image.Image:
                              f"got {spec.part_count!r}")
     if cat.text is not None and not spec.text:
         raise ValueError(f"draw_tile: {spec.category} needs text")
-    e = SIZES[spec.size]
+    e = SIZES[spec.size] if edge is None else int(edge)
+    if e < 16:
+        raise ValueError(f"draw_tile: edge {e} is too small to draw on")
     img = Image.new("RGBA", (e, e), (0, 0, 0, 0))
     d = ImageDraw.Draw(img)
     out = _DRAWERS[spec.category](img, d, e, spec, rng)
-    if out is not None:
-        img = out
-    # Enforce the binary-alpha contract (shapes are aliased already; this is a cheap guarantee).
-    arr = np.asarray(img).copy()
-    opaque = arr[..., 3] >= 128
-    arr[..., 3] = np.where(opaque, 255, 0)
-    arr[~opaque, :3] = 0
-    return Image.fromarray(arr, "RGBA")
+    return img if out is None else out
+
+
+SHADOW_OFFSET = 3.0  # nominal px (short side 600): how far down-right a sprite's shadow falls
+SHADOW_BLUR = 2.0    # nominal px: width of the shadow's fading edge
+SHADOW_ALPHA = 0.38  # opacity of the shadow's core
+SHADOW_RGB: RGB = (14, 12, 10)
+
+
+def shadow_geometry(scale: float) -> tuple[int, int]:
+    """(offset, blur radius) in pixels of a sprite's soft shadow at `scale` (pixels per nominal pixel).
+
+    The shadow reaches offset + blur pixels beyond the mask; scenes keep at least one more pixel of
+    gap between objects, so a shadow only ever falls on an object that the caster covers anyway.
+    """
+    return max(1, round(SHADOW_OFFSET * scale)), max(1, round(SHADOW_BLUR * scale))
+
+
+def outline_width(edge: int) -> int:
+    """Width in pixels of the dark ring around a sprite of tile edge `edge` (1 px up to ~100 px)."""
+    return max(1, round(edge / 70))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Sprite:
+    """A drawn object as a scene pastes it.
+
+    mask: bool [h, w], the object's full mask in its tight box (read-only).
+    image: RGBA to paste with itself as mask: the object (opaque, binary alpha) and its soft shadow
+    (semi-transparent SHADOW_RGB) around it; mask[0, 0] sits at pixel `origin` (x, y) of `image`.
+    """
+
+    image: Image.Image
+    mask: np.ndarray
+    origin: tuple[int, int]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the mask's box in pixels."""
+        return self.mask.shape[1], self.mask.shape[0]
+
+
+_OPAQUE32 = np.asarray([0, 0, 0, 255], np.uint8).view(np.uint32)[0]
+_OUTLINE32 = np.asarray([*OUTLINE, 255], np.uint8).view(np.uint32)[0]
+_SHADOW32 = np.asarray([*SHADOW_RGB, 0], np.uint8).view(np.uint32)[0]
+
+
+def _despeckle(arr: np.ndarray, rgb: RGB, repaint: RGB) -> np.ndarray:
+    """Repaint pixels of colour `rgb` with fewer than two 4-neighbours of that colour (repeatedly).
+
+    Nearest-neighbour rotation can leave a lone pixel of a petal's fill beside its outline at a thin
+    tip; it would count as one more petal. Real parts are compact blobs and lose nothing here.
+    """
+    px = arr.view(np.uint32)[..., 0]
+    key = np.asarray([*rgb, 255], np.uint8).view(np.uint32)[0]
+    m = px == key
+    out = None
+    for _ in range(4):
+        n = np.zeros(m.shape, np.uint8)
+        n[1:] += m[:-1]
+        n[:-1] += m[1:]
+        n[:, 1:] += m[:, :-1]
+        n[:, :-1] += m[:, 1:]
+        thin = m & (n < 2)
+        if not thin.any():
+            break
+        if out is None:
+            out = arr.copy()
+        out.view(np.uint32)[..., 0][thin] = np.asarray([*repaint, 255], np.uint8).view(np.uint32)[0]
+        m &= ~thin
+    return arr if out is None else out
+
+
+def _grow(mask: np.ndarray, n: int, square: bool) -> np.ndarray:
+    """`mask` dilated by `n` px: in the square (8-) neighbourhood, or by one step in the 4-neighbourhood
+    if not `square`. The caller keeps `n` empty columns on both sides (rows are processed as one
+    flat array, so content must not wrap from one row into the next)."""
+    h, w = mask.shape
+    src = mask.ravel()
+    rows = src.copy()
+    for d in range(1, n + 1):  # vertical: shifts by whole rows
+        rows[d * w:] |= src[:-d * w]
+        rows[:-d * w] |= src[d * w:]
+    out = rows.copy() if square else rows
+    hsrc = rows if square else src
+    for d in range(1, n + 1):  # horizontal
+        out[d:] |= hsrc[:-d]
+        out[:-d] |= hsrc[d:]
+    return out.reshape(h, w)
+
+
+@functools.lru_cache(maxsize=96)
+def object_sprite(spec: ObjectSpec, edge: int, angle: float, variant: int,
+                  shadow: tuple[int, int] = (0, 0)) -> Sprite:
+    """`spec` drawn at tile edge `edge`, rotated `angle` degrees counter-clockwise, outlined and cropped,
+    with a soft shadow of (offset, blur) pixels (see `shadow_geometry`; (0, 0) for none).
+
+    The drawer's cosmetic choices come from `np.random.default_rng(variant)`, so the sprite is a pure
+    (cached) function of its arguments. Rotation is nearest-neighbour: alpha stays binary and every
+    colour of the object is a colour of the tile (plus OUTLINE around it), so countable parts stay
+    separate one-colour blobs.
+    """
+    tile = _draw_raw(spec, np.random.default_rng(variant), edge)
+    if angle:
+        tile = tile.rotate(angle, resample=Image.Resampling.NEAREST, expand=True)
+    bbox = tile.getbbox()  # of the non-zero alpha
+    if bbox is None:
+        raise RuntimeError(f"object_sprite: nothing drawn for {spec}")
+    arr = np.asarray(tile.crop(bbox))
+    if angle and spec.category == "flower":
+        arr = _despeckle(arr, COLORS[spec.color], _darken(COLORS[spec.color], 0.6))
+    body = arr[..., 3] >= 128
+    rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
+    if len(rows) == 0:
+        raise RuntimeError(f"object_sprite: nothing drawn for {spec}")
+    if rows[0] or cols[0] or rows[-1] < body.shape[0] - 1 or cols[-1] < body.shape[1] - 1:
+        # faint (alpha < 128) pixels widened the box: keep the box tight around the mask
+        arr = arr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        body = body[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    off, blur = shadow
+    ow = outline_width(edge)
+    # Canvas of the image: the mask's box (body + outline ring) plus room for the shadow.
+    h, w = body.shape[0] + 2 * ow, body.shape[1] + 2 * ow
+    left = top = max(0, blur - off) if off or blur else 0
+    ih, iw = top + h + (off + blur), left + w + (off + blur)
+    inner = np.zeros((ih, iw), bool)
+    inner[top + ow:top + h - ow, left + ow:left + w - ow] = body
+    full = _grow(inner, ow, square=True)  # body + outline ring
+    # Compose whole pixels (RGBA as one uint32): body opaque, ring OUTLINE, elsewhere the shadow.
+    px = np.zeros((ih, iw), np.uint32)
+    region = px[top + ow:top + h - ow, left + ow:left + w - ow]
+    np.copyto(region, arr.view(np.uint32)[..., 0] | _OPAQUE32, where=body)
+    np.copyto(px, _OUTLINE32, where=full & ~inner)
+    if off or blur:
+        # Soft shadow: the mask shifted by `off`, its edge fading out over `blur` px (nested
+        # dilations approximate a blur and stay cheap).
+        level = np.zeros((ih, iw), bool)
+        level[off:, off:] = full[:ih - off, :iw - off]
+        count = level.view(np.uint8).copy()
+        for _ in range(blur):
+            level = _grow(level, 1, square=False)
+            count += level.view(np.uint8)
+        shaded = (count.astype(np.uint32) * np.uint32(round(255 * SHADOW_ALPHA / (blur + 1)))) << np.uint32(24)
+        shaded |= _SHADOW32
+        np.copyto(shaded, px, where=full)
+        px = shaded
+    mask = full[top:top + h, left:left + w].copy()
+    mask.setflags(write=False)
+    return Sprite(Image.fromarray(px.view(np.uint8).reshape(ih, iw, 4), "RGBA"), mask, (left, top))
