@@ -15,8 +15,10 @@ A chain is a list of hops (SPEC §1, §3):
 Every referring expression is resolved with the program executor (exactly one referent) and must also
 pass clarity margins, so a person looking at the image picks the same instance: the runner-up is clearly
 farther; for a direction, every object of the asked category lies well inside the direction's cone or
-well outside it (a dead zone around the cone's edge); ... Named instances have distinct categories, so
-"that ladybug" is never ambiguous.
+well outside it (a dead zone around the cone's edge); "between" keeps its one object well inside the
+segment's band and every other clearly out; sizes are compared only between unoccluded objects at a
+clear ratio. Named instances have distinct categories, so "that ladybug" is never ambiguous, and set
+counts never count a named category.
 No padding: a hop never re-asks what the question already states (a colour given in words, the text
 that found a sign), an instance found through a colour is not used for that colour again, arithmetic
 never multiplies by 1 or subtracts equal numbers, and every full chain passes the counterfactual check
@@ -26,8 +28,11 @@ Variants (SPEC §1): "full" keeps every hop, "half" the last ceil(n/2) hops, "si
 Instances that the dropped hops used to establish are named directly ("the orange ladybug", "the
 leftmost card") and arithmetic with a dropped number is dropped, so each variant has its own answer.
 
-Answer balance: `compose` makes up to `candidates_per_image` distinct valid chains and keeps the
-`queries_per_image` whose answers are rarest so far in the caller's running histogram.
+Answer balance (AnswerBalance, one per shard): `compose` makes up to `candidates_per_image` distinct
+chains that are admissible — their answer under the `max_answer_share` cap and, with
+`drop_blind_solvable`, not answerable by the text-only rule of stats.py — and keeps up to
+`queries_per_image` of them, rarest answers and values first, each after its counterfactual check.
+Value hops favour values their kind has produced least, and arithmetic the op whose result is rarest.
 """
 from __future__ import annotations
 
@@ -168,6 +173,7 @@ class ChainComposer:
         self.by_cat: dict[str, list[dict]] = {}
         for inst in self.instances:
             self.by_cat.setdefault(inst["category"], []).append(inst)
+        self._balance = AnswerBalance()  # compose() swaps in the caller's running balance
         self.occluded = {i["id"] for inst in self.instances for i in map(self.by_id.get, inst.get("occludes") or ()) if i}
         # Pairwise geometry in one numpy pass, kept as nested lists (fast scalar lookups): dist[a][c],
         # off-axis angle[relation][a][c] in degrees of c seen from a. Only clarity checks and the local
@@ -190,8 +196,7 @@ class ChainComposer:
 
         balance: running histograms of what was kept so far (updated here); of the candidates, the
         chains kept are those whose answer and values it holds least often, so answers spread out."""
-        balance = balance if balance is not None else AnswerBalance()
-        self._balance = balance
+        balance = self._balance = balance if balance is not None else AnswerBalance()
         candidates, seen = [], set()
         for _ in range(self.cfg.max_attempts):
             if len(candidates) >= self.cfg.candidates_per_image:
@@ -639,7 +644,7 @@ class ChainComposer:
         kind has produced often so far (share) is avoided; this keeps e.g. "1" from dominating set
         counts, so no blind prior per kind of value is worth much."""
         per_form = collections.Counter(o.form for o in options)
-        kinds = self._balance.kinds if getattr(self, "_balance", None) is not None else {}
+        kinds = self._balance.kinds
 
         def share(o: HopSpec) -> float:
             """How often this kind of value (its op and relation, any category) came out as o.value."""
@@ -667,7 +672,7 @@ class ChainComposer:
             results["sub"] = abs(first - second)
         if min(first, second) >= 2 and first * second <= self.cfg.max_product:
             results["mul"] = first * second
-        seen = self._balance.answers if getattr(self, "_balance", None) is not None else collections.Counter()
+        seen = self._balance.answers
         # Products of two readings are the hardest to guess blind, sums of two small counts the easiest.
         cost = {op: seen[v] + COMBINE_PENALTY[op] for op, v in results.items()}
         ops = sorted(op for op in results if cost[op] == min(cost.values()))
