@@ -180,7 +180,7 @@ class ProgramVerifier:
         if problems:
             return Verification(False, {}, "; ".join(problems))
         if record["variant"] == "full":  # shortened variants name dropped instances directly
-            failures = counterfactual_failures(record)
+            failures = counterfactual_failures(record, first_only=True)
             if failures:
                 return Verification(False, {}, "counterfactual: " + failures[0])
         return Verification(True, {"method": "program", "solvers": 1, "agreeing": 1, "calibration": None})
