@@ -1,0 +1,141 @@
+"""A VLM behind any OpenAI-compatible chat-completions endpoint (vLLM, sglang, a hosted API).
+
+    backend = OpenAIChatBackend("http://localhost:8000/v1", model="Qwen/Qwen3-VL-235B-A22B-Thinking",
+                                cache_dir="runs/vlm-cache")
+    results = backend.complete([ChatRequest([user_message("List the objects.", images=[img])], n=4)])
+
+Requests run concurrently (`max_concurrency` threads), each with its own timeout. Connection errors,
+timeouts, 429 and 5xx responses are retried with exponential backoff and jitter; other errors (400 bad
+request, 401, ...) fail that item at once. Every failure is reported on its item (`ChatResult.error`),
+never raised, so one bad request cannot stop a batch. With `cache_dir`, every successful response is
+stored before it is returned: a rerun after a crash (or a kill -9) repeats no call that completed.
+"""
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import dataclasses
+import io
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from hopchain_jax.vlm.cache import ResponseCache, request_key
+
+
+def image_part(image: np.ndarray | str | os.PathLike) -> dict:
+    """An image content part: a uint8 [H, W, 3] array (sent as PNG) or an image file, as a data URL."""
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        data = path.read_bytes()
+        mime = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".gif": "gif"}.get(path.suffix.lower(), "png")
+    else:
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
+        data, mime = buf.getvalue(), "png"
+    return {"type": "image_url", "image_url": {"url": f"data:image/{mime};base64," + base64.b64encode(data).decode()}}
+
+
+def user_message(text: str, images: Sequence[np.ndarray | str | os.PathLike] = ()) -> dict:
+    """A user turn: the images first, then the text (the order Qwen-VL prompts use)."""
+    return {"role": "user", "content": [image_part(im) for im in images] + [{"type": "text", "text": text}]}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion. messages: OpenAI chat format; n: samples; salt: anything else that should
+    give a separate cache entry (e.g. a sampling round)."""
+
+    messages: list[dict]
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    stop: tuple[str, ...] = ()
+    salt: str = ""
+
+
+@dataclasses.dataclass
+class ChatResult:
+    """texts: one per sample (empty on error); finish_reasons: "stop" | "length" | ...; usage: token
+    counts; cached: served from the cache; attempts: calls made; error: why the item failed, or None."""
+
+    texts: list[str]
+    finish_reasons: list[str]
+    usage: dict
+    cached: bool = False
+    attempts: int = 0
+    error: str | None = None
+
+
+class OpenAIChatBackend:
+    """Batched chat completions against one endpoint and model, with cache, retries and timeouts."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, cache_dir: str | os.PathLike | None = None,
+                 max_concurrency: int = 8, max_retries: int = 5, timeout_s: float = 120.0, backoff_s: float = 1.0,
+                 max_backoff_s: float = 60.0):
+        import openai  # the official client; imported here so the procedural path never needs it
+        self._openai = openai
+        self.base_url, self.model = base_url.rstrip("/"), model
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                                    timeout=timeout_s, max_retries=0)  # retries are ours: backoff + accounting
+        self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
+        self.max_concurrency, self.max_retries = max(1, max_concurrency), max(0, max_retries)
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.calls = 0  # HTTP calls made by this instance (cache hits make none)
+        self._lock = threading.Lock()
+
+    def _payload(self, req: ChatRequest) -> dict:
+        payload = {"model": self.model, "messages": req.messages, "n": req.n, "temperature": req.temperature,
+                   "top_p": req.top_p, "max_tokens": req.max_tokens}
+        if req.stop:
+            payload["stop"] = list(req.stop)
+        return payload
+
+    def _retryable(self, err: Exception) -> bool:
+        o = self._openai
+        if isinstance(err, (o.APIConnectionError, o.RateLimitError, o.InternalServerError)):
+            return True  # APITimeoutError is an APIConnectionError
+        return isinstance(err, o.APIStatusError) and err.status_code in (408, 409)
+
+    def _one(self, req: ChatRequest) -> ChatResult:
+        payload = self._payload(req)
+        key = request_key({"base_url": self.base_url, "payload": payload, "salt": req.salt})
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            return ChatResult(hit["texts"], hit["finish_reasons"], hit["usage"], cached=True)
+        attempts = 0
+        while True:
+            attempts += 1
+            with self._lock:
+                self.calls += 1
+            try:
+                resp = self.client.chat.completions.create(**payload)
+            except Exception as err:  # noqa: BLE001 - every failure becomes the item's error
+                if self._retryable(err) and attempts <= self.max_retries:
+                    delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1))
+                    time.sleep(delay * random.uniform(0.5, 1.0))
+                    continue
+                return ChatResult([], [], {}, attempts=attempts, error=f"{type(err).__name__}: {err}")
+            choices = sorted(resp.choices, key=lambda c: c.index)
+            texts = [c.message.content or "" for c in choices]
+            usage = resp.usage.model_dump() if resp.usage is not None else {}
+            value = {"texts": texts, "finish_reasons": [str(c.finish_reason) for c in choices], "usage": usage}
+            if len(texts) != req.n:
+                return ChatResult(texts, value["finish_reasons"], usage, attempts=attempts,
+                                  error=f"asked for {req.n} samples, the endpoint returned {len(texts)}")
+            if self.cache is not None:
+                self.cache.put(key, value)
+            return ChatResult(texts, value["finish_reasons"], usage, attempts=attempts)
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """Results in the order of `requests`; failures are reported per item, never raised."""
+        if not requests:
+            return []
+        with concurrent.futures.ThreadPoolExecutor(min(self.max_concurrency, len(requests))) as pool:
+            return list(pool.map(self._one, requests))

@@ -1,0 +1,142 @@
+"""The OpenAI-compatible VLM backend against a live local HTTP server, and stage-1 output parsing."""
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from hopchain_jax.vlm.openai_backend import ChatRequest, OpenAIChatBackend, user_message
+from hopchain_jax.vlm.parse import parse_categories
+
+
+class FakeEndpoint:
+    """/v1/chat/completions that answers with the request's text reversed, sample k suffixed with k.
+
+    script: per-call behaviour consumed in order ("500", "429", "400", "slow", or None for normal)."""
+
+    def __init__(self):
+        self.calls, self.script, self.bodies = 0, [], []
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    outer.calls += 1
+                    outer.bodies.append(body)
+                    action = outer.script.pop(0) if outer.script else None
+                if action in ("500", "429", "400"):
+                    self.send_response(int(action))
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(json.dumps({"error": {"message": f"scripted {action}"}}).encode())
+                    return
+                if action == "slow":
+                    time.sleep(1.5)
+                text = next(p["text"] for p in body["messages"][-1]["content"] if p["type"] == "text")
+                n = body.get("n", 1)
+                resp = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                        "choices": [{"index": k, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": text[::-1] + f"#{k}"}}
+                                    for k in reversed(range(n))],
+                        "usage": {"prompt_tokens": 7, "completion_tokens": 3 * n, "total_tokens": 7 + 3 * n}}
+                data = json.dumps(resp).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out first (the "slow" case)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture()
+def endpoint():
+    ep = FakeEndpoint()
+    yield ep
+    ep.server.shutdown()
+
+
+def backend(ep, tmp_path, **kw):
+    kw = {"cache_dir": tmp_path / "cache", "backoff_s": 0.01, "timeout_s": 5.0, **kw}
+    return OpenAIChatBackend(ep.url, model="tiny-vlm", **kw)
+
+
+def test_batch_in_order_with_samples_images_and_usage(endpoint, tmp_path):
+    image = np.zeros((8, 8, 3), np.uint8)
+    reqs = [ChatRequest([user_message(f"question {k}", images=[image])], n=2, temperature=1.0) for k in range(5)]
+    results = backend(endpoint, tmp_path).complete(reqs)
+    assert [r.texts for r in results] == [[f"{k} noitseuq#0", f"{k} noitseuq#1"] for k in range(5)]
+    assert all(r.error is None and r.usage["completion_tokens"] == 6 and not r.cached for r in results)
+    first = endpoint.bodies[0]["messages"][0]["content"][0]
+    assert first["type"] == "image_url" and first["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_a_rerun_repeats_no_completed_call(endpoint, tmp_path):
+    reqs = [ChatRequest([user_message(f"q{k}")]) for k in range(4)]
+    backend(endpoint, tmp_path).complete(reqs)
+    assert endpoint.calls == 4
+    again = backend(endpoint, tmp_path)  # a new process after a crash: same cache folder
+    results = again.complete(reqs + [ChatRequest([user_message("new")])])
+    assert again.calls == 1 and endpoint.calls == 5
+    assert [r.cached for r in results] == [True] * 4 + [False]
+    # the salt (e.g. a sampling round) makes a separate entry
+    assert again.complete([ChatRequest([user_message("q0")], salt="round 2")])[0].cached is False
+
+
+def test_transient_errors_are_retried_and_client_errors_are_not(endpoint, tmp_path):
+    endpoint.script = ["500", "429"]
+    result = backend(endpoint, tmp_path).complete([ChatRequest([user_message("hello")])])[0]
+    assert result.error is None and result.attempts == 3 and result.texts == ["olleh#0"]
+    endpoint.script = ["400"]
+    result = backend(endpoint, tmp_path).complete([ChatRequest([user_message("bad")])])[0]
+    assert result.attempts == 1 and result.texts == [] and "BadRequestError" in result.error
+
+
+def test_failures_are_per_item_and_never_cached(endpoint, tmp_path):
+    endpoint.script = ["500"] * 3
+    b = backend(endpoint, tmp_path, max_retries=2, max_concurrency=1)
+    results = b.complete([ChatRequest([user_message("a")]), ChatRequest([user_message("b")])])
+    assert "InternalServerError" in results[0].error and results[0].attempts == 3
+    assert results[1].error is None and results[1].texts == ["b#0"]
+    assert b.complete([ChatRequest([user_message("a")])])[0].cached is False  # the failure was not stored
+
+
+def test_timeouts_are_retried_then_reported(endpoint, tmp_path):
+    endpoint.script = ["slow", "slow"]
+    result = backend(endpoint, tmp_path, timeout_s=0.5, max_retries=1).complete([ChatRequest([user_message("x")])])[0]
+    assert result.attempts == 2 and "Timeout" in result.error
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('["dog", "cats", "Traffic Lights", "dog"]', ["dog", "cat", "traffic light"]),
+    ('Here you go:\n```json\n["ladybugs", "dice", "glasses"]\n```\nLet me know!', ["ladybug", "die", "glass"]),
+    ('<think>maybe [1, 2]</think>{"categories": [{"category": "Buses"}, {"name": "boxes"}]} done.', ["bus", "box"]),
+    ('The objects are ["bench", "leaves", "berries", "houses"] and that is all.', ["bench", "leaf", "berry", "house"]),
+])
+def test_category_lists_are_found_and_normalised(text, expected):
+    parsed = parse_categories(text)
+    assert parsed.problem is None and parsed.categories == expected
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("", "empty output"),
+    ("I see a dog and a cat.", "no JSON list"),
+    ('{"answer": 3}', "no JSON list"),
+    ("[]", "empty"),
+    ('["dog", 3]', "no JSON list"),
+])
+def test_unreadable_output_gives_a_reason(text, problem):
+    parsed = parse_categories(text)
+    assert parsed.categories == [] and problem in parsed.problem
