@@ -4,4 +4,8 @@
   openai_backend.py  any OpenAI-compatible chat-completions endpoint (vLLM, sglang, ...) through the
                      official `openai` client: concurrency, retries with backoff, timeouts, per-item errors
   parse.py           robust parsing of model output (stage 1: the category list)
+  categories.py      stage 1: a VLM lists the object categories (CategoryIdentifier protocol)
+  solvers.py         stage 4: solver agreement with the composer's answer, then difficulty calibration
+Not here yet (issue 12): the JAX-engine backend and `hopchain serve`, SAM3 (stage 2), the VLM query
+writer (stage 3), `hopchain calibrate` and the `hopchain synth --images` run that ties them together.
 """

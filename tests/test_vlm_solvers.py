@@ -1,0 +1,101 @@
+"""Stage 4 with models: solver agreement and difficulty calibration, with scripted backends."""
+import numpy as np
+import pytest
+
+from hopchain_jax.vlm.openai_backend import ChatResult
+from hopchain_jax.vlm.solvers import AgreementVerifier
+
+
+class Scripted:
+    """A backend answering each question from a table: question -> list of answers (cycled)."""
+
+    def __init__(self, model, answers, error_for=()):
+        self.model, self.answers, self.error_for, self.requests = model, answers, set(error_for), []
+
+    def complete(self, requests):
+        self.requests += list(requests)
+        out = []
+        for req in requests:
+            question = req.messages[0]["content"][-1]["text"].split("\n")[0]
+            if question in self.error_for:
+                out.append(ChatResult([], [], {}, error="RateLimitError: slow down"))
+                continue
+            table = self.answers[question]
+            out.append(ChatResult([f"... so the answer is \\boxed{{{table[i % len(table)]}}}." for i in range(req.n)],
+                                  ["stop"] * req.n, {}))
+        return out
+
+
+def rec(question, answer):
+    return {"question": question, "answer": answer, "image": {"width": 4, "height": 4}}
+
+
+IMAGE = lambda record: np.zeros((4, 4, 3), np.uint8)  # noqa: E731
+
+
+def test_unanimous_solvers_keep_a_query_and_one_dissent_drops_it():
+    big = Scripted("big", {"Q1": [7], "Q2": [7, 7, 7, 8]})
+    verdicts = AgreementVerifier([big], IMAGE).verify_many([rec("Q1", 7), rec("Q2", 7)])
+    assert verdicts[0].accepted and verdicts[0].record_field == {
+        "method": "agreement", "solvers": ["big"], "samples": 4, "agreeing": 4, "calibration": None}
+    assert not verdicts[1].accepted and "3 of 4" in verdicts[1].reason
+    assert [r.n for r in big.requests] == [4, 4]  # one batched call, four samples per query
+    # solvers see the image and the question with the boxed-answer instruction, nothing else
+    content = big.requests[0].messages[0]["content"]
+    assert content[0]["type"] == "image_url" and "\\boxed{}" in content[1]["text"]
+
+
+def test_samples_are_spread_over_several_solvers():
+    a, b, c = (Scripted(m, {"Q": [5]}) for m in "abc")
+    verdict = AgreementVerifier([a, b, c], IMAGE, solver_samples=4).verify(rec("Q", 5))
+    assert verdict.accepted and verdict.record_field["solvers"] == ["a", "b", "c"]
+    assert [r.n for r in a.requests + b.requests + c.requests] == [2, 1, 1]
+
+
+def test_calibration_drops_what_the_weaker_model_always_solves():
+    big = Scripted("big", {"easy": [3], "hard": [12]})
+    small = Scripted("small", {"easy": [3], "hard": [12, 11, 10, 12]})
+    easy, hard = AgreementVerifier([big], IMAGE, calibrator=small).verify_many([rec("easy", 3), rec("hard", 12)])
+    assert not easy.accepted and "8 of 8" in easy.reason
+    assert hard.accepted and hard.record_field["calibration"] == {"model": "small", "samples": 8, "correct": 4}
+    assert [r.n for r in small.requests] == [8, 8] and small.requests[0].temperature == 1.0
+
+
+def test_backend_errors_reject_the_item_with_the_reason():
+    big = Scripted("big", {"Q": [1], "R": [2]}, error_for={"Q"})
+    v_q, v_r = AgreementVerifier([big], IMAGE).verify_many([rec("Q", 1), rec("R", 2)])
+    assert not v_q.accepted and "RateLimitError" in v_q.reason and v_r.accepted
+
+
+def test_numeric_equivalence_is_the_reward_s():
+    big = Scripted("big", {"Q": ["2.50", "5/2", "2.5"]})
+    assert AgreementVerifier([big], IMAGE, solver_samples=3).verify(rec("Q", 2.5)).accepted
+    with pytest.raises(ValueError, match="solver"):
+        AgreementVerifier([], IMAGE)
+
+
+def test_stage_one_lists_categories_or_says_why_not():
+    from hopchain_jax.synth.stages import ImageInput
+    from hopchain_jax.vlm.categories import SkipImage, VLMCategoryIdentifier
+
+    class Lister:
+        model = "lister"
+
+        def __init__(self, replies):
+            self.replies = replies
+
+        def complete(self, requests):
+            return [ChatResult([text], [finish], {}, error=err) for text, finish, err in self.replies[:len(requests)]]
+
+    images = [ImageInput(np.zeros((4, 4, 3), np.uint8), f"img{k}.jpg") for k in range(4)]
+    lister = Lister([('```json\n["Dogs", "traffic lights", "dog"]\n```', "stop", None),
+                     ("I cannot tell.", "stop", None),
+                     ('["car", "bus', "length", None),
+                     ("", "stop", "APITimeoutError: Request timed out.")])
+    parses = VLMCategoryIdentifier(lister).identify_many(images)
+    assert parses[0].categories == ["dog", "traffic light"] and parses[0].problem is None
+    assert "no JSON list" in parses[1].problem
+    assert "cut off" in parses[2].problem
+    assert "APITimeoutError" in parses[3].problem
+    with pytest.raises(SkipImage, match="img0.jpg: no JSON list"):
+        VLMCategoryIdentifier(Lister([("I cannot tell.", "stop", None)])).identify(images[0])
