@@ -99,3 +99,31 @@ def test_stage_one_lists_categories_or_says_why_not():
     assert "APITimeoutError" in parses[3].problem
     with pytest.raises(SkipImage, match="img0.jpg: no JSON list"):
         VLMCategoryIdentifier(Lister([("I cannot tell.", "stop", None)])).identify(images[0])
+
+
+GOOD_QUERY = """<think>the card reads 7...</think>
+```json
+{"question": "Find the card showing 7. Which ball is nearest to it? How many dots does the ladybug directly above that ball have?",
+ "answer": "4",
+ "hops": [{"level": 1, "kind": "perception", "instances": ["i0"], "depends_on": [], "text": "the card showing 7"},
+          {"level": 2, "kind": "instance_chain", "instances": ["i0", "i3"], "depends_on": [0], "text": "nearest ball"},
+          {"level": 2, "kind": "perception", "instances": ["i3", "i5"], "depends_on": [1], "text": "ladybug above"},
+          {"level": 1, "kind": "perception", "instances": ["i5"], "depends_on": [2], "text": "count its dots"}]}
+```"""
+
+
+def test_stage_three_output_is_held_to_the_chain_rules():
+    from hopchain_jax.vlm.query_check import check_query
+    ids = ["i0", "i1", "i3", "i5"]
+    ok = check_query(GOOD_QUERY, ids)
+    assert ok.problems == [] and ok.answer == 4 and len(ok.hops) == 4 and ok.hops[1]["instance_ids"] == ["i0", "i3"]
+    bad = check_query(GOOD_QUERY.replace("Find the card showing 7.", "Find the card in box (120, 40).")
+                      .replace('"depends_on": [1]', '"depends_on": []').replace('"i5"]', '"i9"]'), ids)
+    assert any("refers to ['box']" in p for p in bad.problems)
+    assert any("coordinates" in p for p in bad.problems)
+    assert any("hop 2 must depend" in p for p in bad.problems)
+    assert any("unknown instances ['i9']" in p for p in bad.problems)
+    short = check_query('{"question": "How many balls?", "answer": "several", "hops": []}', ids)
+    assert {"the answer 'several' is not a single number", "0 hops; a chain needs at least 3",
+            "no instance-chain hop"} <= set(short.problems)
+    assert check_query("Sorry, I cannot.", ids).problems == ["no JSON object with a question in the output"]

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _IRREGULAR = {"people": "person", "children": "child", "men": "man", "women": "woman", "mice": "mouse",
               "geese": "goose", "feet": "foot", "teeth": "tooth", "dice": "die", "leaves": "leaf",
               "knives": "knife", "wolves": "wolf", "shelves": "shelf", "loaves": "loaf", "oxen": "ox",
@@ -48,7 +48,7 @@ def normalise(name: str) -> str:
     return singular(name) if name else name
 
 
-def _json_values(text: str):
+def json_values(text: str):
     """Every JSON value that starts at a '[' or '{' of `text`, in order."""
     decoder = json.JSONDecoder()
     for m in re.finditer(r"[\[{]", text):
@@ -84,9 +84,9 @@ def parse_categories(text: str, max_categories: int = 64) -> CategoryParse:
         return CategoryParse([], "empty output")
     if "</think>" in text:
         text = text.rsplit("</think>", 1)[1]
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    candidates = [m.group(1) for m in FENCE.finditer(text)] + [text]
     for chunk in candidates:
-        for value in _json_values(chunk):
+        for value in json_values(chunk):
             names = _names(value)
             if names is None:
                 continue
