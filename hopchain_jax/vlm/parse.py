@@ -59,6 +59,15 @@ def json_values(text: str):
         yield value
 
 
+def answer_json_values(text: str):
+    """The JSON values of a model's answer: after any `<think>...</think>`, those in code fences first,
+    then those in the whole text."""
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    for chunk in [m.group(1) for m in FENCE.finditer(text)] + [text]:
+        yield from json_values(chunk)
+
+
 def _names(value: Any) -> list[str] | None:
     if isinstance(value, dict):
         for key in ("categories", "objects", "items"):
@@ -82,16 +91,12 @@ def parse_categories(text: str, max_categories: int = 64) -> CategoryParse:
     """The category list in a model's answer (see the module docstring)."""
     if not isinstance(text, str) or not text.strip():
         return CategoryParse([], "empty output")
-    if "</think>" in text:
-        text = text.rsplit("</think>", 1)[1]
-    candidates = [m.group(1) for m in FENCE.finditer(text)] + [text]
-    for chunk in candidates:
-        for value in json_values(chunk):
-            names = _names(value)
-            if names is None:
-                continue
-            out = list(dict.fromkeys(n for n in map(normalise, names) if n))
-            if not out:
-                return CategoryParse([], "the list is empty")
-            return CategoryParse(out[:max_categories])
+    for value in answer_json_values(text):
+        names = _names(value)
+        if names is None:
+            continue
+        out = list(dict.fromkeys(n for n in map(normalise, names) if n))
+        if not out:
+            return CategoryParse([], "the list is empty")
+        return CategoryParse(out[:max_categories])
     return CategoryParse([], "no JSON list of category names in the output")

@@ -19,7 +19,7 @@ import re
 from typing import Any, Sequence
 
 from hopchain_jax.synth.record import FORBIDDEN_WORDS
-from hopchain_jax.vlm.parse import FENCE, json_values
+from hopchain_jax.vlm.parse import answer_json_values
 
 _COORDS = re.compile(r"\(\s*\d{1,4}\s*,\s*\d{1,4}\s*(,\s*\d{1,4}\s*,\s*\d{1,4}\s*)?\)|\[\s*\d{1,4}\s*,\s*\d{1,4}\s*,")
 
@@ -36,13 +36,7 @@ class CheckedQuery:
 
 
 def _query_json(text: str) -> dict | None:
-    if "</think>" in text:
-        text = text.rsplit("</think>", 1)[1]
-    for chunk in [m.group(1) for m in FENCE.finditer(text)] + [text]:
-        for value in json_values(chunk):
-            if isinstance(value, dict) and "question" in value:
-                return value
-    return None
+    return next((v for v in answer_json_values(text) if isinstance(v, dict) and "question" in v), None)
 
 
 def _number(value: Any) -> int | float | None:
