@@ -1,11 +1,15 @@
-"""The `hopchain` command: synth, export, inspect.
+"""The `hopchain` command.
 
   hopchain synth --out DIR                 procedural HopChain data (no downloads, no weights)
-  hopchain synth --images PHOTOS --out DIR check user images (model-driven stages: not in this version)
-  hopchain export DIR --jsonl FILE         schema-v1 JSON Lines
+  hopchain synth --images PHOTOS --out DIR --vlm SPEC --sam3 DIR   the paper's model-driven stages on photos
+  hopchain export DIR --jsonl FILE         schema-v2 JSON Lines [--calibration F --drop-too-easy --verdicts F]
   hopchain inspect DIR --html OUT.html     gallery of queries with instance outlines
   hopchain import --jsonl MINE.jsonl --out DIR   your image/question/answer data in the same format
   hopchain generate --model CKPT --image IMG --prompt "..." [--greedy --json]
+  hopchain serve --model CKPT              OpenAI-compatible chat server over the JAX engine
+  hopchain calibrate DIR --model CKPT      a weaker model's pass rate per query (difficulty calibration)
+  hopchain annotate export|import ...      human annotation sheets: people as the solvers
+SPEC (--vlm, --solver, --calibrator): a checkpoint directory or MODEL@URL of an OpenAI-compatible endpoint.
 """
 from __future__ import annotations
 
@@ -17,22 +21,15 @@ import sys
 
 def _synth(args: argparse.Namespace) -> int:
     if args.images:
-        from hopchain_jax.synth.user_images import scan_images
-        scan = scan_images(args.images)
-        for path, reason in scan.problems:
-            print(f"skipped {path}: {reason}", file=sys.stderr)
-        print(f"{len(scan.readable)} readable images, {len(scan.problems)} skipped in {args.images}", file=sys.stderr)
-        print("user images need the model-driven stages (category identification with a VLM, instance "
-              "segmentation with SAM3), which this version of hopchain_jax does not include yet; nothing was "
-              "written. The procedural world needs neither: run `hopchain synth --out DIR` without --images.",
-              file=sys.stderr)
-        return 2
+        from hopchain_jax.vlm.photo_cli import run_photos
+        args.images_per_shard = args.images_per_shard or 16
+        return run_photos(args)
     if not args.out:
         print("hopchain synth: --out DIR is required (where the dataset is written)", file=sys.stderr)
         return 2
     from hopchain_jax.synth.composer import ComposerConfig
     from hopchain_jax.synth.pipeline import SynthConfig, format_summary, run_synthesis
-    config = SynthConfig(seed=args.seed, num_images=args.num_images, images_per_shard=args.images_per_shard,
+    config = SynthConfig(seed=args.seed, num_images=args.num_images, images_per_shard=args.images_per_shard or 48,
                          composer=ComposerConfig() if args.queries_per_image is None else
                          dataclasses.replace(ComposerConfig(), queries_per_image=args.queries_per_image))
     try:
@@ -45,10 +42,15 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from hopchain_jax.data.export import export_jsonl
-    n = export_jsonl(args.dir, args.jsonl, png_dir=args.png_dir, variants=tuple(args.variant),
-                     progress=not args.no_progress)
-    print(f"wrote {n} records to {args.jsonl}")
+    from hopchain_jax.data.export import export_dataset, format_export_summary
+    try:
+        summary = export_dataset(args.dir, args.jsonl, png_dir=args.png_dir, variants=tuple(args.variant),
+                                 progress=not args.no_progress, calibration=args.calibration,
+                                 drop_too_easy=args.drop_too_easy, verdicts=args.verdicts)
+    except ValueError as e:
+        print(f"hopchain export: {e}", file=sys.stderr)
+        return 2
+    print(format_export_summary(summary, args.jsonl))
     return 0
 
 
@@ -100,24 +102,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="synthesize multi-hop queries into a TensorStore dataset")
     s.add_argument("--out", help="dataset directory (created; rerun the same command to resume)")
-    s.add_argument("--images", help="a folder of user images (needs the model-driven stages)")
+    s.add_argument("--images", help="a folder of photos: run the paper's model-driven stages on them "
+                                     "(needs --vlm and --sam3, see below)")
     s.add_argument("--num-images", type=int, default=240, help="procedural scenes to render (default 240)")
     s.add_argument("--queries-per-image", type=int,
                    help="most full chains kept per scene (default: ComposerConfig.queries_per_image, 14)")
-    s.add_argument("--images-per-shard", type=int, default=48,
-                   help="scenes per atomic shard, also the window over which answers are balanced (default 48)")
+    s.add_argument("--images-per-shard", type=int,
+                   help="images per atomic shard; procedural: also the window over which answers are balanced "
+                        "(default 48; with --images 16)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--no-progress", action="store_true")
+    from hopchain_jax.vlm.photo_cli import add_photo_args
+    add_photo_args(s)
     s.set_defaults(fn=_synth)
 
-    variants = dict(nargs="+", choices=["full", "half", "single"], default=["full", "half", "single"])
+    variants = dict(nargs="+", choices=["full", "half", "single", "external"],
+                    default=["full", "half", "single", "external"])
     e = sub.add_parser("export", help="write a dataset as schema-v1 JSON Lines")
     e.add_argument("dir")
     e.add_argument("--jsonl", required=True)
     e.add_argument("--png-dir", help="also write each image as PNG here and put its path in the records")
     e.add_argument("--variant", **variants)
+    e.add_argument("--calibration", help="a `hopchain calibrate` results file: fill verification.calibration")
+    e.add_argument("--drop-too-easy", action="store_true",
+                   help="with --calibration: leave out queries the calibration model always solved")
+    e.add_argument("--verdicts", help="a `hopchain annotate import` file: apply human verdicts, leave out rejected queries")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=_export)
 
@@ -156,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-pixels", type=int, help="cap on resized image pixels (fewer image tokens)")
     g.add_argument("--json", action="store_true", help="print one JSON object: input_ids, image_grid_thw, output_ids, text")
     g.set_defaults(fn=_generate)
+
+    from hopchain_jax.serve.cli import add_serve_parser
+    from hopchain_jax.vlm.annotation_cli import add_annotate_parser
+    from hopchain_jax.vlm.calibrate_cli import add_calibrate_parser
+    add_serve_parser(sub)
+    add_calibrate_parser(sub)
+    add_annotate_parser(sub)
     return parser
 
 

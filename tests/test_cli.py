@@ -79,12 +79,14 @@ def test_user_images_are_checked_one_by_one(tmp_path, capsys):
     (photos / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(photos / "tiny.png")
     assert main(["synth", "--images", str(photos), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert "empty.png: empty file" in err
-    assert "notes.txt: not an image" in err
-    assert "truncated.jpg: truncated" in err
-    assert "garbage.png:" in err and "tiny.png: too small" in err
-    assert "good.png" not in err and "full.jpg" not in err
-    assert "2 readable images, 5 skipped" in err
-    assert "model-driven stages" in err and "nothing was written" in err
-    assert not (tmp_path / "o").exists()
+    assert "--vlm, --sam3 required" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(["synth", "--images", str(photos), "--out", str(tmp_path / "o"), "--vlm", "nowhere",
+                 "--sam3", str(photos)]) == 2
+    assert "--vlm 'nowhere': not a directory and not MODEL@URL" in capsys.readouterr().err
+    from hopchain_jax.vlm.photo_pipeline import PhotoSynthConfig, prepare_photo_output
+    readable = prepare_photo_output(tmp_path / "o", PhotoSynthConfig(images=str(photos)))
+    assert [p.name for p in readable] == ["full.jpg", "good.png"]
+    problems = json.loads((tmp_path / "o" / "manifest.json").read_text())["unreadable"]
+    assert problems["empty.png"].startswith("empty file") and problems["notes.txt"].startswith("not an image")
+    assert problems["truncated.jpg"].startswith("truncated") and problems["tiny.png"].startswith("too small")
+    assert "garbage.png" in problems and len(problems) == 5

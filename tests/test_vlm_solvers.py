@@ -119,7 +119,7 @@ def test_stage_three_output_is_held_to_the_chain_rules():
     assert ok.problems == [] and ok.answer == 4 and len(ok.hops) == 4 and ok.hops[1]["instance_ids"] == ["i0", "i3"]
     bad = check_query(GOOD_QUERY.replace("Find the card showing 7.", "Find the card in box (120, 40).")
                       .replace('"depends_on": [1]', '"depends_on": []').replace('"i5"]', '"i9"]'), ids)
-    assert any("refers to ['box']" in p for p in bad.problems)
+    assert any("does not see: ['box']" in p for p in bad.problems)
     assert any("coordinates" in p for p in bad.problems)
     assert any("hop 2 must depend" in p for p in bad.problems)
     assert any("unknown instances ['i9']" in p for p in bad.problems)

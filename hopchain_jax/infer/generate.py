@@ -32,8 +32,10 @@ def default_dtype() -> str:
 
 class Generator:
     def __init__(self, model_dir: str | os.PathLike, *, dtype: str | None = None, mesh_shape: tuple[int, int, int] | None = None,
-                 max_length: int | None = None, max_pixels: int | None = None, progress: bool = True):
-        """mesh_shape: (data, fsdp, tensor); default puts every device on fsdp."""
+                 max_length: int | None = None, max_pixels: int | None = None, progress: bool = True,
+                 max_slots: int = 256):
+        """mesh_shape: (data, fsdp, tensor); default puts every device on fsdp. max_slots: the engine's
+        decode slots (sequences decoded at once)."""
         dtype = dtype or default_dtype()
         if dtype not in DTYPE_NAMES:
             raise ValueError(f"--dtype {dtype!r}: choose one of {DTYPE_NAMES}")
@@ -45,7 +47,7 @@ class Generator:
         if max_pixels is not None:
             self.processor = self.processor.replace(max_pixels=max_pixels)
         self.max_length = max_length or self.config.text.max_position_embeddings
-        self.engine = InferenceEngine(self.model, self.tokenizer, mesh=self.mesh)
+        self.engine = InferenceEngine(self.model, self.tokenizer, mesh=self.mesh, max_slots=max_slots)
 
     def build_request(self, prompt: str, images: Sequence[str | os.PathLike | Image.Image | np.ndarray] = (),
                       max_new_tokens: int = 256) -> tuple[Request, dict]:
@@ -57,16 +59,35 @@ class Generator:
             else:
                 pil.append(im)
         content = [{"type": "image"} for _ in pil] + [{"type": "text", "text": prompt}]
-        text = build_chat_prompt([{"role": "user", "content": content}])
+        return self.build_chat_request([{"role": "user", "content": content}], pil, max_new_tokens)
+
+    def build_chat_request(self, messages: Sequence[dict], images: Sequence[Image.Image | np.ndarray] = (),
+                           max_new_tokens: int = 256, *, limit_name: str = "--max-new-tokens") -> tuple[Request, dict]:
+        """A Request for a whole conversation. messages: the chat template's format (content a string or a
+        list of {"type": "text", "text"} and {"type": "image"} placeholders); images: one per placeholder,
+        in order (PIL images or uint8 [H, W, 3]). limit_name: how error messages name max_new_tokens.
+        Raises ValueError when the prompt and max_new_tokens do not fit in max_length."""
+        text = build_chat_prompt(messages)
         pixel_values = grid = None
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]  # one <|image_pad|> per image
-        if pil:
-            processed = improc.preprocess(pil, self.processor)
+        placeholders = sum(1 for i in ids if i == self.config.image_token_id)
+        if placeholders != len(images):
+            raise ValueError(f"the prompt holds {placeholders} image placeholders but {len(images)} images were "
+                             "given: pass one image per placeholder (and no <|image_pad|> in the text)")
+        if len(ids) - placeholders + max_new_tokens > self.max_length:   # over budget before any image token
+            raise ValueError(f"prompt ({len(ids) - placeholders} text tokens) + max_new_tokens ({max_new_tokens}) "
+                             f"exceeds max_length {self.max_length}: shorten the prompt or lower {limit_name}")
+        if len(images):
+            processed = improc.preprocess(list(images), self.processor)
             pixel_values, grid = processed.pixel_values, processed.image_grid_thw
             merge = self.config.vision.spatial_merge_size
-            check_image_token_budget(len(ids) + max_new_tokens, grid, merge, self.max_length,
-                                     self.processor.max_pixels, patch_size=self.processor.patch_size,
-                                     min_pixels=self.processor.min_pixels)
+            try:
+                check_image_token_budget(len(ids) + max_new_tokens, grid, merge, self.max_length,
+                                         self.processor.max_pixels, patch_size=self.processor.patch_size,
+                                         min_pixels=self.processor.min_pixels)
+            except ValueError as e:
+                raise ValueError(f"{e} (the text tokens include {limit_name}={max_new_tokens}: lowering it "
+                                 "also helps)") from None
             ids = expand_image_tokens(ids, grid, merge, image_token_id=self.config.image_token_id)
         if max(ids) >= self.config.text.vocab_size:
             raise ValueError(f"token id {max(ids)} is outside the model's vocabulary ({self.config.text.vocab_size}): "
@@ -74,7 +95,7 @@ class Generator:
                              "in its directory")
         if len(ids) + max_new_tokens > self.max_length:
             raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds max_length "
-                             f"{self.max_length}: shorten the prompt or lower --max-new-tokens")
+                             f"{self.max_length}: shorten the prompt or lower {limit_name}")
         request = Request(ids, pixel_values, grid, max_new_tokens)
         return request, {"input_ids": [int(i) for i in ids],
                          "image_grid_thw": grid.tolist() if grid is not None else []}

@@ -11,6 +11,7 @@ runs offline. Model-driven versions (VLM, SAM3) implement the same protocols; no
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Protocol, Sequence
 
@@ -41,7 +42,7 @@ class ImageInput:
     def width(self) -> int:
         return int(self.pixels.shape[1])
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
         return hashlib.sha256(np.ascontiguousarray(self.pixels).tobytes()).hexdigest()
 

@@ -4,12 +4,13 @@ The composer model sees the image, a crop of each instance and the instance list
 boxes), and answers with JSON:
     {"question": str, "answer": number,
      "hops": [{"level": 1|2, "kind": "perception"|"instance_chain", "instances": [ids],
-               "depends_on": [earlier hop indices], "text": str}, ...]}
-`check_query` returns the schema-v2 pieces (hops, question, answer) or the reasons the output is
-rejected: unreadable JSON, unknown instance ids, fewer than 3 or more than 6 instances, fewer than 3 hops,
-a hop after the first that depends on nothing earlier, a missing Level-1 / Level-2 perception hop or
-instance-chain hop, a non-numeric answer, or a question that refers to boxes, masks, ids, coordinates
-or crops (which the solver will not see).
+               "depends_on": [earlier hop indices], "text": str, "value": its result (optional)}, ...]}
+`check_query` returns the schema-v2 pieces (hops, question, answer; a hop's value is the model's
+stated result, an instance id or a number, or None; the last hop's value is the answer) or the reasons
+the output is rejected: unreadable JSON, unknown instance ids, fewer than 3 or more than 6 instances,
+fewer than 3 hops, a hop after the first that depends on nothing earlier, a missing Level-1 / Level-2
+perception hop or instance-chain hop, a non-numeric answer, a last hop whose stated value is not the
+answer, or a question that refers to boxes, masks, ids, coordinates or crops (which the solver will not see).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def check_query(text: str, instance_ids: Sequence[str]) -> CheckedQuery:
     else:
         bad = sorted({w.lower() for w in FORBIDDEN_WORDS.findall(question)})
         if bad:
-            problems.append(f"the question refers to {bad}, which the solver does not see")
+            problems.append(f"the question refers to things the solver does not see: {bad}")
         if _COORDS.search(question) or any(re.search(rf"\b{re.escape(i)}\b", question) for i in instance_ids):
             problems.append("the question gives coordinates or instance ids")
     answer = _number(data.get("answer"))
@@ -87,9 +88,15 @@ def check_query(text: str, instance_ids: Sequence[str]) -> CheckedQuery:
             problems.append(f"hop {i} has kind {raw.get('kind')!r} level {raw.get('level')!r}")
         if any(not 0 <= d < i for d in deps) or (i > 0 and not deps):
             problems.append(f"hop {i} must depend on earlier hops, got {raw.get('depends_on')!r}")
+        value = raw.get("value")
+        value = value if isinstance(value, str) and value in known else _number(value)
         hops.append({"index": i, "kind": raw.get("kind"), "level": raw.get("level"), "op": raw.get("op", "vlm"),
-                     "instance_ids": ids, "depends_on": deps, "text": str(raw.get("text", "")), "value": None,
+                     "instance_ids": ids, "depends_on": deps, "text": str(raw.get("text", "")), "value": value,
                      "combine": None})
+    if hops and answer is not None:
+        if hops[-1]["value"] is not None and hops[-1]["value"] != answer:
+            problems.append(f"the last hop's value {hops[-1]['value']!r} is not the answer {answer!r}")
+        hops[-1]["value"] = answer  # schema: the last hop's value is the answer
     used = {i for h in hops for i in h["instance_ids"]}
     if len(hops) < 3:
         problems.append(f"{len(hops)} hops; a chain needs at least 3")

@@ -45,10 +45,10 @@ class AgreementVerifier:
     solvers: one or several backends; solver_samples (default 4, the paper's four annotators) are spread
     over them round-robin, and every sample must give the record's answer. calibrator: the weaker model;
     of its calibration_samples answers, if all are right the query is too easy and is dropped.
-    image_of: record -> uint8 [H, W, 3]."""
+    image_of: record -> uint8 [H, W, 3] (or give the images to verify_many)."""
 
     solvers: Sequence[ChatBackend]
-    image_of: Callable[[dict], np.ndarray]
+    image_of: Callable[[dict], np.ndarray] | None = None
     solver_samples: int = 4
     calibrator: ChatBackend | None = None
     calibration_samples: int = 8
@@ -67,9 +67,13 @@ class AgreementVerifier:
     def verify(self, record: dict) -> Verification:
         return self.verify_many([record])[0]
 
-    def verify_many(self, records: Sequence[dict]) -> list[Verification]:
-        """One verdict per record, in order. Backend failures reject the record with the reason."""
-        images = [self.image_of(r) for r in records]
+    def verify_many(self, records: Sequence[dict], images: Sequence[np.ndarray] | None = None) -> list[Verification]:
+        """One verdict per record, in order. images: each record's uint8 [H, W, 3] pixels (default:
+        image_of(record)). Backend failures reject the record with the reason."""
+        if images is None:
+            if self.image_of is None:
+                raise ValueError("AgreementVerifier.verify_many: give images= or construct with image_of=")
+            images = [self.image_of(r) for r in records]
         answers: list[list[tuple[str, ChatResult]]] = [[] for _ in records]
         for solver, share in zip(self.solvers, self._shares()):
             if share == 0:

@@ -1,0 +1,56 @@
+"""Model specs on the command line -> chat backends.
+
+A spec names one model for a stage:
+  /path/to/checkpoint          a local Qwen2.5-VL / Qwen3-VL checkpoint directory, run on our JAX engine
+  MODEL@URL                    MODEL served by an OpenAI-compatible endpoint, e.g.
+                               Qwen/Qwen3-VL-235B-A22B-Thinking@http://localhost:8000/v1
+The same spec given for several stages opens one backend (a checkpoint is loaded once).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hopchain_jax.vlm.solvers import ChatBackend
+
+SPEC_HELP = "a checkpoint directory (our JAX engine) or MODEL@URL (an OpenAI-compatible endpoint)"
+
+
+def describe_spec(spec: str, flag: str) -> tuple[str, str]:
+    """("checkpoint", absolute dir) or ("endpoint", spec); ValueError naming `flag` and the fix otherwise."""
+    if "@" in spec and "://" in spec.split("@", 1)[1]:
+        model, url = spec.split("@", 1)
+        if not model:
+            raise ValueError(f"{flag} {spec!r}: the model name before '@' is empty; write MODEL@URL")
+        return "endpoint", spec
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ValueError(f"{flag} {spec!r}: the directory has no config.json; give a Hugging Face checkpoint "
+                             "directory (config.json + safetensors) or MODEL@URL")
+        return "checkpoint", str(path.resolve())
+    raise ValueError(f"{flag} {spec!r}: not a directory and not MODEL@URL; give {SPEC_HELP}")
+
+
+class BackendPool:
+    """Opens each distinct spec once. cache_dir: every backend's response cache lives under it (one
+    sub-folder per model), so a rerun after a crash repeats no model call."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None, **engine_options):
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.engine_options = engine_options
+        self._open: dict[str, ChatBackend] = {}
+
+    def get(self, spec: str, flag: str) -> ChatBackend:
+        kind, key = describe_spec(spec, flag)
+        if key not in self._open:
+            slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[-80:]
+            cache = self.cache_dir / slug if self.cache_dir is not None else None
+            if kind == "endpoint":
+                from hopchain_jax.vlm.openai_backend import OpenAIChatBackend
+                model, url = key.split("@", 1)
+                self._open[key] = OpenAIChatBackend(url, model, cache_dir=cache)
+            else:
+                from hopchain_jax.vlm.engine_backend import EngineChatBackend
+                self._open[key] = EngineChatBackend(key, cache_dir=cache, **self.engine_options)
+        return self._open[key]

@@ -1,0 +1,98 @@
+"""`hopchain synth --images` end to end with real components: the stage-1/3/4 VLM behind a live
+OpenAI-compatible server (our `hopchain serve` app, answering from the procedural oracle through
+tests/oracle_vlm.py), a tiny random SAM3 checkpoint for stage 2, and a tiny random Qwen-VL checkpoint
+on our JAX engine as the calibration model."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import portpicker
+import pytest
+
+from hf_tiny import save_tiny_sam3
+from engine_tiny import tiny_checkpoint
+from oracle_vlm import OracleVLM, write_scene_photos
+
+pytest.importorskip("transformers.models.sam3")
+
+
+@pytest.fixture()
+def oracle_server(tmp_path):
+    import uvicorn
+    from hopchain_jax.serve.app import build_app
+    scenes = write_scene_photos(tmp_path / "photos", (0, 1))
+    vlm = OracleVLM(scenes, model="oracle", wrong_solver=lambda q: False)
+    app = build_app(vlm, batch_window_ms=2)
+    port = portpicker.pick_unused_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"oracle@http://127.0.0.1:{port}/v1", vlm, tmp_path / "photos"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_synth_images_command_with_a_served_vlm_and_tiny_sam3(oracle_server, tmp_path, tmp_path_factory, capsys):
+    """The user's command: stages 1 and 3 over HTTP, SAM3 from a checkpoint directory, the calibrator
+    on our engine. A random SAM3 finds few, arbitrary objects, so the writer finds no chain over them:
+    every drafted query is rejected with its reason, and the run still ends cleanly."""
+    from hopchain_jax.cli import main
+    spec, vlm, photos = oracle_server
+    sam3 = save_tiny_sam3(tmp_path / "sam3")
+    ckpt, _ = tiny_checkpoint(tmp_path_factory)
+    out = tmp_path / "out"
+    argv = ["synth", "--images", str(photos), "--out", str(out), "--vlm", spec, "--sam3", str(sam3),
+            "--sam3-score", "0", "--calibrator", str(ckpt), "--engine-max-pixels", "12544", "--max-tokens", "8",
+            "--combos-per-image", "6", "--no-progress", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    st = summary["stages"]
+    assert st["categories"] == {"in": 2, "accepted": 2, "rejected": {}}
+    assert st["segmentation"]["in"] == 2 and summary["instances_kept"] >= 3   # tiny SAM3 at threshold 0
+    assert summary["instances_dropped"]["duplicate"] > 0
+    assert st["queries"]["in"] >= st["segmentation"]["accepted"] > 0
+    assert sum(st["queries"]["rejected"].values()) == st["queries"]["in"] - st["queries"]["accepted"]
+    assert vlm.requests == 2 + st["queries"]["in"] + 4 * st["queries"]["accepted"]  # over HTTP, batched
+    assert (out / "vlm-cache").is_dir() and any((out / "vlm-cache").rglob("*.json"))  # answers cached on disk
+    calls = vlm.calls
+    assert main(argv) == 0                                # a rerun finds every shard done and calls no model
+    assert json.loads(capsys.readouterr().out)["shards_resumed"] == 1 and vlm.calls == calls
+
+
+@pytest.mark.slow
+def test_served_vlm_solvers_and_an_engine_calibrator_keep_verified_queries(oracle_server, tmp_path,
+                                                                            tmp_path_factory):
+    """Stages 1, 3 and 4 through the official openai client against the live server, the oracle's
+    segmentation for stage 2, and the tiny Qwen-VL checkpoint on our JAX engine as the weaker model."""
+    from hopchain_jax.data.store import HopChainDataset
+    from hopchain_jax.vlm.categories import VLMCategoryIdentifier
+    from hopchain_jax.vlm.engine_backend import EngineChatBackend
+    from hopchain_jax.vlm.openai_backend import OpenAIChatBackend
+    from hopchain_jax.vlm.photo_pipeline import PhotoStages, PhotoSynthConfig, run_photo_synthesis
+    from hopchain_jax.vlm.query_writer import VLMQueryWriter
+    from hopchain_jax.vlm.solvers import AgreementVerifier
+    from oracle_vlm import OracleSceneSegmenter
+    spec, vlm, photos = oracle_server
+    model, url = spec.split("@", 1)
+    http = OpenAIChatBackend(url, model, cache_dir=tmp_path / "cache")
+    weak = EngineChatBackend(tiny_checkpoint(tmp_path_factory)[0], max_pixels=12544, name="tiny")
+    stages = PhotoStages(VLMCategoryIdentifier(http), OracleSceneSegmenter(vlm.scenes),
+                         VLMQueryWriter(http, combos_per_image=8, max_tokens=8),
+                         AgreementVerifier([http], calibrator=weak, max_tokens=8))
+    summary = run_photo_synthesis(tmp_path / "out", PhotoSynthConfig(images=str(photos)), stages, progress=False)
+    st = summary["stages"]
+    assert st["queries"]["accepted"] > 0 and st["verification"]["accepted"] > 0
+    records = list(HopChainDataset(tmp_path / "out").records())
+    assert len(records) == st["verification"]["accepted"]
+    for rec in records:
+        assert rec["verification"]["agreeing"] == 4
+        cal = rec["verification"]["calibration"]
+        assert cal["model"] == "tiny" and cal["samples"] == 8 and cal["correct"] < 8   # random: never all right
+        assert vlm.book[rec["question"]] == rec["answer"]
