@@ -6,6 +6,9 @@ backend (and one checkpoint) instead of paying the load and the compiles twice.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +38,24 @@ def tiny_backend(tmp_path_factory):
         from hopchain_jax.vlm.engine_backend import EngineChatBackend
         _BUILT["backend"] = EngineChatBackend(tiny_checkpoint(tmp_path_factory)[0], name="tiny")
     return _BUILT["backend"]
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """Serve a FastAPI app with uvicorn on a free localhost port in a background thread; yields the
+    base URL ("http://127.0.0.1:PORT/v1") and stops the server on exit."""
+    import portpicker
+    import uvicorn
+    port = portpicker.pick_unused_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        srv.should_exit = True
+        thread.join(10)

@@ -5,14 +5,11 @@ on our JAX engine as the calibration model."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 
-import portpicker
 import pytest
 
 from hf_tiny import save_tiny_sam3
-from engine_tiny import tiny_checkpoint
+from engine_tiny import live_server, tiny_checkpoint
 from oracle_vlm import OracleVLM, write_scene_photos
 
 pytest.importorskip("transformers.models.sam3")
@@ -20,22 +17,12 @@ pytest.importorskip("transformers.models.sam3")
 
 @pytest.fixture()
 def oracle_server(tmp_path):
-    import uvicorn
     from hopchain_jax.serve.app import build_app
     scenes = write_scene_photos(tmp_path / "photos", (0, 1))
     vlm = OracleVLM(scenes, model="oracle", wrong_solver=lambda q: False)
     app = build_app(vlm, batch_window_ms=2)
-    port = portpicker.pick_unused_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"oracle@http://127.0.0.1:{port}/v1", vlm, tmp_path / "photos"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with live_server(app) as url:
+        yield f"oracle@{url}", vlm, tmp_path / "photos"
 
 
 @pytest.mark.slow

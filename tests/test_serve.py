@@ -11,12 +11,11 @@ import urllib.request
 import json
 import numpy as np
 import openai
-import portpicker
 import pytest
 import uvicorn
 from PIL import Image
 
-from engine_tiny import tiny_backend, tiny_checkpoint
+from engine_tiny import live_server, tiny_backend, tiny_checkpoint
 from hopchain_jax.serve.app import build_app
 from hopchain_jax.serve.cli import add_serve_parser
 from hopchain_jax.vlm.openai_backend import image_part
@@ -46,17 +45,8 @@ def ckpt(tmp_path_factory):
 def server(tmp_path_factory):
     backend = CountingBackend(tiny_backend(tmp_path_factory))
     app = build_app(backend, max_batch=16, batch_window_ms=5)
-    port = portpicker.pick_unused_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield backend, app, f"http://127.0.0.1:{port}/v1"
-    srv.should_exit = True
-    thread.join(10)
+    with live_server(app) as url:
+        yield backend, app, url
 
 
 @pytest.fixture(scope="module")
