@@ -47,8 +47,10 @@ the math above, the residuals and the backward driver, and differ only in how a 
   (untested: no TPU).
 * ``impl="auto"`` on a GPU probes, once per process, Mosaic GPU (Hopper, 16-bit inputs), then
   Triton, then falls back to the chunked XLA scan, warning for each kernel that does not lower or
-  does not match the reference (:func:`auto_kernel`). The order is a prior, not a measurement: the
-  first GPU run of ``benchmarks/kernels.py`` decides it (see benchmarks/RESULTS.md).
+  does not match the reference (:func:`auto_kernel`). That order is a prior; a measured one
+  replaces it when ``kernels/tuned.json`` has a record for the device (written by
+  ``benchmarks/kernels.py --tuned-out`` from the cases that passed its on-device check; see
+  :func:`kernels.dispatch.tuned_order` and benchmarks/RESULTS.md).
 
 Verified on CPU (tests/test_kernels_logprob.py, tests/test_kernels_mosaic.py): both kernels'
 values and gradients against the reference in their interpreters (Pallas interpret mode; Mosaic
@@ -57,22 +59,29 @@ GPU's interpreter with simulated SMEM/TMA/barriers, where the layout primitives 
 see ``logprob_mosaic._load_rows``), and both full differentiated ops *lowered for CUDA* at the
 production shape N=4096, D=4096, V=151,936 (the Triton IR and the Mosaic GPU module, including
 Mosaic's register-layout checks and its SMEM budget, are produced on the CPU host), also under
-``shard_map(check_vma=True)`` with a vocabulary-sharded w.
+``shard_map(check_vma=True)`` with a vocabulary-sharded w. (JAX 0.11's Triton lowering takes the
+target's compute capability from the device, so on a CPU host it lowers under an abstract
+"NVIDIA H200" device: ``jax.sharding.use_abstract_mesh`` with an ``AbstractDevice``; JAX 0.10
+falls back to sm_90 by itself. From 0.11 ``pallas_call`` with Triton parameters also emits a
+DeprecationWarning, "The Pallas Triton backend is deprecated".)
 
 Not verified (no GPU was lent to the sessions that wrote this): PTX compilation and the results on
 the device, speed, block tuning (``block_n`` 64/128, ``block_v`` 128/256, ``block_k`` 32/64,
-``num_stages`` 2-4, ``tiles_per_program``; Triton ``num_warps`` 4/8), whether the Triton path warns
-on JAX 0.11.x. ``python benchmarks/kernels.py`` on an H100 measures all of it and checks every
-implementation against the reference on the first 256 tokens.
+``num_stages`` 2-4, ``tiles_per_program``, the Mosaic forward tile; Triton ``num_warps`` 4/8).
+``bash benchmarks/gpu_suite.sh`` on the device runs ``benchmarks/kernels.py``: every
+implementation checked on the device against a float32 reference (values and both gradients),
+timed, its peak memory measured, and the measured order written for ``impl="auto"``.
 
 Triton constraints honoured: all blocks are powers of two and every matmul dimension is >= 16
 (``block_n``, ``block_k``, ``block_v``; checked in :class:`LogprobConfig`); there is no cross-program
 reduction (each program writes its own partial statistics, merged in JAX; no atomics, no scratch);
 tiles are never loaded out of bounds (N is padded to ``block_n``, D to ``block_k``; V is padded to
 ``block_v`` only when ``V % block_v != 0`` -- Qwen's 151,936 = 128 x 1187 needs no copy of ``w`` with
-``block_v=128`` -- and the padded columns are masked to -inf). Mosaic GPU additionally needs
-``block_n`` a multiple of 64, ``block_k * itemsize`` in {32, 64, 128} bytes and ``block_v <= 256``
-(checked with errors that name the field); the defaults satisfy both.
+``block_v=128`` -- and the padded columns are masked to -inf). Mosaic GPU additionally needs, for
+its dz tile (``block_*``) and its forward tile (``mosaic_fwd_block_*``), rows a multiple of 64,
+``block_k * itemsize`` in {32, 64, 128} bytes, ``block_v <= 256`` and at most 128 x 128 float32
+accumulator elements per warpgroup (checked with errors that name the field); the defaults satisfy
+all of it.
 
 Grid order: Pallas grid axis 0 becomes CUDA's fastest-varying block index, so both kernels put the
 token tiles on axis 0: the blocks resident at the same time work on the same vocabulary tiles of
@@ -102,7 +111,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.experimental import pallas as pl
 
 from kernels import logprob_mosaic, tile_math
-from kernels.dispatch import ACCELERATORS, current_platform, resolve_impl
+from kernels.dispatch import ACCELERATORS, current_platform, resolve_impl, tuned_order
 from kernels.manual_axes import cast_varying, out_struct, psum_to, union_vary, vary
 from kernels.reference import logprob_entropy_reference
 
@@ -137,10 +146,29 @@ class LogprobConfig:
     chunk_v: vocabulary chunk of the backward scan (both the Pallas and chunked variants) and of the
       chunked forward; a multiple of block_v. Peak extra memory ~ N * chunk_v * (4 + itemsize) bytes.
     num_warps / num_stages: Triton compiler parameters (GPU only); num_stages is also the depth of
-      the Mosaic GPU TMA pipeline (SMEM buffers per operand).
+      the TMA pipeline of the Mosaic GPU dz kernel (SMEM buffers per operand).
     w_blocked: give ``w`` a (D, block_v) BlockSpec instead of a whole-array ref (requires
       tiles_per_program=1). Needed for TPU (VMEM); the GPU default streams tiles from the whole ref.
     grad_dtype: dtype of dz fed to the dh/dw matmuls (None: the dtype of h).
+    mosaic_fwd_block_n / mosaic_fwd_block_v / mosaic_fwd_block_k / mosaic_fwd_stages: the tile
+      and TMA pipeline depth of the Mosaic GPU *forward* kernel (``impl="mosaic"``; the dz kernel
+      uses block_n / block_v / block_k / num_stages). See :func:`mosaic_tile_budget` for what a
+      tile costs; the default 128 x 128 x 64 with 4 stages is the largest tile one warpgroup can
+      hold (128 float32 accumulator registers per thread) at the highest L2 arithmetic intensity:
+
+        tile (bm x bv)   L2 bytes per k-step (bf16)   flop per k-step   flop / L2 byte
+        64 x 128         2 (64 + 128) bk              2 * 64 * 128 bk      42.7
+        64 x 256         2 (64 + 256) bk              2 * 64 * 256 bk      51.2
+        128 x 128        2 (128 + 128) bk             2 * 128 * 128 bk     64.0
+        128 x 256        2 (128 + 256) bk             2 * 128 * 256 bk     85.3 (needs 2 warpgroups)
+
+      i.e. ``bm * bv / (bm + bv)`` flop per byte read from L2 (each CTA streams its h rows and its
+      w columns once per vocabulary tile; HBM traffic is lower: w tiles are shared through L2 by
+      the CTAs resident together, see "Grid order"). 128 x 256 would need 256 accumulator
+      registers per thread in one warpgroup (the limit is 255), so it is rejected. SMEM per stage:
+      2 (bm + bv) bk bytes (32 KiB for 128 x 128 x 64; 4 stages = 128 KiB of 227 KiB).
+      Which tile is fastest on a device is a measurement: ``benchmarks/kernels.py --impls
+      mosaic,mosaic:64x128x64x3,mosaic:64x256x64x4`` (forward tile BN x BV x BK, S stages).
     """
     block_n: int = 64
     block_v: int = 128
@@ -151,18 +179,49 @@ class LogprobConfig:
     num_stages: int = 3
     w_blocked: bool = False
     grad_dtype: Any = None
+    mosaic_fwd_block_n: int = 128
+    mosaic_fwd_block_v: int = 128
+    mosaic_fwd_block_k: int = 64
+    mosaic_fwd_stages: int = 4
 
     def __post_init__(self):
-        for name in ("block_n", "block_v", "block_k"):
+        for name in ("block_n", "block_v", "block_k", "mosaic_fwd_block_n", "mosaic_fwd_block_v",
+                     "mosaic_fwd_block_k"):
             v = getattr(self, name)
             if not _is_pow2(v) or v < 16:
                 raise ValueError(f"{name} must be a power of two >= 16 (Triton/MMA), got {v}")
+        if self.num_stages < 1 or self.mosaic_fwd_stages < 1:
+            raise ValueError("num_stages and mosaic_fwd_stages must be >= 1")
         if self.tiles_per_program < 1:
             raise ValueError("tiles_per_program must be >= 1")
         if self.w_blocked and self.tiles_per_program != 1:
             raise ValueError("w_blocked=True needs tiles_per_program=1")
         if self.chunk_v < self.block_v or self.chunk_v % self.block_v:
             raise ValueError("chunk_v must be a positive multiple of block_v")
+
+
+    def mosaic_forward(self) -> "LogprobConfig":
+        """This config with the Mosaic GPU forward tile in block_n / block_v / block_k / num_stages
+        (what :func:`kernels.logprob_mosaic.stats` and the forward's padding read)."""
+        bv = self.mosaic_fwd_block_v
+        return dataclasses.replace(
+            self, block_n=self.mosaic_fwd_block_n, block_v=bv, block_k=self.mosaic_fwd_block_k,
+            num_stages=self.mosaic_fwd_stages, chunk_v=_round_up(self.chunk_v, bv),
+            w_blocked=False)
+
+
+def mosaic_tile_budget(block_n: int, block_v: int, block_k: int, stages: int,
+                       itemsize: int = 2) -> dict:
+    """What one Mosaic GPU matmul tile costs (one warpgroup = 128 threads per CTA).
+
+    Returns ``flop_per_l2_byte`` (= bn * bv / ((bn + bv) * itemsize / 2): flop per byte streamed
+    from L2 into SMEM by the K pipeline), ``acc_regs_per_thread`` (float32 accumulator registers
+    of each of the 128 threads, bn * bv / 128; the hardware limit is 255 per thread in total) and
+    ``smem_bytes`` (the pipeline buffers: stages * (bn + bv) * bk * itemsize).
+    """
+    return dict(flop_per_l2_byte=2.0 * block_n * block_v / ((block_n + block_v) * itemsize),
+                acc_regs_per_thread=block_n * block_v // 128,
+                smem_bytes=stages * (block_n + block_v) * block_k * itemsize)
 
 
 DEFAULT_CONFIG = LogprobConfig()
@@ -261,15 +320,31 @@ def _row_spec(bn):
     return pl.BlockSpec((bn,), lambda i, j: (i,))
 
 
+def _triton_params_type():
+    """The Pallas-Triton compiler-parameter class, or None when this JAX has no Triton lowering.
+
+    Current name (JAX 0.10 and 0.11): ``jax.experimental.pallas.triton.CompilerParams``; earlier
+    releases spelled it ``jax.experimental.pallas.gpu.TritonCompilerParams`` (deprecated alias).
+    """
+    if _pl_triton is not None and hasattr(_pl_triton, "CompilerParams"):
+        return _pl_triton.CompilerParams
+    try:  # pragma: no cover - only on JAX releases older than the project supports
+        from jax.experimental.pallas import gpu as _pl_gpu_old
+        return getattr(_pl_gpu_old, "TritonCompilerParams", None)
+    except Exception:  # pragma: no cover
+        return None
+
+
 def _compiler_params(num_warps: int, num_stages: int, interpret: bool):
     """Triton compiler parameters for every compiled non-TPU call (explicit, so that pallas_call
     never falls through to its default GPU lowering; also what lets CPU tests lower for CUDA)."""
     if interpret or current_platform() == "tpu":
         return None
-    if _pl_triton is None:
+    params_type = _triton_params_type()
+    if params_type is None:
         raise NotImplementedError("this JAX has no Pallas Triton lowering; use impl='mosaic' (Hopper) "
                                   "or impl='chunked'")
-    return _pl_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    return params_type(num_warps=num_warps, num_stages=num_stages)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +411,7 @@ def _pallas_partials(hp, wp, tp, cfg: LogprobConfig, *, v_valid: int, interpret:
 def _kernel_stats(h, w, t_local, spec: _Spec):
     """Per-row (m, s, u, zt) over the local vocabulary of ``w`` with the forward kernel of
     ``spec.kind``: pad to the tiles (no copy of w when V divides block_v), merge the partials."""
-    cfg = spec.config
+    cfg = spec.config.mosaic_forward() if spec.kind == "mosaic" else spec.config
     n, d = h.shape
     v = w.shape[1]
     n_p, d_p, v_p = _round_up(n, cfg.block_n), _round_up(d, cfg.block_k), _round_up(v, cfg.block_v)
@@ -686,21 +761,35 @@ def _is_hopper() -> bool:
     return cc.split(".")[0] == "9"
 
 
+def _device_kind() -> str:
+    return str(jax.devices()[0].device_kind)
+
+
 def auto_kernel(platform: str, dtype, w_dtype=None) -> str:
     """What ``impl="auto"`` runs on an accelerator: the first kernel that passes its probe.
 
+    The order is the measured one when ``kernels/tuned.json`` has a record for this platform,
+    device kind and dtype (:func:`kernels.dispatch.tuned_order`, written by
+    ``benchmarks/kernels.py --tuned-out``); "chunked" in it is taken as is, kernels are probed.
+    Without a record, the built-in prior:
     GPU: Mosaic GPU on Hopper when h and w share a 16-bit dtype (the lowering JAX maintains), then
     Pallas-Triton (deprecated from JAX 0.11; the path for other GPUs and float32), then the chunked
     XLA scan.
     TPU: Pallas (Mosaic TPU), then chunked.
     """
-    candidates = []
     sixteen_bit = (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
                    and jnp.dtype(w_dtype or dtype) == jnp.dtype(dtype))
-    if platform in ("gpu", "cuda") and logprob_mosaic.available() and sixteen_bit and _is_hopper():
-        candidates.append("mosaic")
-    candidates.append("pallas")
-    for kind in candidates:
+    mosaic_ok = (platform in ("gpu", "cuda") and logprob_mosaic.available() and sixteen_bit
+                 and _is_hopper())
+    same_dtype = jnp.dtype(w_dtype or dtype) == jnp.dtype(dtype)
+    order = tuned_order(platform, _device_kind(), dtype) if same_dtype else None
+    if order is None:
+        order = (("mosaic",) if mosaic_ok else ()) + ("pallas", "chunked")
+    for kind in order:
+        if kind == "chunked":
+            return "chunked"
+        if kind == "mosaic" and not mosaic_ok:
+            continue
         if _kernel_usable(kind, platform):
             return kind
     return "chunked"

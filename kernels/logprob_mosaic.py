@@ -10,9 +10,12 @@ the lowering JAX maintains for Hopper. Mosaic GPU stages operands in shared memo
 the kernels are written against its own API (``jax.experimental.pallas.mosaic_gpu``), not the
 generic Pallas body of the Triton path:
 
-* one warpgroup per CTA; a CTA owns ``block_n`` (64) token rows and walks vocabulary tiles of
-  ``block_v`` columns; for each tile ``plgpu.emit_pipeline`` streams [block_n, block_k] tiles of
-  ``h`` and [block_k, block_v] tiles of ``w`` from HBM to SMEM with TMA (``num_stages`` buffers,
+* one warpgroup per CTA; a CTA owns ``block_n`` token rows and walks vocabulary tiles of
+  ``block_v`` columns (forward: ``mosaic_fwd_block_n`` x ``mosaic_fwd_block_v``, default
+  128 x 128 with a 4-stage pipeline; dz: ``block_n`` x ``block_v``, default 64 x 128; the
+  arithmetic intensity of each choice is tabulated in ``LogprobConfig``); for each tile
+  ``plgpu.emit_pipeline`` streams [block_n, block_k] tiles of ``h`` and [block_k, block_v] tiles
+  of ``w`` from HBM to SMEM with TMA (``num_stages`` buffers,
   128-byte swizzle for bfloat16 with ``block_k = 64``) and ``plgpu.wgmma`` accumulates
   z = h @ w into a float32 register accumulator (one wgmma kept in flight, ``delay_release=1``);
 * the epilogue works on the accumulator in registers (WGMMA layout): masked online max / sum of
@@ -79,7 +82,11 @@ def reset_interpreter():
 
 
 def check_supported(cfg, dtype) -> None:
-    """Raise a ValueError naming the setting to change when ``cfg``/``dtype`` cannot use Mosaic GPU."""
+    """Raise a ValueError naming the setting to change when ``cfg``/``dtype`` cannot use Mosaic GPU.
+
+    Both tiles are checked: the forward's (``cfg.mosaic_fwd_block_*``) and the dz kernel's
+    (``cfg.block_*``).
+    """
     if plgpu is None:
         raise NotImplementedError("this JAX has no Mosaic GPU Pallas API "
                                   "(jax.experimental.pallas.mosaic_gpu); use impl='chunked'")
@@ -87,15 +94,28 @@ def check_supported(cfg, dtype) -> None:
     if dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         raise ValueError(f"impl='mosaic' needs bfloat16/float16 h and w (wgmma on {dtype} would run "
                          "in TF32); cast the inputs or use impl='chunked'/'pallas'")
-    if cfg.block_n % 64:
-        raise ValueError(f"impl='mosaic' needs LogprobConfig.block_n a multiple of 64 (one "
-                         f"warpgroup's wgmma rows), got {cfg.block_n}")
-    if cfg.block_k * dtype.itemsize not in (32, 64, 128):
-        raise ValueError(f"impl='mosaic' needs LogprobConfig.block_k * itemsize in (32, 64, 128) "
-                         f"bytes (the SMEM swizzle), got block_k={cfg.block_k}")
-    if cfg.block_v > 256:
-        raise ValueError(f"impl='mosaic' needs LogprobConfig.block_v <= 256 (wgmma N), "
-                         f"got {cfg.block_v}")
+    for prefix, (bn, bv, bk) in (("", (cfg.block_n, cfg.block_v, cfg.block_k)),
+                                 ("mosaic_fwd_", (cfg.mosaic_fwd_block_n, cfg.mosaic_fwd_block_v,
+                                                  cfg.mosaic_fwd_block_k))):
+        _check_tile(prefix, bn, bv, bk, dtype.itemsize)
+
+
+def _check_tile(prefix: str, bn: int, bv: int, bk: int, itemsize: int) -> None:
+    """One warpgroup's wgmma tile: rows in 64s, a swizzle-sized K slab, N <= 256 and an
+    accumulator of at most 128 float32 registers per thread (bn * bv / 128 threads)."""
+    name = f"LogprobConfig.{prefix}block"
+    if bn % 64:
+        raise ValueError(f"impl='mosaic' needs {name}_n a multiple of 64 (one warpgroup's wgmma "
+                         f"rows), got {bn}")
+    if bk * itemsize not in (32, 64, 128):
+        raise ValueError(f"impl='mosaic' needs {name}_k * itemsize in (32, 64, 128) bytes (the "
+                         f"SMEM swizzle), got {name}_k={bk}")
+    if bv > 256:
+        raise ValueError(f"impl='mosaic' needs {name}_v <= 256 (wgmma N), got {bv}")
+    if bn * bv > 128 * 128:
+        raise ValueError(f"impl='mosaic' runs one warpgroup per CTA: {name}_n x {name}_v = "
+                         f"{bn} x {bv} needs {bn * bv // 128} float32 accumulator registers per "
+                         "thread (at most 128 fit next to the epilogue); use 128 x 128 or 64 x 256")
 
 
 def _compiler_params():
@@ -174,7 +194,9 @@ def _stage_in(copies, barriers):
 def stats(hp, wp, tp, cfg, *, v_valid: int, interpret: bool):
     """Partial (m, s, u, zt), each [n_splits, N_p] float32, for padded h [N_p, D_p] / w [D_p, V_p].
 
-    N_p is a multiple of block_n, D_p of block_k and V_p of block_v; columns >= ``v_valid`` are
+    ``cfg`` is the forward view of the user's config (``LogprobConfig.mosaic_forward()``: its
+    block_* are the ``mosaic_fwd_*`` tile). N_p is a multiple of block_n, D_p of block_k and V_p
+    of block_v; columns >= ``v_valid`` are
     masked. Split k covers vocabulary tiles [k * tpp, (k + 1) * tpp); surplus tiles of the last
     split re-read the last tile fully masked (1187 tiles of 128 columns for Qwen's 151,936 is
     prime, so splits cannot always divide it). Inputs are validated by the caller
@@ -182,7 +204,7 @@ def stats(hp, wp, tp, cfg, *, v_valid: int, interpret: bool):
     """
     n_p, d_p = hp.shape
     v_p = wp.shape[1]
-    bm, bv, bk = cfg.block_n, cfg.block_v, cfg.block_k
+    bm, bv, bk = cfg.block_n, cfg.block_v, cfg.block_k   # the forward tile (cfg.mosaic_forward())
     n_tiles, tpp, n_splits = tile_math.vocab_splits(v_p, cfg)
     matmul = functools.partial(_tile_matmul, bm=bm, bv=bv, bk=bk, n_k=d_p // bk,
                                stages=cfg.num_stages)

@@ -6,6 +6,7 @@ inputs, so the float32 accumulation is checked to 1e-5, and the bfloat16 gradien
 The lowering tests compile nothing: they run the Mosaic GPU lowering for platform "cuda" on the
 CPU host (register layouts, SMEM budget, TMA descriptors) at the production shape.
 """
+import contextlib
 import re
 
 import jax
@@ -120,8 +121,27 @@ def test_sapo_fused_through_mosaic():
     assert _rel(dh, dh_r) <= 2e-2 and _rel(dw, dw_r) <= 2e-2
 
 
-def _lowered_custom_calls(fn, n, d, v):
-    """Lower value_and_grad of ``fn`` for CUDA on this (CPU) host; return the custom-call targets."""
+def _abstract_gpu(device_kind="NVIDIA H200"):
+    """Context that makes ``device_kind`` (platform "cuda") the target of tracing and lowering.
+
+    JAX 0.11's Triton lowering asks for the GPU's compute capability (``plgpu.get_gpu_info()``),
+    which on a CPU host comes from the abstract device of the current abstract mesh; JAX 0.10
+    falls back to sm_90 by itself and accepts the same context.
+    """
+    from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh
+    try:
+        device = AbstractDevice(device_kind=device_kind, num_cores=None, platform="cuda")
+        mesh = AbstractMesh((1,), ("x",), (AxisType.Explicit,), abstract_device=device)
+    except TypeError:  # a JAX without abstract devices: nothing to declare
+        return contextlib.nullcontext()
+    return use_abstract_mesh(mesh)
+
+
+def _lowered_custom_calls(fn, n, d, v, abstract_gpu=False):
+    """Lower value_and_grad of ``fn`` for CUDA on this (CPU) host; return the custom-call targets.
+
+    abstract_gpu: trace and lower under :func:`_abstract_gpu` (needed by the Triton lowering).
+    """
     h = jax.ShapeDtypeStruct((n, d), jnp.bfloat16)
     w = jax.ShapeDtypeStruct((d, v), jnp.bfloat16)
     t = jax.ShapeDtypeStruct((n,), jnp.int32)
@@ -130,9 +150,11 @@ def _lowered_custom_calls(fn, n, d, v):
         lp, en = fn(h, w, t)
         return jnp.sum(lp) + jnp.sum(en)
 
-    lowered = jax.jit(jax.value_and_grad(f, argnums=(0, 1))).trace(h, w, t).lower(
-        lowering_platforms=("cuda",))
-    return re.findall(r"custom_call @([\w$.]+)", lowered.as_text())
+    with _abstract_gpu() if abstract_gpu else contextlib.nullcontext():
+        lowered = jax.jit(jax.value_and_grad(f, argnums=(0, 1))).trace(h, w, t).lower(
+            lowering_platforms=("cuda",))
+        text = lowered.as_text()
+    return re.findall(r"custom_call @([\w$.]+)", text)
 
 
 def test_mosaic_lowers_for_cuda_at_production_shape():
@@ -145,9 +167,16 @@ def test_mosaic_lowers_for_cuda_at_production_shape():
 
 
 def test_triton_lowers_for_cuda_at_production_shape():
+    """The Triton kernels lower for an H200 described by an abstract device (no GPU on the host;
+    JAX 0.11 refuses the Triton lowering without one: "No supported GPU devices found")."""
     calls = _lowered_custom_calls(
-        lambda h, w, t: logprob_entropy_pallas(h, w, t, config=DEFAULT_CONFIG), 4096, 4096, 151_936)
+        lambda h, w, t: logprob_entropy_pallas(h, w, t, config=DEFAULT_CONFIG), 4096, 4096, 151_936,
+        abstract_gpu=True)
     assert len(calls) == 3 and all("triton" in c for c in calls), calls
+    from jax.experimental.pallas import triton as pl_triton
+    if hasattr(pl_triton, "get_gpu_info"):   # JAX >= 0.11: the lowering's source of the target
+        with _abstract_gpu():
+            assert pl_triton.get_gpu_info().compute_capability == 90
 
 
 def test_shard_map_vocab_sharded_lowers_for_cuda(monkeypatch):

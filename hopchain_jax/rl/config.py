@@ -34,6 +34,10 @@ class TrainConfig:
       decode layout of the weights on the same devices, e.g. (-1, 1, 1) replicates the bf16 copy on every
       device and splits the rollout batch over all of them (no per-step all-gathers); None decodes from
       the training layout. rollout_decode_chunk: decode steps per device call.
+    LM head + loss (head_impl): "recompute" (default) -- log-probs from the fused kernel (kernel_impl), whose
+      backward recomputes the logits (4 head-sized matmuls); "fused_forward" -- kernels/fused_head.py forms the
+      loss gradient in the forward over token chunks (3 matmuls, pure XLA; kernel_impl then only serves
+      scoring); needs kl_coef == 0.
     """
 
     name: str = "tiny"
@@ -74,6 +78,7 @@ class TrainConfig:
     rollout_slots: int = 0
     rollout_mesh: tuple[int, int, int] | None = None
     rollout_decode_chunk: int = 16
+    head_impl: str = "recompute"
 
     def __post_init__(self):
         if self.mode not in ("rl", "sft"):
@@ -94,6 +99,10 @@ class TrainConfig:
                              f"{self.rollout_slots} and {self.rollout_decode_chunk}")
         if self.rollout_mesh is not None and len(self.rollout_mesh) != 3:
             raise ValueError(f"rollout_mesh takes (data, fsdp, tensor), got {self.rollout_mesh}")
+        if self.head_impl not in ("recompute", "fused_forward"):
+            raise ValueError(f"head_impl must be 'recompute' or 'fused_forward', got {self.head_impl!r}")
+        if self.head_impl == "fused_forward" and self.kl_coef > 0:
+            raise ValueError("head_impl='fused_forward' has no KL term: use head_impl='recompute' with kl_coef > 0")
         for name, weight in self.data:
             if weight <= 0:
                 raise ValueError(f"data source {name!r} has weight {weight}; weights must be > 0")

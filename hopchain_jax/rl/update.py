@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hopchain_jax.models.qwen_vl import QwenVL, trainable_filter
 from hopchain_jax.models.sharding import activation_sharding, param_sharding, path_str
 from hopchain_jax.rl.config import TrainConfig
+from kernels.fused_head import ce_loss_fused_forward, sapo_loss_fused_forward
 from kernels.logprob import fused_logprob_entropy, sharded_fused_logprob_entropy
 from kernels.sapo_loss import sapo_loss_and_stats
 
@@ -144,6 +145,15 @@ class Updater:
                                                       vocab_axis=vocab_axis, impl=self.impl)
         return logp.reshape(n, t), ent.reshape(n, t)
 
+    def _fused_head_kwargs(self, w) -> dict:
+        """Sharding of kernels/fused_head.py's op (TrainConfig.head_impl="fused_forward"): the layout of
+        _logprobs -- tokens over the batch axes, the vocabulary over "tensor" when it divides."""
+        if self.mesh.size == 1:
+            return {}
+        tensor = self.mesh.shape["tensor"]
+        vocab_axis = "tensor" if tensor > 1 and w.shape[1] % tensor == 0 else None
+        return dict(mesh=self.mesh, token_axis=("data", "fsdp"), vocab_axis=vocab_axis)
+
     def _score_impl(self, params, frozen, batch):
         def one(mb):
             logp, ent = self._logprobs(params, frozen, mb)
@@ -181,6 +191,12 @@ class Updater:
     def _rl_loss(self, params, frozen, batch, old_logp, advantages, ref_logp):
         cfg = self.cfg
         mask = batch["loss_mask"]
+        if cfg.head_impl == "fused_forward":   # ref_logp is None: TrainConfig forbids kl_coef > 0 here
+            h, w = self._hidden(params, frozen, batch)
+            loss, stats = sapo_loss_fused_forward(h, w, batch["targets"], old_logp, advantages, mask, cfg.tau_pos,
+                                                  cfg.tau_neg, **self._fused_head_kwargs(w))
+            stats.pop("logp"), stats.pop("entropy")
+            return loss, stats
         logp, ent = self._logprobs(params, frozen, batch)
         loss, stats = sapo_loss_and_stats(logp, old_logp, advantages, mask.astype(jnp.float32),
                                           cfg.tau_pos, cfg.tau_neg, impl="chunked")
@@ -199,6 +215,11 @@ class Updater:
         return self._apply(params, opt_state, loss, grads, stats)
 
     def _sft_loss(self, params, frozen, batch):
+        if self.cfg.head_impl == "fused_forward":
+            h, w = self._hidden(params, frozen, batch)
+            loss, stats = ce_loss_fused_forward(h, w, batch["targets"], batch["loss_mask"],
+                                                **self._fused_head_kwargs(w))
+            return loss, {"entropy_mean": stats["entropy_mean"], "n_valid_tokens": stats["n_valid_tokens"]}
         logp, ent = self._logprobs(params, frozen, batch)
         mask = batch["loss_mask"].astype(jnp.float32)
         n = jnp.maximum(jnp.sum(mask), 1.0)

@@ -1,0 +1,165 @@
+"""The one-call device suite (benchmarks/gpu_suite.sh) and the on-device check of benchmarks/kernels.py.
+
+The suite's CPU dry run (SMALL=1) runs every stage at tiny sizes; the unit tests show that the
+correctness check fails on a wrong implementation and that a case over its timeout is recorded
+and the run goes on.
+"""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "benchmarks" / "gpu_suite.sh"
+STAGES = ["env", "lowering", "kernels", "generate", "train_step"]
+
+# benchmarks/kernels.py by path (its module name would shadow the kernels/ package)
+_spec = importlib.util.spec_from_file_location("kernels_bench", ROOT / "benchmarks" / "kernels.py")
+bench = sys.modules["kernels_bench"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_suite_dry_run(tmp_path):
+    """SMALL=1: every stage exits 0, summary.json lists them, the kernel JSONL has one line per
+    case (GPU-only kernels skipped with a reason, the others checked and passing), <= 8 files."""
+    out = tmp_path / "out"
+    env = dict(os.environ, SMALL="1", OUT=str(out), PY=sys.executable, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)   # the suite's processes see one CPU device, as a user's would
+    proc = subprocess.run(["bash", str(SUITE)], env=env, capture_output=True, text=True,
+                          timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == STAGES
+    for s in summary["stages"]:
+        assert (s["status"], s["rc"]) == ("ok", 0), (s, (out / s["log"]).read_text()[-2000:])
+        assert 0 <= s["seconds"] <= s["budget_s"] + 3
+        assert (out / s["log"]).stat().st_size > 0
+    assert summary["ok"] is True and summary["small"] is True
+    files = sorted(os.listdir(out))
+    assert len(files) <= 8 and all(re.fullmatch(r"[A-Za-z0-9._-]+", f) for f in files), files
+    assert set(files) >= {"summary.json", "kernels.jsonl", "tuned.json", "env.log"}
+
+    rows = _jsonl(out / "kernels.jsonl")
+    keys = [(r["kind"], r["impl"], r["mode"]) for r in rows]
+    assert len(keys) == len(set(keys)), keys
+    impls = ["mosaic", "chunked", "pallas", "fused_head"]
+    expected = ({("env", "", "")} | {("probe", i, "") for i in ("mosaic", "pallas")}
+                | {("check", i, "") for i in impls} | {("time", i, "fwd+bwd") for i in impls})
+    assert set(keys) == expected
+    has_head = bench.fused_head_module() is not None
+    for r in rows:
+        if r["impl"] in ("pallas", "mosaic") or (r["impl"] == "fused_head" and not has_head):
+            assert r["status"] == "skipped" and r["reason"], r
+            continue
+        assert r["status"] == "ok", r
+        if r["kind"] == "check":
+            assert r["ok"] is True and r["ref_ok"] is True
+            for res in r["variants"].values():
+                assert res["ok"] and res["finite"] and res["signs"]
+                assert set(res["passed"]) >= {"logp", "entropy", "dh", "dw"}
+                assert all(res["passed"].values())
+                assert all(res["errors"][k] <= bench.TOL[k] for k in res["errors"])
+        if r["kind"] == "time":
+            assert r["ms"] > 0 and r["iters"] == 2 and r["temp_bytes"] is not None
+    tuned = json.loads((out / "tuned.json").read_text())
+    assert tuned["records"]["cpu|cpu|bfloat16"]["order"] == ["chunked"]
+    assert '"decode_tok_s"' in (out / "generate.log").read_text()
+    assert '"mfu"' in (out / "train_step.log").read_text()
+    assert re.search(r"\b[5-9] passed", (out / "lowering.log").read_text())
+
+
+def test_suite_budgets_fit_one_device_call():
+    """The full-size stage budgets (+3 s kill grace each) stay under 570 s of the 600 s call."""
+    text = SUITE.read_text()
+    full = text[text.index("else\n  B_ENV"):]
+    budgets = [int(x) for x in re.findall(r"B_(?:ENV|LOWERING|KERNELS|GENERATE|TRAIN)=(\d+)",
+                                          full)[:5]]
+    assert len(budgets) == 5 and sum(budgets) + 3 * len(budgets) < 570, budgets
+
+
+def _drop_softmax_term(h, w, t):
+    """logp with the log-normaliser's gradient cut (stop_gradient): the values are right, the
+    gradient lacks the -p (softmax) term. Entropy is the reference's."""
+    from kernels import logprob_entropy_reference
+    z = jnp.dot(h, w, preferred_element_type=jnp.float32)
+    lse = jax.lax.stop_gradient(jax.nn.logsumexp(z, axis=-1))
+    logp = jnp.take_along_axis(z, t[:, None], axis=-1)[:, 0] - lse
+    return logp, logprob_entropy_reference(h, w, t)[1]
+
+
+def test_check_fails_on_a_wrong_implementation(monkeypatch):
+    """The device check must be able to fail: the "chunked" case, run as the suite runs it but
+    with a gradient that lacks the softmax term, passes the value checks and fails dh / dw in
+    both variants. (The dry run above shows the correct op passing the same check.)"""
+    monkeypatch.setattr(bench, "impl_fn", lambda impl, cfg, interpret: _drop_softmax_term)
+    case = bench.Case("check", impl="chunked", n=32, d=32, v=300,
+                      opts=dict(cfg=dict(chunk_v=128), logit_std=4.0, seed=0))
+    row = bench.run_case(case)
+    assert row["status"] == "fail" and row["ok"] is False, row
+    assert row["ref_ok"] is True        # the oracle itself agrees with the textbook formula
+    for variant in ("lp+ent", "lp"):
+        passed = row["variants"][variant]["passed"]
+        assert passed["logp"] and passed["entropy"], row
+        assert not passed["dh"] and not passed["dw"], row
+
+
+def test_case_timeout_is_recorded_and_the_run_goes_on(tmp_path):
+    """A case process that outlives --case-timeout becomes a "timeout" row; the next case still
+    runs and every row is appended to the JSONL as it finishes."""
+    args = bench.parse_args(["--small", "--impls", "chunked", "--modes", "fwd", "--no-probe",
+                             "--out", str(tmp_path / "rows.jsonl"), "--case-timeout", "0.2"])
+    args.iters, args.cache_dir = 1, str(tmp_path)
+    cases = bench.plan(args, bench.resolve_shape(args))
+    assert [c.kind for c in cases] == ["env", "check", "time"]
+    rows = bench.execute(cases, args)
+    assert [r["status"] for r in rows] == ["timeout"] * 3
+    assert [r["kind"] for r in _jsonl(tmp_path / "rows.jsonl")] == ["env", "check", "time"]
+
+
+def test_tuned_record_from_rows(tmp_path):
+    """Only implementations whose check passed are ranked; the record file merges per device."""
+    env = dict(kind="env", status="ok", platform="gpu", device="NVIDIA H200")
+    base = dict(n=4096, d=4096, v=151_936, dtype="bfloat16")
+    rows = [env,
+            dict(kind="check", impl="chunked", status="ok", **base),
+            dict(kind="check", impl="mosaic", status="ok", **base),
+            dict(kind="check", impl="pallas", status="fail", **base),
+            dict(kind="time", impl="chunked", mode="fwd+bwd", status="ok", ms=21.0, **base),
+            dict(kind="time", impl="mosaic", mode="fwd+bwd", status="ok", ms=18.0, **base),
+            dict(kind="time", impl="pallas", mode="fwd+bwd", status="ok", ms=10.0, **base),
+            dict(kind="time", impl="mosaic:64x128x64x3", mode="fwd+bwd", status="ok", ms=1.0,
+                 **base)]
+    path = tmp_path / "tuned.json"
+    rec = bench.write_tuned(rows, str(path), "fwd+bwd")
+    assert rec["order"] == ["mosaic", "chunked"] and rec["shape"] == [4096, 4096, 151_936]
+    bench.write_tuned([{**env, "device": "NVIDIA H100"}] + rows[1:], str(path), "fwd+bwd")
+    assert set(json.loads(path.read_text())["records"]) == {
+        "gpu|NVIDIA H200|bfloat16", "gpu|NVIDIA H100|bfloat16"}
+    assert bench.write_tuned(rows[:1], str(tmp_path / "none.json"), "fwd+bwd") is None
+
+
+def test_impl_names_and_inputs():
+    assert bench.parse_impl("mosaic:64x256x64x3") == ("mosaic", dict(
+        mosaic_fwd_block_n=64, mosaic_fwd_block_v=256, mosaic_fwd_block_k=64, mosaic_fwd_stages=3))
+    for bad in ("triton", "chunked:64x64x64x2", "mosaic:64x64"):
+        with pytest.raises(ValueError):
+            bench.parse_impl(bad)
+    host = bench.host_inputs(16, 64, 500, "bfloat16", 4.0, 3)
+    assert host["w"].dtype.name == "bfloat16" and host["h"].dtype.name == "bfloat16"
+    z = np.asarray(host["h"], np.float32) @ np.asarray(host["w"], np.float32)
+    assert 3.0 < z.std() < 5.0     # realistic logits: std ~ logit_std
+    assert host["t"].max() < 500 and host["t"].dtype == np.int32
