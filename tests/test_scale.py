@@ -141,10 +141,12 @@ def test_frozen_tower_has_no_optimizer_state_and_no_backward(mesh):
     assert dots[True] < dots[False] - 10, dots
 
 
-def test_gradient_accumulation_and_remat_leave_the_step_unchanged(mesh):
+def test_gradient_accumulation_remat_and_head_impl_leave_the_step_unchanged(mesh):
+    """The same SAPO step with micro-batches, remat policies, and the no-recompute fused head
+    (kernels/fused_head.py, head_impl="fused_forward")."""
     results = []
-    for accum, remat in ((1, "none"), (2, "full"), (4, "dots")):
-        up, mc = _updater(mesh, grad_accum=accum, remat=remat)
+    for accum, remat, head in ((1, "none", "recompute"), (2, "full", "recompute"), (4, "dots", "fused_forward")):
+        up, mc = _updater(mesh, grad_accum=accum, remat=remat, head_impl=head)
         prompts, rows, responses = _batch(mc, image=True)
         batch = up.put_batch(pack_micro(prompts, rows, responses, mc, accum).arrays())
         assert batch["input_ids"].shape[0] == accum
