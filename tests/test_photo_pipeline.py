@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,8 +18,8 @@ from PIL import Image
 from hopchain_jax.data.store import HopChainDataset
 from hopchain_jax.synth.record import validate_record
 from hopchain_jax.vlm.categories import VLMCategoryIdentifier
-from hopchain_jax.vlm.photo_pipeline import (PhotoStages, PhotoSynthConfig, format_photo_summary, reason_key,
-                                             run_photo_synthesis)
+from hopchain_jax.vlm.photo_pipeline import (PhotoStages, PhotoSynthConfig, format_photo_summary,
+                                             prepare_photo_output, reason_key, run_photo_synthesis)
 from hopchain_jax.vlm.query_writer import VLMQueryWriter, crop, instance_combinations
 from hopchain_jax.vlm.solvers import AgreementVerifier
 
@@ -168,11 +169,16 @@ def test_model_errors_and_a_crashing_segmenter_are_reported_per_item(photos, tmp
             return seg, report
 
     stages.segmenter = Crashing(scenes)
-    summary = run_photo_synthesis(tmp_path / "out", config(folder), stages, progress=False)
+    copy = tmp_path / "photos"
+    shutil.copytree(folder, copy)
+    prepare_photo_output(tmp_path / "out", config(copy))            # the image list is fixed here ...
+    (copy / "scene-004.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)   # ... then a photo breaks
+    summary = run_photo_synthesis(tmp_path / "out", config(copy), stages, progress=False)
     st = summary["stages"]
+    assert st["categories"]["rejected"] == {"unreadable image": 1, "no JSON list of category names in the output": 1}
     assert st["segmentation"]["rejected"] == {"segmenter error": 1, "fewer than N instances": 1}
     assert summary["instances_dropped"]["low_score"] == 5 and summary["instances_dropped"]["duplicate"] == 1
-    assert st["queries"]["in"] == 2 * 4 and st["queries"]["rejected"] == {"model error": 2 * 4}
+    assert st["queries"]["in"] == 1 * 4 and st["queries"]["rejected"] == {"model error": 1 * 4}
     events = [e for p in sorted((tmp_path / "out" / "shards").glob("shard-*"))
               for e in json.loads((p / "shard.json").read_text())["events"]]
     assert any("CUDA out of memory" in e["reason"] and e["item"] == "scene-000.png" for e in events)

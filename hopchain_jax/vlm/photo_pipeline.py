@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import tqdm
+from PIL import Image
 
 import hopchain_jax
 from hopchain_jax.data import store
@@ -34,7 +35,7 @@ from hopchain_jax.data.store import HopChainDataset
 from hopchain_jax.synth.composer import RealizedQuery
 from hopchain_jax.synth.record import build_record, validate_record
 from hopchain_jax.synth.stages import ImageInput, InstanceSegmenter
-from hopchain_jax.synth.user_images import check_image, scan_images
+from hopchain_jax.synth.user_images import scan_images
 from hopchain_jax.vlm.categories import VLMCategoryIdentifier
 from hopchain_jax.vlm.query_writer import QueryDraft, VLMQueryWriter
 from hopchain_jax.vlm.solvers import AgreementVerifier
@@ -115,7 +116,7 @@ class _StageCounts:
 
 def load_photo(path: Path, max_side: int) -> np.ndarray:
     """uint8 [H, W, 3] RGB pixels of an image file, downscaled (aspect kept) to at most max_side px."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im).convert("RGB")
         if max(im.size) > max_side:
@@ -146,16 +147,12 @@ def synthesize_photo_shard(config: PhotoSynthConfig, stages: PhotoStages, paths:
     names = stages.names()
     root = Path(config.images)
     images: list[ImageInput] = []
-    for path in paths:
+    for path in paths:  # checked when the manifest was made; a file changed since then is reported here
         source = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-        problem = check_image(path)
-        if problem is None:
-            try:
-                images.append(ImageInput(load_photo(path, config.max_image_side), source))
-                continue
-            except (OSError, ValueError) as e:
-                problem = f"cannot decode ({e})"
-        counts.reject("categories", source, f"unreadable image: {problem}")
+        try:
+            images.append(ImageInput(load_photo(path, config.max_image_side), source))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            counts.reject("categories", source, f"unreadable image: {type(e).__name__}: {e}")
 
     # stage 1: categories, one batched call
     found = []
@@ -191,8 +188,8 @@ def synthesize_photo_shard(config: PhotoSynthConfig, stages: PhotoStages, paths:
         segmented.append((image, seg))
 
     # stage 3: queries, one batched call over every instance set of the shard
-    rng_of = {id(image): np.random.default_rng([config.seed, shard_index, k]) for k, (image, _) in enumerate(segmented)}
-    drafts = stages.writer.write_many([(image, seg.instances, rng_of[id(image)]) for image, seg in segmented])
+    drafts = stages.writer.write_many([(image, seg.instances, np.random.default_rng([config.seed, shard_index, k]))
+                                       for k, (image, seg) in enumerate(segmented)])
     candidates = []
     for (image, seg), image_drafts in zip(segmented, drafts):
         for draft in image_drafts:
