@@ -91,10 +91,8 @@ def _import_config(jsonl: Path, images_root: Path, images_per_shard: int) -> dic
 
 def _prepare_output(root: Path, config: dict) -> None:
     """Create ``root`` or check it holds an import of this same JSONL with the same options."""
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "config.json"
-    if path.exists():
-        have = json.loads(path.read_text())
+    have = store.claim_dataset_dir(root, config)
+    if have is not None:
         if have == config:
             return
         if have.get("kind") != IMPORT_KIND:
@@ -107,15 +105,10 @@ def _prepare_output(root: Path, config: dict) -> None:
             raise ValueError(f"{config['source']} changed since the import into {root} began (size or modification "
                              "time differ), so the import cannot be resumed safely: import it into a new output "
                              "directory (or delete this one)")
-        diff = sorted(k for k in set(have) | set(config) if have.get(k) != config.get(k))
+        diff = store.config_difference(have, config)
         raise ValueError(f"{root} holds an import of {config['source']} made with different options ({diff}: "
                          f"{ {k: have.get(k) for k in diff} }); rerun with the same options to finish it, or choose a "
                          "new output directory")
-    if store.committed_shards(root):
-        raise ValueError(f"{root} holds shards but no config.json; choose a new output directory")
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _chunks(jsonl: Path, size: int) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:

@@ -118,6 +118,34 @@ def clean_partial_shards(root: str | os.PathLike) -> int:
     return len(stale)
 
 
+def write_json_atomic(path: str | os.PathLike, value) -> None:
+    """Write `value` as JSON to `path` through a temporary file and a rename: readers see all or nothing."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def config_difference(have: dict, wanted: dict) -> list[str]:
+    """The top-level keys on which two dataset configs differ, sorted."""
+    return sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
+
+
+def claim_dataset_dir(root: str | os.PathLike, config: dict) -> dict | None:
+    """Create `root` and, on a first run, write `config` as its config.json (atomically); on a rerun
+    return the config.json already there, for the caller to compare (None when it was just written).
+    A directory holding shards but no config.json is refused: its contents are of unknown origin."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "config.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    if committed_shards(root):
+        raise ValueError(f"{root} holds shards but no config.json; choose a new output directory")
+    write_json_atomic(path, config)
+    return None
+
+
 def committed_shards(root: str | os.PathLike) -> dict[int, Path]:
     """Index -> path of every complete shard under root."""
     shards = Path(root) / "shards"

@@ -13,7 +13,6 @@ import json
 import multiprocessing as mp
 import os
 import time
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -155,21 +154,13 @@ def _run_shard(args: tuple[str, dict, int]) -> dict:
 
 def prepare_output(root: str | os.PathLike, config: SynthConfig) -> None:
     """Create `root` or check that it holds a run of this same config; refuse to mix runs."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "config.json"
     wanted = json.loads(json.dumps(config.to_json()))  # tuples -> lists, as read back from the file
-    if path.exists():
-        have = json.loads(path.read_text())
-        if have != wanted:
-            diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
-            raise ValueError(
-                f"{root} already holds a dataset made with a different config (differs in {diff}); "
-                "rerun with the same options to finish it, or choose a new --out directory")
-    else:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(wanted, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+    have = store.claim_dataset_dir(root, wanted)
+    if have is not None and have != wanted:
+        raise ValueError(
+            f"{root} already holds a dataset made with a different config (differs in "
+            f"{store.config_difference(have, wanted)}); rerun with the same options to finish it, or choose a "
+            "new --out directory")
 
 
 def run_synthesis(root: str | os.PathLike, config: SynthConfig, workers: int = 0, progress: bool = True) -> dict:

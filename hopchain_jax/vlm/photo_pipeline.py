@@ -236,15 +236,13 @@ def prepare_photo_output(root: str | os.PathLike, config: PhotoSynthConfig) -> l
     """Create `root` (or check it holds this same run) and return the run's image list: scanned and
     saved in manifest.json on the first run, read back on a rerun so shards keep their images."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    config_path, manifest_path = root / "config.json", root / "manifest.json"
     wanted = {"kind": "photos", **config.to_json()}
-    if config_path.exists():
-        have = json.loads(config_path.read_text())
-        if have != wanted:
-            diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
-            raise ValueError(f"{root} already holds a dataset made with a different config (differs in {diff}); "
-                             "rerun with the same options and models to finish it, or choose a new --out directory")
+    have = store.claim_dataset_dir(root, wanted)
+    if have is not None and have != wanted:
+        raise ValueError(f"{root} already holds a dataset made with a different config (differs in "
+                         f"{store.config_difference(have, wanted)}); rerun with the same options and models to "
+                         "finish it, or choose a new --out directory")
+    manifest_path = root / "manifest.json"
     folder = Path(config.images)
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
@@ -257,10 +255,7 @@ def prepare_photo_output(root: str | os.PathLike, config: PhotoSynthConfig) -> l
     scan = scan_images(folder)
     manifest = {"images": [str(p.relative_to(folder)) for p in scan.readable],
                 "unreadable": {str(p.relative_to(folder)): why for p, why in scan.problems}}
-    for path, why in ((config_path, wanted), (manifest_path, manifest)):
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(why, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+    store.write_json_atomic(manifest_path, manifest)
     return list(scan.readable)
 
 
