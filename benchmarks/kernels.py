@@ -12,7 +12,10 @@ Implementations (--impls): "naive" (the textbook reference: [N, V] float32 logit
 GPU Hopper kernels), "mosaic:BNxBVxBKxS" (Mosaic with forward tile BN x BV, K slab BK and S
 pipeline stages, i.e. LogprobConfig.mosaic_fwd_*), "fused_head" (kernels/fused_head.py's
 ``sapo_loss_fused_forward``: the SAPO loss with its gradient formed in the forward; skipped when the
-module is absent).
+module is absent) and "fused_head:CxTxACC" (its chunking: C rows per token chunk, T columns per
+vocabulary tile or "V" for one tile, accumulator f32 | bf16; "auto" keeps the module's default for
+any of the three, e.g. fused_head:256xVxbf16). A fused head is a training op: it is timed
+forward+backward only (its forward alone is the chunked forward).
 
 Cases, each run in its own subprocess with its own timeout (--case-timeout; a case that runs over
 is recorded as timed out and the run goes on), each result appended to --out (JSONL) as it finishes:
@@ -30,12 +33,16 @@ is recorded as timed out and the run goes on), each result appended to --out (JS
          textbook formula on the first rows ("ref_vs_textbook").
 * time:  per mode, "fwd" (logp and entropy) and "fwd+bwd" (value_and_grad w.r.t. (h, w) of
          sum(logp * g), the training case): compile time, first call, median of --iters calls,
-         the matmul floor (2 N D V flop forward, 3x that forward+backward, at --peak-tflops) and
-         peak memory from a clean baseline: the inputs are made on the host with numpy (bf16 w is
+         the matmul floor (2 N D V flop forward, 3x that forward+backward, at --peak-tflops,
+         default 790: the H200's measured bf16 GEMM peak) and peak memory from a clean baseline: the inputs are made on the host with numpy (bf16 w is
          device_put, never a float32 copy on the device), ``memory_stats()`` is read before and
          after the timed calls and ``peak_bytes`` = peak after - bytes in use before. When the
          peak was already reached before the calls (e.g. by XLA's autotuner at compile time),
-         ``peak_exact`` is false and the figure is an upper bound. Also XLA's temp bytes.
+         ``peak_exact`` is false and the figure is an upper bound. Also XLA's temp bytes, and the
+         peak *extra* memory: peak minus the outputs (dh and dw are results, not scratch), as a
+         fraction of the naive float32 logits (N V 4 bytes).
+* goal:  per fwd+bwd timing, the issue's goal (GOAL): time <= 1.25x the 3-matmul floor and extra
+         memory <= 1/10 of the naive logits; the report ends with which implementations meet it.
 
 The parent process never initialises a JAX backend (no GPU memory held while the cases run).
 Prints markdown tables at the end; --json writes all rows; --tuned-out merges the fastest
@@ -74,6 +81,10 @@ IMPLS = ("naive", "chunked", "pallas", "mosaic", "fused_head")
 MODES = ("fwd", "fwd+bwd")
 GPU_KERNELS = ("pallas", "mosaic")          # compile only for a GPU (CPU: interpret mode)
 TOL = dict(logp=1e-4, entropy=1e-4, loss=1e-4, dh=2e-2, dw=2e-2)
+GOAL = dict(x_floor=1.25, extra_vs_naive=0.1)  # fwd+bwd: <= 1.25x the 3-matmul floor, <= 1/10 logits
+PEAK_TFLOPS = 790.0                           # measured H200 bf16 GEMM (device tool's KINDS.md)
+ACCUM = {"f32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+         "auto": None}
 TEXTBOOK_ROWS = 64                            # rows of the reference checked against the textbook
 SIGN_SLACK = 1e-6                             # logp <= slack, entropy >= -slack
 
@@ -105,25 +116,48 @@ class Case:
 
 
 def parse_impl(name: str) -> tuple[str, dict]:
-    """"mosaic:128x128x64x4" -> ("mosaic", {mosaic_fwd_block_n: 128, ..., mosaic_fwd_stages: 4})."""
+    """"mosaic:128x128x64x4" -> ("mosaic", {mosaic_fwd_block_n: 128, ..., mosaic_fwd_stages: 4});
+    "fused_head:256xVxbf16" -> ("fused_head", {chunk_tokens: 256, chunk_vocab: "V",
+    dw_accum_dtype: "bfloat16"}) ("V": the whole vocabulary, see :func:`fused_head_kwargs`)."""
     base, _, tile = name.partition(":")
     if base not in IMPLS:
-        raise ValueError(f"unknown impl {name!r}; choose from {IMPLS} (mosaic:BNxBVxBKxS for tiles)")
+        raise ValueError(f"unknown impl {name!r}; choose from {IMPLS} (mosaic:BNxBVxBKxS for tiles, "
+                         "fused_head:CxTxACC for the fused head's chunking)")
     if not tile:
         return base, {}
-    if base != "mosaic":
-        raise ValueError(f"only 'mosaic' takes a forward tile suffix, got {name!r}")
     parts = tile.lower().split("x")
+    if base == "fused_head":
+        ok = (len(parts) == 3 and (parts[0].isdigit() or parts[0] == "auto")
+              and (parts[1].isdigit() or parts[1] in ("v", "auto")) and parts[2] in ACCUM)
+        if not ok or any(p.isdigit() and int(p) < 1 for p in parts[:2]):
+            raise ValueError(f"fused_head suffix must be CxTxACC: C rows per chunk, T vocabulary "
+                             f"columns per tile or V (one tile), ACC one of {sorted(ACCUM)}; 'auto' "
+                             f"keeps a default (e.g. fused_head:256xVxbf16), got {tile!r}")
+        c, t, acc = parts
+        return base, dict(chunk_tokens=None if c == "auto" else int(c),
+                          chunk_vocab="V" if t == "v" else None if t == "auto" else int(t),
+                          dw_accum_dtype=ACCUM[acc])
+    if base != "mosaic":
+        raise ValueError(f"only 'mosaic' and 'fused_head' take a suffix, got {name!r}")
     if len(parts) != 4 or not all(p.isdigit() for p in parts):
         raise ValueError(f"tile suffix must be BNxBVxBKxS (e.g. mosaic:128x128x64x4), got {tile!r}")
     keys = ("mosaic_fwd_block_n", "mosaic_fwd_block_v", "mosaic_fwd_block_k", "mosaic_fwd_stages")
     return base, dict(zip(keys, map(int, parts)))
 
 
+def fused_head_kwargs(impl: str, v: int) -> dict:
+    """The keyword arguments of ``sapo_loss_fused_forward`` a fused_head impl name stands for
+    ({} for plain "fused_head": the module's defaults); chunk_vocab "V" -> v."""
+    kw = parse_impl(impl)[1]
+    if kw.get("chunk_vocab") == "V":
+        kw["chunk_vocab"] = v
+    return {k: x for k, x in kw.items() if x is not None}
+
+
 def make_config(opts: dict, impl: str = "") -> LogprobConfig:
     """LogprobConfig from the case options (opts["cfg"]) plus the impl's tile suffix."""
-    _, tile = parse_impl(impl) if impl else ("", {})
-    return LogprobConfig(**{**opts.get("cfg", {}), **tile})
+    base, tile = parse_impl(impl) if impl else ("", {})
+    return LogprobConfig(**{**opts.get("cfg", {}), **(tile if base == "mosaic" else {})})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,10 +350,11 @@ def _sapo_batch(n: int):
     return b, mask, adv, jnp.asarray(rng.standard_normal((b, n // b)) * 0.05, jnp.float32)
 
 
-def check_fused_head(x: dict, *, chunk_v: int = 16384, tol: dict = TOL) -> dict:
-    """kernels.fused_head.sapo_loss_fused_forward against the float32 chunked SAPO path
-    (kernels.sapo_loss.sapo_loss_fused, impl="chunked", on float32 copies): loss, logp and
-    entropy statistics, dh and dw."""
+def check_fused_head(x: dict, *, chunk_v: int = 16384, tol: dict = TOL,
+                     head_kwargs: dict | None = None) -> dict:
+    """kernels.fused_head.sapo_loss_fused_forward (with ``head_kwargs``: its chunking) against the
+    float32 chunked SAPO path (kernels.sapo_loss.sapo_loss_fused, impl="chunked", on float32
+    copies): loss, logp and entropy statistics, dh and dw."""
     from kernels import sapo_loss_fused
     fh = fused_head_module()
     n, d = x["h"].shape
@@ -336,7 +371,8 @@ def check_fused_head(x: dict, *, chunk_v: int = 16384, tol: dict = TOL) -> dict:
                                config=cfg)
 
     def got_loss(h, w):
-        loss, stats = fh.sapo_loss_fused_forward(h.reshape(b, n // b, d), w, t2, old, adv, mask)
+        loss, stats = fh.sapo_loss_fused_forward(h.reshape(b, n // b, d), w, t2, old, adv, mask,
+                                                 **(head_kwargs or {}))
         return loss, (stats["logp"], stats["entropy"])
 
     with jax.default_matmul_precision("highest"):
@@ -403,7 +439,7 @@ def run_check(case: Case) -> dict:
                               o.get("seed", 1), o.get("cache_dir")))
     chunk_v = make_config(o).chunk_v
     if parse_impl(case.impl)[0] == "fused_head":
-        res = check_fused_head(x, chunk_v=chunk_v)
+        res = check_fused_head(x, chunk_v=chunk_v, head_kwargs=fused_head_kwargs(case.impl, case.v))
     else:
         res = check_impl(impl_fn(case.impl, make_config(o, case.impl), o.get("interpret", False)), x,
                          chunk_v=chunk_v)
@@ -419,10 +455,11 @@ def _timed_fn(case: Case):
         n, d = case.n, case.d
         b, mask, adv, noise = _sapo_batch(n)
         old = jnp.full((b, n // b), -5.0) + noise
+        kw = fused_head_kwargs(case.impl, case.v)
 
         def loss(h, w, t):
             return fh.sapo_loss_fused_forward(h.reshape(b, n // b, d), w, t.reshape(b, n // b),
-                                              old, adv, mask)[0]
+                                              old, adv, mask, **kw)[0]
         f = loss if case.mode == "fwd" else jax.value_and_grad(loss, argnums=(0, 1))
         return jax.jit(f), ("h", "w", "t")
     fn = impl_fn(case.impl, make_config(o, case.impl), o.get("interpret", False))
@@ -452,8 +489,10 @@ def run_time(case: Case) -> dict:
     args = [x[k] for k in names]
     before = mem_stats()
     t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
+    out = jax.block_until_ready(compiled(*args))
     row["first_call_s"] = time.perf_counter() - t0
+    row["output_bytes"] = int(sum(a.nbytes for a in jax.tree.leaves(out)))
+    del out
     times = []
     for _ in range(int(o.get("iters", 20))):
         t0 = time.perf_counter()
@@ -466,8 +505,9 @@ def run_time(case: Case) -> dict:
         row["peak_bytes"] = after["peak_bytes_in_use"] - before["bytes_in_use"]
         row["peak_exact"] = after["peak_bytes_in_use"] > before["peak_bytes_in_use"]
     flops = 2.0 * case.n * case.d * case.v * (3 if case.mode == "fwd+bwd" else 1)
-    row["floor_ms"] = 1e3 * flops / (o.get("peak_tflops", 989.0) * 1e12)
+    row["floor_ms"] = 1e3 * flops / (o.get("peak_tflops", PEAK_TFLOPS) * 1e12)
     row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12
+    row.update(goal_fields(row))
     if o.get("profile"):
         with jax.profiler.trace(o["profile"]):
             for _ in range(3):
@@ -475,6 +515,23 @@ def run_time(case: Case) -> dict:
                     jax.block_until_ready(compiled(*args))
     row["status"] = "ok"
     return row
+
+
+def goal_fields(row: dict) -> dict:
+    """x_floor (time / the matmul floor), extra_bytes (peak minus the outputs), extra_vs_naive
+    (that over the naive float32 logits, N V 4 bytes) and, for fwd+bwd, the GOAL verdicts
+    (goal_speed, goal_memory, goal_met; memory None when no peak was measured)."""
+    naive = 4 * row["n"] * row["v"]
+    f = dict(x_floor=row["ms"] / row["floor_ms"], naive_logits_bytes=naive)
+    if row.get("peak_bytes") is not None:
+        f["extra_bytes"] = row["peak_bytes"] - row.get("output_bytes", 0)
+        f["extra_vs_naive"] = f["extra_bytes"] / naive
+    if row.get("mode") == "fwd+bwd":
+        f["goal_speed"] = bool(f["x_floor"] <= GOAL["x_floor"])
+        f["goal_memory"] = (None if "extra_vs_naive" not in f
+                            else bool(f["extra_vs_naive"] <= GOAL["extra_vs_naive"]))
+        f["goal_met"] = bool(f["goal_speed"] and f["goal_memory"])
+    return f
 
 
 RUNNERS = {"env": run_env, "probe": run_probe, "check": run_check, "time": run_time}
@@ -521,13 +578,16 @@ def plan(args, shape: dict) -> list[Case]:
     if not args.no_probe:
         cases += [Case("probe", impl=i, **{**common, "d": 0, "v": 0})
                   for i in impls if parse_impl(i)[0] in GPU_KERNELS and ":" not in i]
+    checked = impls if args.check_impls is None else args.check_impls.split(",")
     for i in impls:
-        if not args.no_check:
+        if not args.no_check and i in checked:
             cases.append(Case("check", impl=i, n=args.check_n or n0, **common))
         if args.check_only:
             continue
         for n in shape["ns"]:
             for m in args.modes.split(","):
+                if m == "fwd" and parse_impl(i)[0] == "fused_head":
+                    continue   # a training op: its forward alone is the chunked forward
                 case_opts = dict(opts)
                 if args.profile:
                     case_opts["profile"] = os.path.join(args.profile,
@@ -639,25 +699,54 @@ def check_table(rows: list[dict]) -> str:
 
 
 def time_table(rows: list[dict], gemm_tflops: float | None) -> str:
-    out = ["| impl | mode | N | ms (median) | floor ms | % of floor | TFLOP/s | % of GEMM | "
-           "peak mem | XLA temp | compile s |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| impl | mode | N | ms (median) | floor ms | x floor | TFLOP/s | % of GEMM | "
+           "peak mem | extra mem (of naive logits) | XLA temp | checked | goal | compile s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    checked = {r["impl"]: r["status"] for r in rows if r["kind"] == "check"}
     for r in rows:
         if r["kind"] != "time":
             continue
         if r["status"] != "ok":
             why = (r.get("reason") or r.get("error") or r.get("status"))[:120]
             out.append(f"| {r['impl']} | {r['mode']} | {r['n']} | {r['status']}: {why} | "
-                       "| | | | | | |")
+                       "| | | | | | | | | |")
             continue
         gemm = f"{100 * r['tflops'] / gemm_tflops:.1f}%" if gemm_tflops else "-"
-        peak = _fmt_bytes(r.get("peak_bytes"))
-        if r.get("peak_bytes") is not None and not r.get("peak_exact", True):
-            peak = "<= " + peak
+        bound = "<= " if r.get("peak_bytes") is not None and not r.get("peak_exact", True) else ""
+        peak = bound + _fmt_bytes(r.get("peak_bytes"))
+        extra = ("-" if r.get("extra_bytes") is None else
+                 f"{bound}{_fmt_bytes(r['extra_bytes'])} ({r['extra_vs_naive']:.3f})")
+        goal = "-" if "goal_met" not in r else goal_cell(r)
+        x_floor = r.get("x_floor", r["ms"] / r["floor_ms"])
         out.append(f"| {r['impl']} | {r['mode']} | {r['n']} | {r['ms']:.3f} | {r['floor_ms']:.3f} | "
-                   f"{100 * r['floor_ms'] / r['ms']:.1f}% | {r['tflops']:.2f} | {gemm} | {peak} | "
-                   f"{_fmt_bytes(r.get('temp_bytes'))} | {r.get('compile_s', 0):.1f} |")
+                   f"{x_floor:.2f}x | {r['tflops']:.2f} | {gemm} | {peak} | {extra} | "
+                   f"{_fmt_bytes(r.get('temp_bytes'))} | {checked.get(r['impl'], 'no')} | {goal} | "
+                   f"{r.get('compile_s', 0):.1f} |")
     return "\n".join(out)
+
+
+def goal_cell(r: dict) -> str:
+    """"met", or what was missed / not measured (CPU backends report no memory)."""
+    if r["goal_met"]:
+        return "met"
+    parts = [f"{k} missed" for k, ok in (("speed", r["goal_speed"]), ("memory", r["goal_memory"]))
+             if ok is False]
+    return "; ".join(parts + (["memory not measured"] if r["goal_memory"] is None else []))
+
+
+def goal_summary(rows: list[dict], peak_tflops: float) -> str:
+    """One line: the fwd+bwd timings that meet GOAL (and passed their check), else the closest."""
+    passed = {r["impl"] for r in rows if r["kind"] == "check" and r["status"] == "ok"}
+    timed = [r for r in rows if r["kind"] == "time" and r["status"] == "ok" and "goal_met" in r]
+    head = (f"goal (fwd+bwd <= {GOAL['x_floor']}x the 3-matmul floor at {peak_tflops:g} TFLOP/s, "
+            f"extra memory <= {GOAL['extra_vs_naive']} of the naive logits): ")
+    if not timed:
+        return head + "no fwd+bwd timing"
+    met = [r["impl"] for r in timed if r["goal_met"] and r["impl"] in passed]
+    best = min(timed, key=lambda r: r["x_floor"])
+    return head + (f"met by {', '.join(met)}" if met else "not met") + (
+        f"; fastest {best['impl']} at {best['x_floor']:.2f}x"
+        + (f" with extra {best['extra_vs_naive']:.3f}" if "extra_vs_naive" in best else ""))
 
 
 def tuned_timings(rows: list[dict], mode: str) -> tuple[dict, dict]:
@@ -711,6 +800,8 @@ def parse_args(argv=None):
     ap.add_argument("--check-only", action="store_true", help="env, probes and checks; no timings")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness checks")
     ap.add_argument("--no-probe", action="store_true", help="skip the kernel probes")
+    ap.add_argument("--check-impls", default=None,
+                    help="comma-separated subset of --impls to check (default: all of them)")
     ap.add_argument("--check-n", type=int, default=None, help="tokens of the check (default: N)")
     ap.add_argument("--out", default=None, help="append one JSON line per case here")
     ap.add_argument("--json", default=None, help="also write all rows as one JSON document")
@@ -723,8 +814,9 @@ def parse_args(argv=None):
                     help="seconds for the whole run: later cases are skipped, never cut short")
     ap.add_argument("--cache-dir", default=None,
                     help="where the host inputs are cached across cases (default: a temp dir)")
-    ap.add_argument("--peak-tflops", type=float, default=989.0,
-                    help="device peak for the floor (989 = H100/H200 SXM dense bf16 datasheet)")
+    ap.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS,
+                    help="device peak for the floor (790: the H200's measured bf16 GEMM; the "
+                         "H100/H200 SXM datasheet says 989)")
     ap.add_argument("--profile", default=None, metavar="DIR", help="write a jax.profiler trace here")
     ap.add_argument("--no-isolate", action="store_true",
                     help="run the cases in this process (no per-case timeout; peaks accumulate)")
@@ -750,6 +842,9 @@ def resolve_shape(args) -> dict:
     LogprobConfig(**cfg)   # validate before launching anything
     for i in args.impls.split(","):
         parse_impl(i)
+    stray = set((args.check_impls or "").split(",")) - set(args.impls.split(",")) - {""}
+    if stray:
+        raise SystemExit(f"--check-impls: {sorted(stray)} not in --impls {args.impls!r}")
     bad = [m for m in args.modes.split(",") if m not in MODES]
     if bad:
         raise SystemExit(f"--modes: unknown {bad}; choose from {MODES}")
@@ -783,6 +878,7 @@ def main(argv=None) -> int:
     print("\nCorrectness (max |got - ref| / max |ref| vs float32 chunked reference; tolerances "
           f"{TOL}):\n" + check_table(rows))
     print("\nTimings:\n" + time_table(rows, env.get("gemm_tflops")))
+    print("\n" + goal_summary(rows, args.peak_tflops))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(rows=rows, shape=shape), indent=1, default=str))
     if args.tuned_out:

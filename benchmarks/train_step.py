@@ -2,6 +2,8 @@
 
   python benchmarks/train_step.py --preset qwen2_5_vl_3b --batch 16 --seq-len 2048   # GPU (bfloat16)
   python benchmarks/train_step.py --preset tiny --batch 4 --seq-len 128               # CPU smoke run
+  python benchmarks/train_step.py --preset qwen2_5_vl_3b --batch 8 --seq-len 2048 \
+      --head-impl fused_forward --head-chunk-tokens 256 --head-chunk-vocab -1         # the fused LM head
 
 One optimizer step of the SAPO loss (forward, fused log-prob kernel, backward, AdamW) on random
 weights and random token sequences (response = second half of each row, random advantages), timed
@@ -46,6 +48,12 @@ def main():
     p.add_argument("--freeze-vision", action="store_true")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--remat", default="full", help="none | full | dots | dots_no_batch")
+    p.add_argument("--head-impl", default="recompute", choices=("recompute", "fused_forward"),
+                   help="TrainConfig.head_impl: the LM head + loss (kernels/fused_head.py for fused_forward)")
+    p.add_argument("--head-chunk-tokens", type=int, default=0, help="TrainConfig.head_chunk_tokens (0: auto)")
+    p.add_argument("--head-chunk-vocab", type=int, default=0,
+                   help="TrainConfig.head_chunk_vocab (0: auto, -1: the whole vocabulary)")
+    p.add_argument("--head-dw-accum", default="auto", choices=("auto", "float32"), help="TrainConfig.head_dw_accum")
     args = p.parse_args()
     on_cpu = jax.default_backend() == "cpu"
     dtype = jnp.float32 if on_cpu else jnp.bfloat16
@@ -55,7 +63,9 @@ def main():
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     cfg = TrainConfig(dtype=jnp.dtype(dtype).name, param_dtype="float32", prompts_per_step=args.batch, group_size=1,
                       minibatches=1, grad_accum=args.grad_accum, remat=args.remat,
-                      freeze_vision=args.freeze_vision, kernel_impl="auto")
+                      freeze_vision=args.freeze_vision, kernel_impl="auto", head_impl=args.head_impl,
+                      head_chunk_tokens=args.head_chunk_tokens, head_chunk_vocab=args.head_chunk_vocab,
+                      head_dw_accum=args.head_dw_accum)
     updater = Updater(model, cfg, mesh)
     rng = np.random.default_rng(0)
     half = args.seq_len // 2
@@ -79,7 +89,8 @@ def main():
     result = {"preset": args.preset, "device": jax.devices()[0].device_kind, "n_devices": jax.device_count(),
               "jax": jax.__version__, "python": platform.python_version(), "dtype": jnp.dtype(dtype).name,
               "params": n_params, "batch": args.batch, "seq_len": args.seq_len, "grad_accum": args.grad_accum,
-              "remat": args.remat, "step_s": step, "model_tflop_per_step": step_flops / 1e12,
+              "remat": args.remat, "head_impl": args.head_impl, "head_chunk_tokens": args.head_chunk_tokens,
+              "head_chunk_vocab": args.head_chunk_vocab, "head_dw_accum": args.head_dw_accum, "step_s": step, "model_tflop_per_step": step_flops / 1e12,
               "tokens_per_s": tokens / step, "mfu": mfu, "peak_tflops": args.peak_tflops}
     print(json.dumps(result, indent=1))
     print(f"| {result['device']} | {args.preset} | {args.batch}x{args.seq_len} | {step * 1e3:.1f} ms | "

@@ -66,11 +66,22 @@ of value_and_grad on CPU (float32), N = D = 4096, V = 151,936: 208 MB = 0.084 of
 2,489 MB (the recompute path with its default chunk_v = 16384: 824 MB = 0.33); the tests check
 < 1/10 at that shape. bfloat16 cannot be measured this way on CPU (XLA's CPU backend upcasts
 bf16 matmul operands to float32 copies, for both paths).
-The dw accumulator is [D, V] in ``dw_accum_dtype``: float32 by default, which for a 16-bit w is
-D * V * 4 bytes on top of the residual while the pass runs (as large as the naive logits when
-D = N); ``dw_accum_dtype=w.dtype`` removes it. The residuals are the gradients themselves (dh in
-h's dtype, dw in w's), computed in the forward instead of the backward: in a trainer the loss is
-the last op, so they live only until the backward starts.
+The dw accumulator is [D, V] in ``dw_accum_dtype``; its default (None) is w's dtype, so for a
+bf16 w the gradient is accumulated in place in the bf16 buffer it is returned in and needs no
+extra memory. ``dw_accum_dtype=float32`` for a bf16 w adds a D * V * 4-byte accumulator (as large
+as the naive logits when D = N: the memory goal is then out of reach) and cuts dw's rounding
+error. Measured on CPU (benchmarks/RESULTS.md; bf16 h and w, logit std 4, N = 4096, D = 128,
+V = 4096, the device check of benchmarks/kernels.py): dw's max error over max |dw| against the
+float32 reference is 0.28% with a float32 accumulator, 0.80% with a bf16 one over 16 chunks of
+256 rows and 0.56% over 8 chunks of 512 (tolerance 2%); dh (4.2e-3) and logp are unaffected. The
+residuals are the gradients themselves (dh in h's dtype, dw in w's), computed in the forward
+instead of the backward: in a trainer the loss is the last op, so they live only until the
+backward starts.
+
+One dw update per chunk (``chunk_vocab=V``) is ``dw + h_c^T dz`` with a [D, V] matmul output:
+XLA on CPU materialises that output (temp 2.65 GB at the shape above, float32), XLA on GPU can
+instead run it as one GEMM with dw as its C operand (beta = 1, in place) -- not verified here
+(no GPU). Vocabulary tiles bound the temporary to [D, T] either way.
 
 Cost model and GPU tuning (not measured: no GPU was lent to the session that wrote this)
 ----------------------------------------------------------------------------------------
@@ -85,8 +96,11 @@ accumulation, C large enough (C / 2 above the device's flop:byte ratio, ~300 on 
 H200), and few, large vocabulary tiles (``chunk_vocab=V`` gives one tile, i.e. ``dw + h^T dz``
 per chunk, which XLA on GPU can turn into a single GEMM with the accumulator as its C operand;
 the default V / 128 tiles bound memory but mean ~128 x 2 small matmuls and loop steps per chunk).
-Memory and speed pull ``chunk_tokens`` and ``chunk_vocab`` in opposite directions: measure on the
-device with ``compare_cpu``'s harness at the production shape and ``memory_stats()``.
+Memory and speed pull ``chunk_tokens`` and ``chunk_vocab`` in opposite directions. The device
+suite sweeps them: ``benchmarks/kernels.py --impls fused_head:CxTxACC`` (e.g. ``256xVxbf16``: C =
+256 rows, one vocabulary tile, bf16 accumulator) times each variant, checks it on the device and
+reports its peak extra memory against the naive logits; ``TrainConfig.head_chunk_tokens``,
+``head_chunk_vocab`` and ``head_dw_accum`` carry the winner into training.
 
 Precision
 ---------
@@ -95,8 +109,8 @@ statistics are float32 and relative to the row max (kernels/logprob.py's ``_fina
 starts from the data, never from 0, so all-negative logits are exact). ``dz`` is cast to
 ``grad_dtype`` (default: the wider of h's and w's dtypes, i.e. bf16 for bf16 inputs) for the dh and
 dw matmuls, which accumulate in float32; dh accumulates in float32 over the vocabulary tiles and
-is stored in h's dtype, dw accumulates over the token chunks in ``dw_accum_dtype`` (default
-float32) and is stored in w's dtype.
+is stored in h's dtype, dw accumulates over the token chunks in ``dw_accum_dtype`` (default:
+w's dtype) and is stored in w's dtype.
 
 Sharding
 --------
@@ -155,7 +169,7 @@ class _HeadSpec:
     chunk_tokens: int | None
     chunk_vocab: int | None
     grad_dtype: Any
-    dw_accum_dtype: Any
+    dw_accum_dtype: Any          # None: w's dtype
     batch_axis: tuple = ()        # mesh axes the tokens/sequences are sharded over (shard_map): the
                                   # loss is psum-ed over them
     vocab_axis: Any = None        # mesh axis w's vocabulary is sharded over (inside shard_map)
@@ -253,7 +267,7 @@ def _grad_tiles(spec: _HeadSpec, h_c, w, z, t_c, row, dw, need_dh, need_dw, dz_d
     c, v = z.shape
     n_t, tile = _vocab_tiling(v, spec.chunk_vocab)
     m, log_s, mu, c_lp, c_h = row
-    acc = jnp.dtype(spec.dw_accum_dtype)
+    acc = dw.dtype if need_dw else None
     h_mm = h_c.astype(dz_dtype)
 
     def body(j, carry):
@@ -323,8 +337,8 @@ def _run(spec: _HeadSpec, h, w, t, old, adv, scale, need_dh: bool, need_dw: bool
     # the loss is replicated there as shard_map(check_vma=True) requires.
     axes = union_vary(h, w, t, old, adv, scale)
     old, adv, scale = (x.astype(jnp.float32) for x in (old, adv, scale))
-    dw0 = (cast_varying(jnp.zeros((d, v), jnp.dtype(spec.dw_accum_dtype)), axes) if need_dw
-           else None)
+    acc = jnp.dtype(spec.dw_accum_dtype or w.dtype)
+    dw0 = cast_varying(jnp.zeros((d, v), acc), axes) if need_dw else None
 
     def body(dw, i):
         start = i * c
@@ -407,7 +421,8 @@ def _spec(loss, tau_pos, tau_neg, entropy_coef, chunk_tokens, chunk_vocab, grad_
                      None if chunk_tokens is None else int(chunk_tokens),
                      None if chunk_vocab is None else int(chunk_vocab),
                      None if grad_dtype is None else jnp.dtype(grad_dtype).name,
-                     jnp.dtype(dw_accum_dtype).name, _axes(batch_axis), vocab_axis)
+                     None if dw_accum_dtype is None else jnp.dtype(dw_accum_dtype).name,
+                     _axes(batch_axis), vocab_axis)
 
 
 def _flat(h, w, targets):
@@ -456,7 +471,7 @@ def sapo_loss_fused_forward(h, w, targets, old_logp, advantages, mask, tau_pos: 
                             tau_neg: float = 1.05, *, entropy_coef: float = 0.0,
                             chunk_tokens: int | None = None, chunk_vocab: int | None = None,
                             grad_dtype=None,
-                            dw_accum_dtype=jnp.float32, batch_axis=None, vocab_axis=None,
+                            dw_accum_dtype=None, batch_axis=None, vocab_axis=None,
                             mesh=None, token_axis=None, check_vma: bool = True):
     """SAPO loss from hidden states with a 3-matmul gradient (dz formed in the forward).
 
@@ -471,7 +486,8 @@ def sapo_loss_fused_forward(h, w, targets, old_logp, advantages, mask, tau_pos: 
       chunk_tokens: rows per chunk (None: :func:`auto_chunk_tokens`); scratch ~ C * V * 4 bytes.
       chunk_vocab: columns per tile of the dz / dh / dw stage (None: :func:`auto_chunk_vocab`).
       grad_dtype: dtype of dz for the dh / dw matmuls (None: the wider of h's and w's dtypes).
-      dw_accum_dtype: dw accumulator over the chunks (float32; bfloat16 halves its traffic/memory).
+      dw_accum_dtype: dw accumulator over the chunks (None: w's dtype, in place; float32 for a
+        16-bit w: half the rounding error, plus a [D, V] float32 buffer and twice the traffic).
       batch_axis / vocab_axis: when called inside ``jax.shard_map``: the mesh axes the sequences
         (rows of [B, T]) and w's vocabulary are sharded over.
       mesh / token_axis / check_vma: run under ``jax.shard_map`` here instead: the flattened tokens
@@ -509,8 +525,8 @@ def sapo_loss_fused_forward(h, w, targets, old_logp, advantages, mask, tau_pos: 
 
 def ce_loss_fused_forward(h, w, targets, mask, *, entropy_coef: float = 0.0,
                           chunk_tokens: int | None = None, chunk_vocab: int | None = None,
-                            grad_dtype=None,
-                          dw_accum_dtype=jnp.float32, batch_axis=None, vocab_axis=None,
+                          grad_dtype=None,
+                          dw_accum_dtype=None, batch_axis=None, vocab_axis=None,
                           mesh=None, token_axis=None, check_vma: bool = True):
     """Token-mean cross-entropy ``-sum(valid logp) / max(sum valid, 1)`` (SFT), same machinery.
 

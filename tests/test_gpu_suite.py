@@ -56,7 +56,7 @@ def test_suite_dry_run(tmp_path):
     rows = _jsonl(out / "kernels.jsonl")
     keys = [(r["kind"], r["impl"], r["mode"]) for r in rows]
     assert len(keys) == len(set(keys)), keys
-    impls = ["mosaic", "chunked", "pallas", "fused_head"]
+    impls = ["mosaic", "chunked", "pallas", "fused_head", "fused_head:32xVxbf16"]
     expected = ({("env", "", "")} | {("probe", i, "") for i in ("mosaic", "pallas")}
                 | {("check", i, "") for i in impls} | {("time", i, "fwd+bwd") for i in impls})
     assert set(keys) == expected
@@ -155,7 +155,14 @@ def test_tuned_record_from_rows(tmp_path):
 def test_impl_names_and_inputs():
     assert bench.parse_impl("mosaic:64x256x64x3") == ("mosaic", dict(
         mosaic_fwd_block_n=64, mosaic_fwd_block_v=256, mosaic_fwd_block_k=64, mosaic_fwd_stages=3))
-    for bad in ("triton", "chunked:64x64x64x2", "mosaic:64x64"):
+    assert bench.fused_head_kwargs("fused_head:256xVxbf16", 1000) == dict(
+        chunk_tokens=256, chunk_vocab=1000, dw_accum_dtype="bfloat16")
+    assert bench.fused_head_kwargs("fused_head:autox96xf32", 1000) == dict(
+        chunk_vocab=96, dw_accum_dtype="float32")
+    assert bench.fused_head_kwargs("fused_head", 1000) == {}
+    assert bench.make_config({}, "fused_head:8xVxauto") == bench.LogprobConfig()
+    for bad in ("triton", "chunked:64x64x64x2", "mosaic:64x64", "fused_head:256xV",
+                "fused_head:0xVxbf16", "fused_head:256xWxbf16", "fused_head:256xVxfp8"):
         with pytest.raises(ValueError):
             bench.parse_impl(bad)
     host = bench.host_inputs(16, 64, 500, "bfloat16", 4.0, 3)
@@ -163,3 +170,81 @@ def test_impl_names_and_inputs():
     z = np.asarray(host["h"], np.float32) @ np.asarray(host["w"], np.float32)
     assert 3.0 < z.std() < 5.0     # realistic logits: std ~ logit_std
     assert host["t"].max() < 500 and host["t"].dtype == np.int32
+
+
+def _suite_kernel_args(small: bool) -> list[str]:
+    """The benchmarks/kernels.py arguments gpu_suite.sh passes (SMALL=1 or full), $VARS expanded."""
+    text = SUITE.read_text()
+    start = text.index("export JAX_PLATFORMS=cpu")        # the SMALL / full settings block
+    block = text[start:text.index("\nfi\n", start)]
+    small_part, full_part = block.split("\nelse\n")
+    part = small_part if small else full_part
+    env = dict(re.findall(r"^\s*([A-Z_]+)=([^\s(]+)$", part, re.M), B_KERNELS="270")
+    body = re.search(r"KERNEL_ARGS=\((.*?)\)\n", part, re.S).group(1)
+    body = re.sub(r"\$\(\((.*?)\)\)", lambda m: str(eval(re.sub(r"\$?([A-Z_]+)",
+                                                                    lambda v: env[v.group(1)], m.group(1)))), body)
+    body = re.sub(r"\$([A-Z_]+)", lambda m: env[m.group(1)], body)
+    return body.split()
+
+
+@pytest.mark.parametrize("small", [True, False])
+def test_suite_kernel_plan(small):
+    """The suite's kernel arguments parse (every impl name, the checked subset); the plan times a
+    fused head forward+backward only, checks just --check-impls, and orders cases as --impls."""
+    args = bench.parse_args(_suite_kernel_args(small))
+    cases = bench.plan(args, bench.resolve_shape(args))
+    impls = args.impls.split(",")
+    assert any(i.startswith("fused_head:") for i in impls)
+    checked = impls if args.check_impls is None else args.check_impls.split(",")
+    assert [c.impl for c in cases if c.kind == "check"] == [i for i in impls if i in checked]
+    timed = [(c.impl, c.mode) for c in cases if c.kind == "time"]
+    assert all(m == "fwd+bwd" for i, m in timed if i.startswith("fused_head"))
+    assert [i for i, _ in timed] == sorted((i for i, _ in timed), key=impls.index)
+    if not small:
+        assert args.peak_tflops == 790 and (args.n, args.d, args.v) == ("4096", 4096, 151_936)
+        assert {"chunked", "mosaic", "fused_head:256xVxbf16"} <= set(checked)
+    with pytest.raises(SystemExit, match="check-impls"):
+        bench.resolve_shape(bench.parse_args(["--small", "--impls", "chunked",
+                                              "--check-impls", "mosaic"]))
+
+
+def test_fused_head_variant_reaches_the_op(monkeypatch):
+    """A fused_head:CxTxACC case runs sapo_loss_fused_forward with that chunking (check and time)."""
+    from kernels import fused_head
+    seen = []
+    real = fused_head.sapo_loss_fused_forward
+
+    def spy(*a, **kw):
+        seen.append({k: kw.get(k) for k in ("chunk_tokens", "chunk_vocab", "dw_accum_dtype")})
+        return real(*a, **kw)
+    monkeypatch.setattr(fused_head, "sapo_loss_fused_forward", spy)
+    common = dict(impl="fused_head:16xVxf32", n=32, d=32, v=300,
+                  opts=dict(cfg=dict(chunk_v=128), logit_std=4.0, seed=0, iters=1))
+    row = bench.run_case(bench.Case("check", **common))
+    assert row["status"] == "ok", row
+    row = bench.run_case(bench.Case("time", mode="fwd+bwd", **common))
+    assert row["status"] == "ok", row
+    assert seen and all(s == dict(chunk_tokens=16, chunk_vocab=300, dw_accum_dtype="float32")
+                        for s in seen)
+
+
+def test_goal_fields():
+    """x floor and the extra memory (peak minus outputs, over the naive float32 logits)."""
+    base = dict(kind="time", mode="fwd+bwd", n=4096, v=151_936, floor_ms=20.0)
+    naive = 4 * 4096 * 151_936
+    ok = bench.goal_fields(dict(base, ms=24.0, peak_bytes=int(0.05 * naive) + 10**9,
+                                output_bytes=10**9))
+    assert ok["x_floor"] == pytest.approx(1.2) and ok["extra_vs_naive"] == pytest.approx(0.05)
+    assert ok["goal_speed"] and ok["goal_memory"] and ok["goal_met"]
+    slow = bench.goal_fields(dict(base, ms=26.0, peak_bytes=int(0.2 * naive), output_bytes=0))
+    assert not slow["goal_speed"] and not slow["goal_memory"] and not slow["goal_met"]
+    assert bench.goal_cell({**base, **slow}) == "speed missed; memory missed"
+    cpu = bench.goal_fields(dict(base, ms=10.0))            # no memory_stats(): memory unknown
+    assert cpu["goal_memory"] is None and cpu["goal_met"] is False
+    assert bench.goal_cell({**base, **cpu}) == "memory not measured"
+    assert "goal_met" not in bench.goal_fields(dict(base, mode="fwd", ms=10.0))
+    rows = [dict(kind="check", impl="a", status="ok"), dict(kind="check", impl="b", status="fail"),
+            dict(base, impl="a", status="ok", ms=24.0, **ok), dict(base, impl="b", status="ok",
+                                                                   ms=21.0, **{**ok, "x_floor": 1.05})]
+    line = bench.goal_summary(rows, 790)
+    assert "met by a;" in line and "fastest b at 1.05x" in line     # b is faster but failed its check

@@ -147,12 +147,13 @@ def test_on_policy_gradient_is_policy_gradient():
     assert _rel(dh, dh_r) <= 1e-5 and _rel(dw, dw_r) <= 1e-5
 
 
-@pytest.mark.parametrize("accum", ["float32", "bfloat16"])
+@pytest.mark.parametrize("accum", ["float32", "bfloat16", None])
 def test_bfloat16_inputs(accum):
     """bf16 h and w: the logits matmul outputs float32 (checked in the jaxpr: XLA on CPU would hide a
     bf16 output behind its own upcast) and logp is within 1e-5 of the float64 truth on the same
     rounded inputs; dz is bf16 for the dh/dw matmuls, so gradients are good to ~3e-3 here (tolerance
-    1e-2; a bf16 dw accumulator adds one rounding per chunk)."""
+    1e-2; a bf16 dw accumulator adds one rounding per chunk). The default accumulator (None) is w's
+    dtype: the dw matmuls write bf16, no float32 [D, V] buffer."""
     h, w, tg, old, adv, mask = _inputs(30, dtype=jnp.bfloat16)
     kw = dict(chunk_tokens=CHUNK, dw_accum_dtype=accum)
     (loss, st), grads = _fused_vg(**kw)(h, w, old, adv, tg, mask)
@@ -167,6 +168,8 @@ def test_bfloat16_inputs(accum):
         h, w, tg, old, adv, mask, **kw)[0], argnums=(0, 1)))(h, w).jaxpr
     logits = [e for e in _dot_eqns(jaxpr) if e.outvars[0].aval.shape == (CHUNK, w.shape[1])]
     assert len(logits) == 1 and logits[0].outvars[0].aval.dtype == jnp.float32
+    dw_dots = [e for e in _dot_eqns(jaxpr) if e.outvars[0].aval.shape[0] == w.shape[0]]
+    assert dw_dots and {e.outvars[0].aval.dtype for e in dw_dots} == {jnp.dtype(accum or w.dtype)}
 
 
 def test_stats_and_values_match_recompute_path():

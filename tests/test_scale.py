@@ -143,10 +143,12 @@ def test_frozen_tower_has_no_optimizer_state_and_no_backward(mesh):
 
 def test_gradient_accumulation_remat_and_head_impl_leave_the_step_unchanged(mesh):
     """The same SAPO step with micro-batches, remat policies, and the no-recompute fused head
-    (kernels/fused_head.py, head_impl="fused_forward")."""
+    (kernels/fused_head.py, head_impl="fused_forward", with the config's chunking: 16-row chunks, one
+    vocabulary tile)."""
     results = []
-    for accum, remat, head in ((1, "none", "recompute"), (2, "full", "recompute"), (4, "dots", "fused_forward")):
-        up, mc = _updater(mesh, grad_accum=accum, remat=remat, head_impl=head)
+    fused = dict(head_impl="fused_forward", head_chunk_tokens=16, head_chunk_vocab=-1)
+    for accum, remat, head in ((1, "none", {}), (2, "full", {}), (4, "dots", fused)):
+        up, mc = _updater(mesh, grad_accum=accum, remat=remat, **head)
         prompts, rows, responses = _batch(mc, image=True)
         batch = up.put_batch(pack_micro(prompts, rows, responses, mc, accum).arrays())
         assert batch["input_ids"].shape[0] == accum
@@ -157,6 +159,18 @@ def test_gradient_accumulation_remat_and_head_impl_leave_the_step_unchanged(mesh
     for loss, gnorm, params in rest:
         assert loss == pytest.approx(l0, rel=1e-5) and gnorm == pytest.approx(g0, rel=1e-4)
         assert max(np.abs(a - b).max() for a, b in zip(p0, params)) < 1e-6
+
+
+def test_head_config_is_validated_and_round_trips():
+    cfg = TrainConfig(head_impl="fused_forward", head_chunk_tokens=256, head_chunk_vocab=-1,
+                      head_dw_accum="float32")
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    old = {k: v for k, v in cfg.to_json().items() if not k.startswith("head_") or k == "head_impl"}
+    assert TrainConfig.from_json(old).head_chunk_vocab == 0      # configs written before these fields
+    for bad in (dict(head_chunk_tokens=-1), dict(head_chunk_vocab=-2), dict(head_dw_accum="bf16"),
+                dict(head_impl="fused_forward", kl_coef=0.1)):
+        with pytest.raises(ValueError, match="head_"):
+            TrainConfig(**bad)
 
 
 def test_sharded_lm_head_in_the_compiled_step(mesh):

@@ -37,7 +37,10 @@ class TrainConfig:
     LM head + loss (head_impl): "recompute" (default) -- log-probs from the fused kernel (kernel_impl), whose
       backward recomputes the logits (4 head-sized matmuls); "fused_forward" -- kernels/fused_head.py forms the
       loss gradient in the forward over token chunks (3 matmuls, pure XLA; kernel_impl then only serves
-      scoring); needs kl_coef == 0.
+      scoring); needs kl_coef == 0. Its chunking: head_chunk_tokens rows per chunk (0: auto, N / 16), scratch
+      ~ rows x vocabulary x 4 bytes; head_chunk_vocab columns per dz/dh/dw tile (0: auto, V / 128, bounded
+      memory; -1: the whole vocabulary, one dw matmul per chunk); head_dw_accum the dw accumulator ("auto": the
+      compute dtype, in place; "float32": half the rounding error for a [D, V] float32 buffer).
     """
 
     name: str = "tiny"
@@ -79,6 +82,9 @@ class TrainConfig:
     rollout_mesh: tuple[int, int, int] | None = None
     rollout_decode_chunk: int = 16
     head_impl: str = "recompute"
+    head_chunk_tokens: int = 0
+    head_chunk_vocab: int = 0
+    head_dw_accum: str = "auto"
 
     def __post_init__(self):
         if self.mode not in ("rl", "sft"):
@@ -103,6 +109,11 @@ class TrainConfig:
             raise ValueError(f"head_impl must be 'recompute' or 'fused_forward', got {self.head_impl!r}")
         if self.head_impl == "fused_forward" and self.kl_coef > 0:
             raise ValueError("head_impl='fused_forward' has no KL term: use head_impl='recompute' with kl_coef > 0")
+        if self.head_chunk_tokens < 0 or self.head_chunk_vocab < -1:
+            raise ValueError(f"head_chunk_tokens must be >= 0 (0: auto) and head_chunk_vocab >= -1 (0: auto, -1: the "
+                             f"whole vocabulary), got {self.head_chunk_tokens} and {self.head_chunk_vocab}")
+        if self.head_dw_accum not in ("auto", "float32"):
+            raise ValueError(f"head_dw_accum must be 'auto' (the compute dtype) or 'float32', got {self.head_dw_accum!r}")
         for name, weight in self.data:
             if weight <= 0:
                 raise ValueError(f"data source {name!r} has weight {weight}; weights must be > 0")

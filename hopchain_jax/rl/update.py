@@ -146,13 +146,18 @@ class Updater:
         return logp.reshape(n, t), ent.reshape(n, t)
 
     def _fused_head_kwargs(self, w) -> dict:
-        """Sharding of kernels/fused_head.py's op (TrainConfig.head_impl="fused_forward"): the layout of
-        _logprobs -- tokens over the batch axes, the vocabulary over "tensor" when it divides."""
+        """kernels/fused_head.py's options (TrainConfig.head_impl="fused_forward"): the chunking of
+        TrainConfig.head_* and the layout of _logprobs -- tokens over the batch axes, the vocabulary over
+        "tensor" when it divides."""
+        cfg = self.cfg
+        kw = dict(chunk_tokens=cfg.head_chunk_tokens or None,
+                  chunk_vocab={0: None, -1: w.shape[1]}.get(cfg.head_chunk_vocab, cfg.head_chunk_vocab),
+                  dw_accum_dtype=None if cfg.head_dw_accum == "auto" else cfg.head_dw_accum)
         if self.mesh.size == 1:
-            return {}
+            return kw
         tensor = self.mesh.shape["tensor"]
         vocab_axis = "tensor" if tensor > 1 and w.shape[1] % tensor == 0 else None
-        return dict(mesh=self.mesh, token_axis=("data", "fsdp"), vocab_axis=vocab_axis)
+        return dict(kw, mesh=self.mesh, token_axis=("data", "fsdp"), vocab_axis=vocab_axis)
 
     def _score_impl(self, params, frozen, batch):
         def one(mb):
