@@ -263,12 +263,25 @@ def _grad_tiles(spec: _HeadSpec, h_c, w, z, t_c, row, dw, need_dh, need_dw, dz_d
 
     row = (m, log_s, mu, c_lp, c_h) per-row residuals and coefficients. The last tile starts at
     V - tile (no padding, no static tail); columns an earlier tile covered are zeroed in its dz.
+    One tile (chunk_vocab >= V) is written without the loop and slices: ``dw + h_c^T dz``, the
+    form XLA on GPU can run as one GEMM accumulating into dw (beta = 1).
     """
     c, v = z.shape
     n_t, tile = _vocab_tiling(v, spec.chunk_vocab)
     m, log_s, mu, c_lp, c_h = row
     acc = dw.dtype if need_dw else None
     h_mm = h_c.astype(dz_dtype)
+    if n_t == 1:
+        cols = lax.broadcasted_iota(jnp.int32, (c, v), 1)
+        dz = tile_math.softmax_grad(z, cols == t_c[:, None], m, log_s, c_lp, mu,
+                                    c_h).astype(dz_dtype)                    # [C, V]
+        dh = (lax.dot_general(dz, w.astype(dz_dtype), (((1,), (1,)), ((), ())),
+                              preferred_element_type=jnp.float32).astype(h_c.dtype)
+              if need_dh else None)
+        if need_dw:
+            dw = dw + lax.dot_general(h_mm, dz, (((0,), (0,)), ((), ())),
+                                      preferred_element_type=acc)            # [D, V]
+        return dh, dw
 
     def body(j, carry):
         dh, dw = carry

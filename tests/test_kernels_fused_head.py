@@ -97,16 +97,21 @@ def _fused_vg(**kw):
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True))
 
 
-@pytest.mark.parametrize("case,entropy_coef", [("wide", 0.0), ("wide", 0.25), ("negative", 0.0)])
-def test_matches_float64_reference(case, entropy_coef):
-    h, w, tg, old, adv, mask = _inputs(10 + len(case) + int(entropy_coef * 8),
+@pytest.mark.parametrize("case,entropy_coef,one_tile", [
+    ("wide", 0.0, False), ("wide", 0.25, False), ("wide", 0.25, True), ("negative", 0.0, False),
+    ("negative", 0.0, True)])
+def test_matches_float64_reference(case, entropy_coef, one_tile):
+    """Vocabulary tiles (the default, ragged: V = 250 in tiles of 128) and one tile (chunk_vocab
+    >= V: the loop-free single dw GEMM per chunk)."""
+    h, w, tg, old, adv, mask = _inputs(10 + len(case) + int(entropy_coef * 8) + one_tile,
                                        negative=(case == "negative"))
     z = _logits64(h, w)
     if case == "negative":
         assert z.max() < -100.0
     else:
         assert z.std() >= 4.0
-    (loss, st), grads = _fused_vg(entropy_coef=entropy_coef, chunk_tokens=CHUNK)(
+    (loss, st), grads = _fused_vg(entropy_coef=entropy_coef, chunk_tokens=CHUNK,
+                                  chunk_vocab=w.shape[1] if one_tile else None)(
         h, w, old, adv, tg, mask)
     loss_r, lp_r, en_r, grads_r = _reference64(h, w, tg, old, adv, mask, entropy_coef)
     # At |z| ~ 150 the float32 logits matmul itself rounds by ~1e-5 (absolute), which the log-ratio
