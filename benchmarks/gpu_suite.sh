@@ -34,6 +34,13 @@
 #   and run(carry=[".whl"], ...): this script installs .whl/*.whl into /tmp/site when present.
 #
 # Environment: OUT (results), SMALL=1 (dry run), PY (python; default python3, the device's JAX).
+# A second, shorter call (what the first one showed, in the device time left):
+#   ONLY=kernels,train_step        run just these stages (the others are recorded as skipped)
+#   KERNEL_EXTRA="--impls chunked,fused_head:512xVxbf16 --iters 20"   appended to the stage's
+#   GEN_EXTRA="..."  TRAIN_EXTRA="--head-impl fused_forward --head-chunk-vocab -1"   arguments
+#                                  (argparse keeps the last value of an option)
+#   B_ENV B_LOWERING B_KERNELS B_GENERATE B_TRAIN   stage budgets in seconds
+# e.g. run(command="ONLY=kernels B_KERNELS=280 KERNEL_EXTRA='--impls fused_head:512xVxbf16' bash benchmarks/gpu_suite.sh")
 set -u
 cd "$(dirname "$0")/.."
 SMALL=${SMALL:-0}
@@ -49,13 +56,15 @@ elapsed() { echo $(( $(date +%s) - T0 )); }
 
 if [ "$SMALL" = 1 ]; then
   export JAX_PLATFORMS=cpu
-  B_ENV=20; B_LOWERING=40; B_KERNELS=60; B_GENERATE=45; B_TRAIN=60
+  B_ENV=${B_ENV:-20}; B_LOWERING=${B_LOWERING:-40}; B_KERNELS=${B_KERNELS:-90}
+  B_GENERATE=${B_GENERATE:-45}; B_TRAIN=${B_TRAIN:-60}
   KERNEL_ARGS=(--small --impls mosaic,chunked,pallas,fused_head,fused_head:32xVxbf16 --modes fwd+bwd --iters 2
                --case-timeout 40 --budget $((B_KERNELS - 10)))
   GEN_ARGS=(--preset tiny --batch 2 --prompt-len 16 --new-tokens 8 --repeats 1 --skip-hf)
   TRAIN_ARGS=(--preset tiny --batch 2 --seq-len 32 --repeats 1)
 else
-  B_ENV=20; B_LOWERING=25; B_KERNELS=270; B_GENERATE=105; B_TRAIN=125
+  B_ENV=${B_ENV:-20}; B_LOWERING=${B_LOWERING:-25}; B_KERNELS=${B_KERNELS:-270}
+  B_GENERATE=${B_GENERATE:-105}; B_TRAIN=${B_TRAIN:-125}
   # most wanted first: --budget skips the tail. mosaic:BNxBVxBKxS = Mosaic forward tiles;
   # fused_head:CxTxACC = the fused head's chunking (C rows, T vocabulary columns or V = one dw GEMM
   # per chunk, dw accumulator), checked on the device for the two code paths (one tile, tiles).
@@ -84,7 +93,8 @@ for line in open(table):
     stages.append(dict(name=name, status=status, rc=int(rc), seconds=int(secs),
                        budget_s=int(budget), log=f"{name}.log"))
 doc = dict(small=small == "1", out=out, total_seconds=int(total), stages=stages,
-           files=sorted(os.listdir(out)), ok=all(s["status"] == "ok" for s in stages))
+           files=sorted(os.listdir(out)),
+           ok=all(s["status"] in ("ok", "skipped") for s in stages))
 with open(os.path.join(out, "summary.json"), "w") as fh:
     json.dump(doc, fh, indent=1)
 EOF
@@ -93,6 +103,12 @@ EOF
 stage() {   # stage NAME BUDGET_S CMD...: run CMD under timeout, log to $OUT/NAME.log
   local name=$1 budget=$2 t rc status
   shift 2
+  if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$name,"* ]]; then
+    printf '%s\tskipped\t0\t0\t%s\n' "$name" "$budget" >> "$STAGES"
+    echo "[$(elapsed)s] $name: skipped (ONLY=$ONLY)"
+    write_summary
+    return
+  fi
   t=$(date +%s)
   echo "[$(elapsed)s] $name: start (budget ${budget}s)"
   timeout -k 3 "$budget" "$@" > "$OUT/$name.log" 2>&1
@@ -123,11 +139,12 @@ rm -f "$OUT/kernels.jsonl" "$OUT/tuned.json"
 stage env "$B_ENV" bash -c env_report
 stage lowering "$B_LOWERING" env JAX_PLATFORMS=cpu "$PY" -m pytest -q -p no:cacheprovider \
   tests/test_kernels_mosaic.py tests/test_kernels_tuning.py -k "lower or smem"
+# shellcheck disable=SC2086  # the *_EXTRA strings are split into arguments on purpose
 stage kernels "$B_KERNELS" "$PY" benchmarks/kernels.py "${KERNEL_ARGS[@]}" \
-  --out "$OUT/kernels.jsonl" --tuned-out "$OUT/tuned.json"
-stage generate "$B_GENERATE" "$PY" benchmarks/generate.py "${GEN_ARGS[@]}"
-stage train_step "$B_TRAIN" "$PY" benchmarks/train_step.py "${TRAIN_ARGS[@]}"
-FAILED=$(cut -f2 "$STAGES" | grep -vc '^ok$')
+  --out "$OUT/kernels.jsonl" --tuned-out "$OUT/tuned.json" ${KERNEL_EXTRA:-}
+stage generate "$B_GENERATE" "$PY" benchmarks/generate.py "${GEN_ARGS[@]}" ${GEN_EXTRA:-}
+stage train_step "$B_TRAIN" "$PY" benchmarks/train_step.py "${TRAIN_ARGS[@]}" ${TRAIN_EXTRA:-}
+FAILED=$(cut -f2 "$STAGES" | grep -vcE '^(ok|skipped)$')
 rm -f "$STAGES"
 echo "[$(elapsed)s] done: $OUT ($FAILED stage(s) not ok)"; ls -la "$OUT"
 cat "$OUT/summary.json"
