@@ -261,9 +261,16 @@ def test_goal_fields():
     slow = bench.goal_fields(dict(base, ms=26.0, peak_bytes=int(0.2 * naive), output_bytes=0))
     assert not slow["goal_speed"] and not slow["goal_memory"] and not slow["goal_met"]
     assert bench.goal_cell({**base, **slow}) == "speed missed; memory missed"
-    cpu = bench.goal_fields(dict(base, ms=10.0))            # no memory_stats(): memory unknown
-    assert cpu["goal_memory"] is None and cpu["goal_met"] is False
-    assert bench.goal_cell({**base, **cpu}) == "memory not measured"
+    unknown = bench.goal_fields(dict(base, ms=10.0))         # no memory_stats(), no temp bytes
+    assert unknown["goal_memory"] is None and unknown["goal_met"] is False
+    assert bench.goal_cell({**base, **unknown}) == "memory not measured"
+    # no exact peak (CPU; or the autotuner's peak at compile time): XLA's temp bytes decide
+    cpu = bench.goal_fields(dict(base, ms=10.0, temp_bytes=int(0.08 * naive)))
+    assert cpu["goal_memory_from"] == "xla_temp" and cpu["goal_met"] is True
+    bound = bench.goal_fields(dict(base, ms=10.0, peak_bytes=naive, peak_exact=False,
+                                   temp_bytes=int(0.2 * naive)))
+    assert bound["goal_memory_from"] == "xla_temp" and bound["goal_memory"] is False
+    assert bound["extra_vs_naive"] == pytest.approx(1.0)
     assert "goal_met" not in bench.goal_fields(dict(base, mode="fwd", ms=10.0))
     rows = [dict(kind="check", impl="a", status="ok"), dict(kind="check", impl="b", status="fail"),
             dict(base, impl="a", status="ok", ms=24.0, **ok), dict(base, impl="b", status="ok",
