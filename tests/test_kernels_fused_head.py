@@ -265,6 +265,38 @@ def test_three_matmuls_versus_four():
     assert hlo.count("stablehlo.dot_general") == 3
 
 
+def _jaxprs(jaxpr):
+    yield jaxpr
+    for eqn in jaxpr.eqns:
+        for v in eqn.params.values():
+            for j in _subjaxprs(v):
+                yield from _jaxprs(j)
+
+
+@pytest.mark.parametrize("accum", [None, "float32"])
+def test_one_tile_dw_update_is_a_gemm_accumulate(accum):
+    """chunk_vocab >= V: each chunk's dw update is ``dw + dot(h_c, dz)`` with the dot already in
+    the accumulator's dtype and no loop, slice or convert in between -- the pattern XLA's GPU
+    GEMM rewriter turns into one GEMM accumulating into dw (beta = 1), with no [D, V] temporary."""
+    h, w, tg, old, adv, mask = _struct_inputs()
+    h, w = h.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    d, v = w.shape
+    f = lambda h, w: sapo_loss_fused_forward(h, w, tg, old, adv, mask, chunk_tokens=32,  # noqa: E731
+                                             chunk_vocab=v, dw_accum_dtype=accum)[0]
+    found = []
+    for jx in _jaxprs(jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(h, w).jaxpr):
+        for eqn in jx.eqns:
+            if eqn.primitive.name == "dot_general" and eqn.outvars[0].aval.shape == (d, v):
+                made_here = {o for e in jx.eqns for o in e.outvars}
+                users = [e for e in jx.eqns if eqn.outvars[0] in e.invars]
+                found.append([(e.primitive.name, e.outvars[0].aval.dtype,
+                               # the other addend is the loop's dw carry itself, not a slice of it
+                               all(x is eqn.outvars[0] or x not in made_here for x in e.invars))
+                              for e in users])
+    acc = jnp.dtype(accum or jnp.bfloat16)
+    assert found == [[("add", acc, True)]], found
+
+
 _SHAPE = re.compile(r"\b(?:f32|bf16|f16|f64|s32|pred)\[([0-9,]*)\]")
 
 
