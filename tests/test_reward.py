@@ -125,8 +125,9 @@ EXTRACT_CASES = [
     ("**Final Answer**\n7", "7"),
     ("Answer:", None),
     ("I counted 3 red and 4 blue, so 7 total.", "so 7 total."),
-    ("We get 2 - 3", "2 - 3"),                                      # operator pulls in the left number
-    ("so 722- 88 /88", "722- 88 /88"),                              # chunks tied by operators
+    ("We get 2 - 3", "get 2 - 3"),                                  # operator pulls in the left number
+    ("so 722- 88 /88", "so 722- 88 /88"),                           # chunks tied by operators, then context
+    ("0-} 0/ 1", "0-} 0/ 1"),                                       # context beyond a fraction's numerator
     ("x = 7", "= 7"),                                               # "=" does not pull in its left side
     ("it is 7 apples -", "is 7 apples -"),                         # a dangling operator is kept
     ("the result is not 7", "not 7"),

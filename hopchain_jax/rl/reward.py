@@ -15,7 +15,8 @@ Answer-span priority (``extract_answer``):
   2. else, within the last ``FALLBACK_WINDOW`` characters, the last "Answer:" / "answer is" /
      "final answer" phrase (case-insensitive) and the rest of its line (or the next line with
      letters/digits when the rest of the line has none, e.g. ``**Final Answer**\\n7``);
-  3. else, within the same window, the last number-like token together with one neighbouring
+  3. else, within the same window, the last number-like token (with the chunks an operator ties to
+     it: "3/ 4", "722- 88") together with one neighbouring
      whitespace-delimited chunk on each side, extended across operator/connector chunks ("-", "/",
      "or", "to", any chunk without letters or digits except "=") and across chunks joined by an
      operator ("722- 88"), so that the parser can see "not 7", "2 - 3", "7 million". Chunks are
@@ -179,7 +180,10 @@ def _number_span(tail: str, truncated: bool) -> str | None:
     def tied(k: int) -> bool:        # chunk k-1 and chunk k are joined by an operator: "722- 88", "3 /4"
         return bool(_OP_END_RE.search(chunk(k - 1)) or _OP_START_RE.match(chunk(k)))
 
-    lo = max(idx - 1, 0)                                  # one chunk of context: "not 7", "about 7"
+    lo = idx
+    while lo > 0 and tied(lo):                            # the number's own operands: "3/ 4", "722- 88"
+        lo -= 1
+    lo = max(lo - 1, 0)                                   # one chunk of context: "not 7", "7-} 3/ 4"
     while lo > 0 and (connector(lo) or tied(lo)):         # keep the left operand of "2 - 3", "3 or 4"
         lo -= 1
     hi = min(idx + 1, len(chunks) - 1)
