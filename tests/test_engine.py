@@ -51,14 +51,19 @@ def _hf_greedy(hf, requests, grid, pixels, n_new=32):
     return result
 
 
+# Layouts beside one device and the (2, 2, 2) mesh, one per architecture (each layout costs a compile;
+# neither depends on the architecture): one decode slot (the second prompt waits for the first to finish
+# and is prefilled into the freed slot), and weights resharded from FSDP to the replicated rollout layout.
+EXTRA_LAYOUT = {"qwen2_5_vl": lambda: ("one_slot", None, {"max_slots": 1}),
+                "qwen3_vl": lambda: ("rollout", make_mesh(), {"rollout_mesh": make_mesh(data=-1, fsdp=1)})}
+
+
 def test_greedy_matches_transformers_sharded_and_not(tiny):
-    """One device; a (2, 2, 2) mesh; one decode slot (the second prompt waits for the first to finish and
-    is prefilled into the freed slot); weights resharded from FSDP to the replicated rollout layout."""
+    """Greedy tokens equal transformers' on one device, a (2, 2, 2) mesh and the arch's EXTRA_LAYOUT."""
     hf, path = tiny
     outputs = {}
-    for name, mesh, kw in (("single", None, {}), ("mesh", make_mesh(data=2, fsdp=2, tensor=2), {}),
-                           ("one_slot", None, {"max_slots": 1}),
-                           ("rollout", make_mesh(), {"rollout_mesh": make_mesh(data=-1, fsdp=1)})):
+    extra = EXTRA_LAYOUT[hf.config.model_type]()
+    for name, mesh, kw in (("single", None, {}), ("mesh", make_mesh(data=2, fsdp=2, tensor=2), {}), extra):
         model = load_pretrained(path, dtype=jnp.float32, mesh=mesh, progress=False)
         requests, grid, pixels = _requests(model)
         engine = InferenceEngine(model, mesh=mesh, length_bucket=16, kv_bucket=16, decode_chunk=8, **kw)
@@ -67,7 +72,7 @@ def test_greedy_matches_transformers_sharded_and_not(tiny):
         assert all(max(o.logprobs) <= 0 for o in outs)
     reference = _hf_greedy(hf, requests, grid, pixels)
     assert outputs["single"] == reference
-    for name in ("mesh", "one_slot", "rollout"):
+    for name in ("mesh", extra[0]):
         assert outputs[name] == outputs["single"], name
     assert any(len(r) == 32 for r in reference)
 
