@@ -202,3 +202,24 @@ def test_layers_compile_as_one_scanned_body():
 def test_length_buckets_are_a_fixed_small_set():
     lengths = {length_bucket_for(n) for n in range(1, 4097)}
     assert lengths <= set(LENGTH_BUCKETS) and len(lengths) <= 8
+
+
+def test_padding_to_a_fixed_shape_keeps_the_log_probs(mesh):
+    """pack_micro's min_length / min_patches (TrainConfig.pad_to_tokens / pad_to_patches): batches of
+    different natural sizes get one shape, and the extra padding (tokens and tower patches) changes no
+    log-prob of a real token."""
+    up, mc = _updater(mesh, grad_accum=2)
+    prompts, rows, responses = _batch(mc, image=True)
+    natural = pack_micro(prompts, rows, responses, mc, 2)
+    padded = pack_micro(prompts, rows, responses, mc, 2, min_length=200, min_patches=100)
+    text_only = pack_micro(prompts[1:], [0] * 8, responses, mc, 2, min_length=200, min_patches=100)
+    assert natural.input_ids.shape[-1] == 128 and natural.vision["pixel_values"].shape[1] == 64
+    for batch in (padded, text_only):   # 200 tokens -> the 256 bucket; 100 patches -> 128 (a power of two)
+        assert batch.input_ids.shape == (2, 4, 256) and batch.vision["pixel_values"].shape[:2] == (2, 128)
+    a, _ = up.score(up.put_batch(natural.arrays()))
+    b, _ = up.score(up.put_batch(padded.arrays()))
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(b[:, :a.shape[1]], a, rtol=1e-5, atol=1e-5)
+    assert not b[:, a.shape[1]:].any()       # nothing to score past the real tokens
+    with pytest.raises(ValueError, match="pad_to_tokens"):
+        TrainConfig(pad_to_tokens=-1)

@@ -100,7 +100,9 @@ def _log(out):
 @pytest.mark.slow
 def test_kill_after_step_k_and_resume_matches_uninterrupted(tmp_path):
     from hopchain_jax.synth.pipeline import SynthConfig, run_synthesis
-    cfg = _config(tmp_path, mode="sft", steps=3, out_dir=str(tmp_path / "unused"))
+    # one step shape (the natural ones: 256 or 512 tokens, 128 or 256 patches): one compile per run
+    cfg = _config(tmp_path, mode="sft", steps=3, out_dir=str(tmp_path / "unused"), pad_to_tokens=512,
+                  pad_to_patches=256)
     data = tmp_path / "data"  # both runs read the same synthesized dataset
     train_cfg = TrainConfig.from_json(json.loads(Path(cfg).read_text()))
     run_synthesis(data, SynthConfig(seed=train_cfg.seed, num_images=train_cfg.synth_images), workers=1, progress=False)
@@ -132,10 +134,12 @@ def test_rl_resume_in_process_repeats_the_same_rollouts(tmp_path):
     from hopchain_jax.rl.trainer import Trainer
     # two decode slots for the 4 sequences of a step: rollouts refill slots as sequences end
     base = TrainConfig.from_json({**FAST, "mode": "rl", "steps": 2, "out_dir": str(tmp_path / "a"),
-                                  "rollout_slots": 2})
+                                  "rollout_slots": 2, "pad_to_tokens": 256, "pad_to_patches": 256})
     straight = Trainer(base, progress=False)
     full = straight.train()
     straight.close()
+    # the two steps' natural shapes differ (256 then 128 tokens and patches); padded, they compile once
+    assert straight.updater._rl_step._cache_size() == 1 and straight.updater._score._cache_size() == 1
     # as if the run had died before checkpoint 2 committed: resume from checkpoint 1 of the same run
     shutil.rmtree(tmp_path / "a" / "checkpoints" / "2")
     again = Trainer(base, progress=False)

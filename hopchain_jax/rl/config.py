@@ -41,6 +41,11 @@ class TrainConfig:
       ~ rows x vocabulary x 4 bytes; head_chunk_vocab columns per dz/dh/dw tile (0: auto, V / 128, bounded
       memory; -1: the whole vocabulary, one dw matmul per chunk); head_dw_accum the dw accumulator ("auto": the
       compute dtype, in place; "float32": half the rounding error for a [D, V] float32 buffer).
+    Step shapes: a step's rows are padded to its length bucket (rl.sequences.LENGTH_BUCKETS) and each
+      micro-batch's images to a power-of-two patch count, and every new (length, patches) pair compiles
+      the scoring and update programs again. pad_to_tokens / pad_to_patches (0: off) pad every step to at
+      least that many tokens per row / image patches per micro-batch, so a run whose steps fit compiles
+      each program once (padding costs compute; e.g. pad_to_tokens = max_prompt_tokens + max_new_tokens).
     """
 
     name: str = "tiny"
@@ -85,6 +90,8 @@ class TrainConfig:
     head_chunk_tokens: int = 0
     head_chunk_vocab: int = 0
     head_dw_accum: str = "auto"
+    pad_to_tokens: int = 0
+    pad_to_patches: int = 0
 
     def __post_init__(self):
         if self.mode not in ("rl", "sft"):
@@ -114,6 +121,9 @@ class TrainConfig:
                              f"whole vocabulary), got {self.head_chunk_tokens} and {self.head_chunk_vocab}")
         if self.head_dw_accum not in ("auto", "float32"):
             raise ValueError(f"head_dw_accum must be 'auto' (the compute dtype) or 'float32', got {self.head_dw_accum!r}")
+        if self.pad_to_tokens < 0 or self.pad_to_patches < 0:
+            raise ValueError(f"pad_to_tokens and pad_to_patches must be >= 0 (0: each step's own bucket), got "
+                             f"{self.pad_to_tokens} and {self.pad_to_patches}")
         for name, weight in self.data:
             if weight <= 0:
                 raise ValueError(f"data source {name!r} has weight {weight}; weights must be > 0")

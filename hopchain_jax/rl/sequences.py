@@ -22,7 +22,8 @@ import numpy as np
 
 from hopchain_jax.models.config import QwenVLConfig
 from hopchain_jax.models.rope import rope_index
-from hopchain_jax.models.vision import fill_image_index, pack_images, padded_patches, prepare_vision_inputs
+from hopchain_jax.models.vision import (fill_image_index, pack_images, padded_patches, prepare_vision_inputs,
+                                       vision_bucket, window_patches)
 
 # Training sequence lengths (prompt + response + 1), in tokens. Past the last: multiples of it.
 LENGTH_BUCKETS = (128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
@@ -113,9 +114,11 @@ def encoded_grids(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], micro
 
 def pack_micro(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], responses: Sequence[Sequence[int]],
                config: QwenVLConfig, micro_batches: int, *, pad_id: int = 0, length_bucket: int | None = None,
-               min_length: int = 0) -> SequenceBatch:
+               min_length: int = 0, min_patches: int = 0) -> SequenceBatch:
     """The rows split into `micro_batches` consecutive groups, each packed with its own images, stacked:
-    every array gains a leading [K] axis (same T and patch count in every micro-batch)."""
+    every array gains a leading [K] axis (same T and patch count in every micro-batch). min_length /
+    min_patches: pad to at least this many tokens per row / patches per micro-batch (rounded up to their
+    buckets; patches also when the rows have no image), so batches of different sizes share one shape."""
     rows = len(responses)
     if rows % micro_batches:
         raise ValueError(f"{rows} rows do not split into {micro_batches} equal micro-batches")
@@ -125,10 +128,11 @@ def pack_micro(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], response
     grids = encoded_grids(prompts, prompt_of_row, micro_batches)
     patches = [padded_patches(np.concatenate([g.reshape(-1, 3) for g in gs] or [np.zeros((0, 3))]), config)
                for gs in grids]
-    any_images = any(grids)
+    if min_patches:
+        patches.append(vision_bucket(min_patches, max(config.vision.spatial_merge_size ** 2, window_patches(config))))
+    num_patches = max(patches) if any(grids) or min_patches else None
     parts = [pack(prompts, [prompt_of_row[r] for r in g], [responses[r] for r in g], config, pad_id=pad_id,
-                  length_bucket=length_bucket, min_length=t, num_patches=max(patches) if any_images else None)
-             for g in groups]
+                  length_bucket=length_bucket, min_length=t, num_patches=num_patches) for g in groups]
     stacked = {f.name: None if getattr(parts[0], f.name) is None else np.stack([getattr(b, f.name) for b in parts])
                for f in dataclasses.fields(SequenceBatch) if f.name != "vision"}
     vision = None if parts[0].vision is None else {k: np.stack([b.vision[k] for b in parts]) for k in parts[0].vision}

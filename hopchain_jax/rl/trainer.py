@@ -197,7 +197,8 @@ class Trainer:
         for k in range(cfg.minibatches):
             idx = np.sort(order[k * per:(k + 1) * per])
             sub_np = pack_micro(prompts, [rows[i] for i in idx], [responses[i] for i in idx], self.model_config,
-                                cfg.grad_accum, pad_id=self.pad_id, min_length=length)
+                                cfg.grad_accum, pad_id=self.pad_id, min_length=max(length, cfg.pad_to_tokens),
+                                min_patches=cfg.pad_to_patches)
             sub = self.updater.put_batch(sub_np.arrays())
             old, ent = self.updater.score(sub)
             old_np, mask = to_host(old), sub_np.loss_mask.reshape(old.shape)
@@ -243,7 +244,8 @@ class Trainer:
         prompts = [Prompt(el["prompt_ids"], el["pixel_values"], el["image_grid_thw"]) for el in elements]
         rows = list(range(len(prompts)))
         batch_np = pack_micro(prompts, rows, [el["target_ids"] for el in elements], self.model_config,
-                              self.cfg.grad_accum, pad_id=self.pad_id)
+                              self.cfg.grad_accum, pad_id=self.pad_id, min_length=self.cfg.pad_to_tokens,
+                              min_patches=self.cfg.pad_to_patches)
         m = self.updater.sft_step(self.updater.put_batch(batch_np.arrays()))
         m = {k: float(to_host(v)) for k, v in m.items()}
         seconds = time.perf_counter() - t0
