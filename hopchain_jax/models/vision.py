@@ -142,12 +142,21 @@ def _layout(grid_thw: np.ndarray, config: QwenVLConfig) -> tuple[np.ndarray, int
     return slot, n_windows * per_window
 
 
+def patch_bucket(num_patches: int, config: QwenVLConfig) -> int:
+    """The padded patch count (a bucket prepare_vision_inputs accepts) holding num_patches patches."""
+    return vision_bucket(num_patches, _patch_multiple(config))
+
+
+def _patch_multiple(config: QwenVLConfig) -> int:
+    """Padded patch counts are multiples of this: a merge unit, and a whole window where there are windows."""
+    return max(config.vision.spatial_merge_size ** 2, window_patches(config))
+
+
 def padded_patches(grid_thw, config: QwenVLConfig) -> int:
     """The default padded patch count (bucket) of prepare_vision_inputs for these images."""
     grid_thw = np.asarray(grid_thw, np.int64).reshape(-1, 3)
-    merge_unit = config.vision.spatial_merge_size ** 2
     _, slots = _layout(grid_thw, config)
-    return vision_bucket(slots * merge_unit, max(merge_unit, window_patches(config)))
+    return patch_bucket(slots * config.vision.spatial_merge_size ** 2, config)
 
 
 def prepare_vision_inputs(pixel_values: np.ndarray, grid_thw: np.ndarray, config: QwenVLConfig,
@@ -165,7 +174,7 @@ def prepare_vision_inputs(pixel_values: np.ndarray, grid_thw: np.ndarray, config
     slot, slots = _layout(grid_thw, config)
     need = padded_patches(grid_thw, config)
     padded = num_patches or need
-    multiple = max(merge_unit, window_patches(config))
+    multiple = _patch_multiple(config)
     if padded < slots * merge_unit or padded % multiple:
         raise ValueError(f"num_patches {padded} must be >= {slots * merge_unit} and a multiple of {multiple} "
                          f"(padded_patches gives {need})")

@@ -22,8 +22,8 @@ import numpy as np
 
 from hopchain_jax.models.config import QwenVLConfig
 from hopchain_jax.models.rope import rope_index
-from hopchain_jax.models.vision import (fill_image_index, pack_images, padded_patches, prepare_vision_inputs,
-                                       vision_bucket, window_patches)
+from hopchain_jax.models.vision import (fill_image_index, pack_images, padded_patches, patch_bucket,
+                                       prepare_vision_inputs)
 
 # Training sequence lengths (prompt + response + 1), in tokens. Past the last: multiples of it.
 LENGTH_BUCKETS = (128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
@@ -129,7 +129,7 @@ def pack_micro(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], response
     patches = [padded_patches(np.concatenate([g.reshape(-1, 3) for g in gs] or [np.zeros((0, 3))]), config)
                for gs in grids]
     if min_patches:
-        patches.append(vision_bucket(min_patches, max(config.vision.spatial_merge_size ** 2, window_patches(config))))
+        patches.append(patch_bucket(min_patches, config))
     num_patches = max(patches) if any(grids) or min_patches else None
     parts = [pack(prompts, [prompt_of_row[r] for r in g], [responses[r] for r in g], config, pad_id=pad_id,
                   length_bucket=length_bucket, min_length=t, num_patches=num_patches) for g in groups]
