@@ -41,11 +41,83 @@ def row_keys(base: jax.Array, prompt: jax.Array, sample: jax.Array, count: jax.A
     return jax.vmap(one)(prompt, sample, count)
 
 
-def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: float, top_k: int, top_p: float):
+def _ordered(x: jax.Array) -> jax.Array:
+    """float32 -> uint32 with the same order (-inf < ... < -0 < +0 < ... < +inf); no NaNs expected."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _unordered(u: jax.Array) -> jax.Array:
+    """The inverse of _ordered."""
+    bits = jnp.where(u >> 31 == 1, u & jnp.uint32(0x7FFFFFFF), ~u)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _search(x: jax.Array, keep_above, smallest: bool) -> jax.Array:
+    """Bisection over the 2**32 float32 values between each row's min and max of x [B, V].
+
+    keep_above(t [B, 1]) -> bool [B, 1] must be monotone in t: False then True when `smallest` (the
+    smallest t where it holds is returned), True then False otherwise (the largest t where it holds).
+    32 halvings pin the exact float32 value; each costs one pass over x, no sort."""
+    lo = _ordered(jnp.min(x, axis=-1, keepdims=True))
+    hi = _ordered(jnp.max(x, axis=-1, keepdims=True))
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        if smallest:     # answer in [lo, hi]; keep_above(hi) holds
+            mid = lo + (hi - lo) // 2
+            ok = keep_above(_unordered(mid))
+            return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+        mid = hi - (hi - lo) // 2  # answer in [lo, hi]; keep_above(lo) holds
+        ok = keep_above(_unordered(mid))
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+    lo, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+    return _unordered(lo if smallest else hi)
+
+
+def top_k_cutoff(x: jax.Array, k: int) -> jax.Array:
+    """The k-th largest value of each row of x f32 [B, V] (duplicates counted), [B, 1]: the value of
+    lax.top_k(x, k)[0][:, -1:], found by bisection (lax.top_k and sort over a 150k vocabulary cost
+    ~50 ms per row on a CPU; this is a few)."""
+    k = min(int(k), x.shape[-1])
+    return _search(x, lambda t: jnp.sum(x >= t, axis=-1, keepdims=True) >= k, smallest=False)
+
+
+def top_p_cutoff(x: jax.Array, top_p: float) -> jax.Array:
+    """Nucleus cutoff of each row of logits x f32 [B, V] (-inf allowed), [B, 1]: a token is kept iff
+    x >= cutoff, i.e. iff the probability mass of the tokens with a strictly larger logit is < top_p --
+    the tokens of the sorted nucleus, ties at its edge kept whole. Found by bisection, without a sort."""
+    probs = jax.nn.softmax(x, axis=-1)
+    return _search(x, lambda t: jnp.sum(jnp.where(x > t, probs, 0.0), axis=-1, keepdims=True) < top_p,
+                   smallest=True)
+
+
+def top_k_cutoff_by_sort(x: jax.Array, k: int) -> jax.Array:
+    """Reference for top_k_cutoff: lax.top_k."""
+    return jax.lax.top_k(x, min(int(k), x.shape[-1]))[0][:, -1:]
+
+
+def top_p_cutoff_by_sort(x: jax.Array, top_p: float) -> jax.Array:
+    """Reference for top_p_cutoff: sort descending, the smallest logit whose preceding mass is < top_p."""
+    sorted_x = jnp.sort(x, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_x, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    return jnp.min(jnp.where(before < top_p, sorted_x, jnp.inf), axis=-1, keepdims=True)
+
+
+CUTOFFS = {"bisect": (top_k_cutoff, top_p_cutoff), "sort": (top_k_cutoff_by_sort, top_p_cutoff_by_sort)}
+
+
+def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: float, top_k: int, top_p: float,
+                  cutoffs: str = "bisect"):
     """logits f32 [B, V], keys [B, 2] -> (tokens int32 [B], log-probs f32 [B]). Static sampling settings.
 
     Log-probs are those of the sampled token under log_softmax(logits / T) (before top-k / top-p
-    truncation); greedy (T = 0) takes the argmax and reports log_softmax(logits)."""
+    truncation); greedy (T = 0) takes the argmax and reports log_softmax(logits). top-k keeps the
+    tokens >= the k-th largest logit, then top-p keeps the nucleus of what is left (top_p_cutoff).
+    cutoffs: "bisect" (the engine's) or "sort" (the textbook reference, benchmarks/sampler.py's baseline)."""
+    k_cutoff, p_cutoff = CUTOFFS[cutoffs]
     scaled = logits / (temperature if temperature > 0 else 1.0)
     logp = jax.nn.log_softmax(scaled, axis=-1)
     if temperature == 0:
@@ -53,14 +125,9 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: float, top_k:
     else:
         masked = scaled
         if top_k > 0:
-            kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
-            masked = jnp.where(scaled < kth, -jnp.inf, masked)
+            masked = jnp.where(scaled < k_cutoff(scaled, top_k), -jnp.inf, masked)
         if top_p < 1.0:
-            sorted_logits = jnp.sort(masked, axis=-1)[:, ::-1]
-            probs = jax.nn.softmax(sorted_logits, axis=-1)
-            before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each sorted token
-            cutoff = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-            masked = jnp.where(masked < cutoff, -jnp.inf, masked)
+            masked = jnp.where(masked < p_cutoff(masked, top_p), -jnp.inf, masked)
         tokens = jax.vmap(jax.random.categorical)(keys, masked)
     tokens = tokens.astype(jnp.int32)
     return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]

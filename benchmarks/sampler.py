@@ -1,0 +1,83 @@
+"""Cost of one sampling call of the engine (hopchain_jax/infer/sampling.py) per decode step.
+
+  python benchmarks/sampler.py                              # 8 rows x the Qwen vocabulary, CPU or GPU
+  python benchmarks/sampler.py --rows 256 --iters 50        # a full decode batch (GPU)
+
+For each setting (temperature 1 with no filter, top_p 0.95, top_k 50, and Qwen's default top_k 20 +
+top_p 0.8) times sample_tokens on float32 logits [rows, vocab] with the engine's bisection cutoffs and with
+the textbook ones (lax.top_k, sort + cumsum), after a warm-up call: milliseconds per call (median of
+--iters). Also reports how many rows' sampled tokens agree between the two (the cutoffs match up to
+float32 rounding of the nucleus mass). Prints a markdown table for benchmarks/RESULTS.md and, with
+--json, writes the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hopchain_jax.infer.sampling import sample_tokens  # noqa: E402
+
+SETTINGS = {"plain": (0, 1.0), "top_p=0.95": (0, 0.95), "top_k=50": (50, 1.0), "top_k=20,top_p=0.8": (20, 0.8)}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=8, help="decode rows per call")
+    ap.add_argument("--vocab", type=int, default=151936, help="logits per row (Qwen2.5-VL: 151936)")
+    ap.add_argument("--std", type=float, default=3.0, help="standard deviation of the random logits")
+    ap.add_argument("--iters", type=int, default=10, help="timed calls per case (median reported)")
+    ap.add_argument("--json", type=Path, default=None, help="write the rows here")
+    return ap.parse_args(argv)
+
+
+def time_case(logits, keys, top_k, top_p, cutoffs, iters):
+    fn = jax.jit(lambda x, k: sample_tokens(x, k, 1.0, top_k, top_p, cutoffs=cutoffs))
+    t0 = time.perf_counter()
+    tokens = jax.block_until_ready(fn(logits, keys))[0]
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(logits, keys))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3, compile_s, np.asarray(tokens)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logits = jax.random.normal(jax.random.key(0), (args.rows, args.vocab), jnp.float32) * args.std
+    keys = jax.random.split(jax.random.key(1), args.rows)
+    dev = jax.devices()[0]
+    rows = []
+    for name, (top_k, top_p) in SETTINGS.items():
+        res = {c: time_case(logits, keys, top_k, top_p, c, args.iters) for c in ("bisect", "sort")}
+        rows.append(dict(setting=name, rows=args.rows, vocab=args.vocab, bisect_ms=res["bisect"][0],
+                         sort_ms=res["sort"][0], speedup=res["sort"][0] / res["bisect"][0],
+                         bisect_compile_s=res["bisect"][1], sort_compile_s=res["sort"][1],
+                         same_tokens=int((res["bisect"][2] == res["sort"][2]).sum()),
+                         device=dev.device_kind, platform=dev.platform, jax=jax.__version__,
+                         python=platform.python_version()))
+    print(f"{args.rows} rows x {args.vocab} logits on {dev.platform} ({dev.device_kind}), jax {jax.__version__}")
+    print("| setting | bisect ms | sort ms | speed-up | same tokens |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['setting']} | {r['bisect_ms']:.2f} | {r['sort_ms']:.2f} | {r['speedup']:.1f}x "
+              f"| {r['same_tokens']}/{r['rows']} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
