@@ -177,12 +177,27 @@ def per_device_bytes(tree: Any) -> dict[jax.Device, int]:
     return out
 
 
+def _identity(xs):
+    return xs
+
+
 def to_host(x):
     """numpy copy of a device array, or of every array in a pytree (fetched in one batched transfer);
-    globally sharded multi-process arrays are all-gathered first (every process must call it)."""
-    leaves = jax.tree.leaves(x)
-    if any(isinstance(a, jax.Array) and not a.is_fully_addressable for a in leaves):
+    globally sharded multi-process arrays are all-gathered first, all of them in one program (every
+    process must call it)."""
+    leaves, treedef = jax.tree.flatten(x)
+    split = [i for i, a in enumerate(leaves) if isinstance(a, jax.Array) and not a.is_fully_addressable]
+    if not split:
+        return jax.tree.map(np.array, jax.device_get(x))
+    if all(isinstance(leaves[i].sharding, NamedSharding) for i in split):
+        replicated = tuple(leaves[i].sharding.update(spec=P()) for i in split)
+        whole = jax.jit(_identity, out_shardings=replicated)(tuple(leaves[i] for i in split))
+        gathered = [np.asarray(a.addressable_data(0)) for a in whole]
+    else:
         from jax.experimental import multihost_utils
-        return jax.tree.map(lambda a: np.array(multihost_utils.process_allgather(a, tiled=True))
-                            if isinstance(a, jax.Array) and not a.is_fully_addressable else np.array(a), x)
-    return jax.tree.map(np.array, jax.device_get(x))
+        gathered = [np.array(multihost_utils.process_allgather(leaves[i], tiled=True)) for i in split]
+    rest = [i for i in range(len(leaves)) if i not in set(split)]
+    out = list(leaves)
+    for i, a in zip(split + rest, gathered + list(jax.device_get([leaves[i] for i in rest]))):
+        out[i] = np.array(a)
+    return jax.tree.unflatten(treedef, out)

@@ -201,13 +201,13 @@ class Trainer:
                                 min_patches=cfg.pad_to_patches)
             sub = self.updater.put_batch(sub_np.arrays())
             old, ent = self.updater.score(sub)
-            old_np, mask = to_host(old), sub_np.loss_mask.reshape(old.shape)
+            (old_np, ent_np), mask = to_host((old, ent)), sub_np.loss_mask.reshape(old.shape)
             sampler = np.zeros_like(old_np)
             for j, i in enumerate(idx):
                 start = len(prompts[rows[i]].prompt_ids) - 1
                 sampler[j, start:start + len(outs[i].logprobs)] = outs[i].logprobs
             gaps.append(np.abs(sampler - old_np)[mask])
-            entropies.append(to_host(ent)[mask])
+            entropies.append(ent_np[mask])
             tokens += sub_np.num_tokens
             seq_lengths += sub_np.attention_mask.reshape(-1, sub_np.attention_mask.shape[-1]).sum(-1).tolist()
             grids += self._micro_grids(prompts, [rows[i] for i in idx])
@@ -215,7 +215,7 @@ class Trainer:
         stats = []
         for idx, sub, old in minibatches:
             out = self.updater.rl_step(sub, old, adv.reshape(-1)[idx], self.updater.ref_score(sub))
-            stats.append({k: float(to_host(v)) for k, v in out.items()})
+            stats.append({k: float(v) for k, v in to_host(out).items()})   # one transfer (one gather)
         t_update = time.perf_counter() - t1
         seconds = time.perf_counter() - t0
         gaps, entropies = np.concatenate(gaps), np.concatenate(entropies)
@@ -247,7 +247,7 @@ class Trainer:
                               self.cfg.grad_accum, pad_id=self.pad_id, min_length=self.cfg.pad_to_tokens,
                               min_patches=self.cfg.pad_to_patches)
         m = self.updater.sft_step(self.updater.put_batch(batch_np.arrays()))
-        m = {k: float(to_host(v)) for k, v in m.items()}
+        m = {k: float(v) for k, v in to_host(m).items()}
         seconds = time.perf_counter() - t0
         m.update(step_seconds=seconds, tokens_per_s=batch_np.num_tokens / seconds,
                  learning_rate=self.updater.learning_rate(self.step),
