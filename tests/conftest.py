@@ -20,15 +20,34 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import pytest  # noqa: E402
 
-# The modules holding the longest tests run first (each module's own order kept), so that with
-# `pytest -n 2` (the README's test command) no long test starts last and leaves the other worker idle.
-_LONG_MODULES_FIRST = ("test_train.py", "test_engine.py", "test_scale.py", "test_gpu_suite.py",
-                       "test_memory_fit.py", "test_photo_e2e.py", "test_photo_pipeline.py", "test_store.py")
+# Scheduling for `pytest -n N --dist worksteal` (the README runs N = 2): worksteal first hands worker w
+# the w-th contiguous slice of the collection, then an idle worker steals from the end of another's queue.
+# So every slice starts with its share of the long modules (split by their rough CPU seconds, whole
+# modules so that module fixtures are built once) and is filled up with short tests: no worker is left
+# running long tests alone at the end while the other has nothing to steal.
+_LONG_MODULE_SECONDS = {"test_train.py": 560, "test_engine.py": 450, "test_scale.py": 300, "test_gpu_suite.py": 160,
+                        "test_memory_fit.py": 120, "test_photo_pipeline.py": 80, "test_photo_e2e.py": 50,
+                        "test_store.py": 45}
 
 
 def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(_LONG_MODULES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))    # stable: order within a module kept
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    by_module: dict[str, list] = {}
+    short = []
+    for item in items:
+        (by_module.setdefault(item.path.name, []) if item.path.name in _LONG_MODULE_SECONDS else short).append(item)
+    groups, loads = [[] for _ in range(workers)], [0] * workers
+    for name in sorted(by_module, key=lambda n: -_LONG_MODULE_SECONDS[n]):   # longest first, to the lightest
+        w = loads.index(min(loads))
+        groups[w] += by_module[name]
+        loads[w] += _LONG_MODULE_SECONDS[name]
+    ordered, left = [], len(items)
+    for w in range(workers):          # slice sizes as worksteal cuts them: remaining // workers remaining
+        size = left // (workers - w)
+        fill = max(0, size - len(groups[w]))
+        ordered += groups[w] + short[:fill]
+        short, left = short[fill:], left - len(groups[w]) - fill
+    items[:] = ordered + short
 
 
 @pytest.fixture(scope="session")

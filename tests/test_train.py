@@ -166,7 +166,9 @@ def test_two_local_processes_train_together(tmp_path):
     """Two JAX processes (2 CPU devices each) train on one 4-device mesh: multi-host rollouts from weights
     resharded to the replicated rollout layout (one decode slot per device), then the sharded SAPO
     updates. (SFT shares every multi-process piece but the rollouts; its step is covered in-process.)"""
-    cfg = _config(tmp_path, mode="rl", steps=1, out_dir=str(tmp_path / "mp"), rollout_mesh=[-1, 1, 1])
+    # padded to one shape, both minibatches share one compiled update (as in the resume test)
+    cfg = _config(tmp_path, mode="rl", steps=1, out_dir=str(tmp_path / "mp"), rollout_mesh=[-1, 1, 1],
+                  pad_to_tokens=256, pad_to_patches=256)
     port = portpicker.pick_unused_port()
     env = {**os.environ, "XLA_FLAGS": ""}
     procs = [subprocess.Popen([sys.executable, str(ROOT / "launch" / "train.py"), "--config", cfg, "--no-progress",
