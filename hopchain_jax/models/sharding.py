@@ -196,7 +196,7 @@ def to_host(x):
     else:
         from jax.experimental import multihost_utils
         gathered = [np.array(multihost_utils.process_allgather(leaves[i], tiled=True)) for i in split]
-    rest = [i for i in range(len(leaves)) if i not in set(split)]
+    rest = sorted(set(range(len(leaves))) - set(split))
     out = list(leaves)
     for i, a in zip(split + rest, gathered + list(jax.device_get([leaves[i] for i in rest]))):
         out[i] = np.array(a)
