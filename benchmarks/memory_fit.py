@@ -70,6 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import models as model_presets  # noqa: E402
 from configs import train as train_presets  # noqa: E402
 from hopchain_jax.infer.engine import BATCH_BUCKETS, ROW_FIELDS, InferenceEngine  # noqa: E402
+from hopchain_jax.infer.sampling import SamplerWork  # noqa: E402
 from hopchain_jax.models import image_processor as improc  # noqa: E402
 from hopchain_jax.models.config import QwenVLConfig  # noqa: E402
 from hopchain_jax.models.qwen_vl import KVCache, QwenVL, cache_bits_dtype  # noqa: E402
@@ -208,10 +209,9 @@ def decode_args(eng: InferenceEngine, shapes: Shapes, cfg: TrainConfig) -> tuple
     (engine.ROW_FIELDS, each [rows], placed by the "rows" rule), the whole cache read."""
     b = shapes.decode_rows
     cache = kv_cache(eng, b, shapes.cache_len)
-    rows = {name: sds((b,), np.bool_ if name == "done" else np.int32, activation_sharding("rows", (b,), eng.mesh))
-            for name in ROW_FIELDS}
-    return (eng, eng.state, cache, rows, sds((2,), np.uint32), float(cfg.temperature), int(cfg.top_k),
-            float(cfg.top_p), shapes.decode_steps, shapes.cache_len)
+    rows = {name: sds((b,), dtype, activation_sharding("rows", (b,), eng.mesh)) for name, dtype in ROW_FIELDS.items()}
+    return (eng, eng.state, cache, rows, shapes.decode_steps, shapes.cache_len,
+            SamplerWork.of(cfg.temperature, cfg.top_k, cfg.top_p))
 
 
 def prefill_shape(eng: InferenceEngine, shapes: Shapes) -> tuple[int, int]:
@@ -256,7 +256,7 @@ ROLLOUT_PROGRAMS = ("decode", "prefill", "insert")
 def rollout_program(eng: InferenceEngine, prog: str, shapes: Shapes, cfg: TrainConfig):
     """(jitted method, its abstract arguments, static positions, co-resident note) of an engine program."""
     if prog == "decode":
-        return (InferenceEngine._decode, decode_args(eng, shapes, cfg), (0, 5, 6, 7, 8, 9),
+        return (InferenceEngine._decode, decode_args(eng, shapes, cfg), (0, 4, 5, 6),
                 "decode total (bf16 copy + pool KV in it)")
     if prog == "prefill":
         return (InferenceEngine._prefill, prefill_args(eng, shapes, cfg.max_pixels), (0,),

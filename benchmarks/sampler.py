@@ -4,9 +4,10 @@
   python benchmarks/sampler.py --rows 256 --iters 50        # a full decode batch (GPU)
 
 For each setting (temperature 1 with no filter, top_p 0.95, top_k 50, and Qwen's default top_k 20 +
-top_p 0.8) times sample_tokens on float32 logits [rows, vocab] with the engine's bisection cutoffs and with
-the textbook ones (lax.top_k, sort + cumsum), after a warm-up call: milliseconds per call (median of
---iters). Also reports how many rows' sampled tokens agree between the two (the cutoffs match up to
+top_p 0.8; then that default passed as per-row arrays, as the engine passes them, and a batch whose rows
+cycle through greedy and the four settings) times sample_tokens on float32 logits [rows, vocab] with the
+engine's bisection cutoffs and with the textbook ones (lax.top_k, sort + cumsum), after a warm-up call:
+milliseconds per call (median of --iters). Also reports how many rows' sampled tokens agree between the two (the cutoffs match up to
 float32 rounding of the nucleus mass). Prints a markdown table for benchmarks/RESULTS.md and, with
 --json, writes the rows.
 """
@@ -28,7 +29,18 @@ import numpy as np  # noqa: E402
 
 from hopchain_jax.infer.sampling import sample_tokens  # noqa: E402
 
-SETTINGS = {"plain": (0, 1.0), "top_p=0.95": (0, 0.95), "top_k=50": (50, 1.0), "top_k=20,top_p=0.8": (20, 0.8)}
+# name: (temperature, top_k, top_p) for every row, or a list of them cycled over the rows (per-row arrays)
+SETTINGS = {"plain": (1.0, 0, 1.0), "top_p=0.95": (1.0, 0, 0.95), "top_k=50": (1.0, 50, 1.0),
+            "top_k=20,top_p=0.8": (1.0, 20, 0.8), "top_k=20,top_p=0.8 per-row": [(1.0, 20, 0.8)],
+            "mixed per-row": [(0.0, 0, 1.0), (1.0, 0, 1.0), (1.0, 0, 0.95), (1.0, 50, 1.0), (0.7, 20, 0.8)]}
+
+
+def row_settings(setting, rows: int):
+    """(temperature, top_k, top_p) as numbers, or as [rows] arrays for a per-row setting."""
+    if isinstance(setting, tuple):
+        return setting
+    cycle = [setting[i % len(setting)] for i in range(rows)]
+    return tuple(np.asarray(col, dtype) for col, dtype in zip(zip(*cycle), (np.float32, np.int32, np.float32)))
 
 
 def parse_args(argv=None):
@@ -41,15 +53,21 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def time_case(logits, keys, top_k, top_p, cutoffs, iters):
-    fn = jax.jit(lambda x, k: sample_tokens(x, k, 1.0, top_k, top_p, cutoffs=cutoffs))
+def time_case(logits, keys, settings, cutoffs, iters):
+    """settings: numbers (compiled in) or per-row arrays (arguments of the program, as in the engine)."""
+    if isinstance(settings[0], np.ndarray):
+        fn = jax.jit(lambda x, k, t, tk, tp: sample_tokens(x, k, t, tk, tp, cutoffs=cutoffs))
+        args = (logits, keys, *settings)
+    else:
+        fn = jax.jit(lambda x, k: sample_tokens(x, k, *settings, cutoffs=cutoffs))
+        args = (logits, keys)
     t0 = time.perf_counter()
-    tokens = jax.block_until_ready(fn(logits, keys))[0]
+    tokens = jax.block_until_ready(fn(*args))[0]
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(logits, keys))
+        jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return float(np.median(times)) * 1e3, compile_s, np.asarray(tokens)
 
@@ -60,8 +78,8 @@ def main(argv=None):
     keys = jax.random.split(jax.random.key(1), args.rows)
     dev = jax.devices()[0]
     rows = []
-    for name, (top_k, top_p) in SETTINGS.items():
-        res = {c: time_case(logits, keys, top_k, top_p, c, args.iters) for c in ("bisect", "sort")}
+    for name, setting in SETTINGS.items():
+        res = {c: time_case(logits, keys, row_settings(setting, args.rows), c, args.iters) for c in ("bisect", "sort")}
         rows.append(dict(setting=name, rows=args.rows, vocab=args.vocab, bisect_ms=res["bisect"][0],
                          sort_ms=res["sort"][0], speedup=res["sort"][0] / res["bisect"][0],
                          bisect_compile_s=res["bisect"][1], sort_compile_s=res["sort"][1],

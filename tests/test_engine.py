@@ -1,6 +1,8 @@
 """The generation engine: greedy parity with transformers (sharded, refilled, in the rollout layout),
 sampling independent of the schedule, prefix sharing, bounded cache reads, slot refill and compaction,
 no collectives in the replicated decode, bucketing."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,8 @@ from flax import nnx
 
 from configs.models import PRESETS
 from hf_tiny import IMAGE, image_prompt, random_patches, tiny_hf_model
-from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams
+from hopchain_jax.infer.engine import ROW_FIELDS, InferenceEngine, Request, SamplingParams
+from hopchain_jax.infer.sampling import SamplerWork
 from hopchain_jax.models.checkpoint import load_pretrained
 from hopchain_jax.models.qwen_vl import QwenVL
 from hopchain_jax.models.sharding import make_mesh
@@ -181,6 +184,50 @@ def test_samples_do_not_depend_on_pool_size_order_or_layout(text_model):
     assert runs["all"][1].prefill_rows == 6          # one prefill row per prompt, shared by its 3 samples
 
 
+def test_per_request_settings_mix_in_one_call_without_recompiling(text_model):
+    """Requests with their own settings (greedy, nucleus, top-k, n) share one call and sample exactly as
+    they do in another call, at another index, beside others (their keys depend on their own seed and
+    prompt only); the call's settings still serve the rest; new temperature / top-k / top-p values
+    compile no new decode program."""
+    requests = _long_tail(5, seed=3)
+    own = [SamplingParams(temperature=0, max_new_tokens=12),
+           SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=12, n=2, seed=11),
+           SamplingParams(temperature=0.7, top_k=5, max_new_tokens=12, seed=12),
+           None,
+           SamplingParams(temperature=1.3, top_k=40, top_p=0.8, max_new_tokens=12, n=3, seed=13)]
+    call = SamplingParams(temperature=1.0, top_k=30, top_p=0.9, max_new_tokens=12, n=2, seed=4)
+    mixed = [dataclasses.replace(r, params=p) for r, p in zip(requests, own)]
+    engine = _engine(text_model)
+    outs = engine.generate(mixed, call)
+    assert [(o.prompt_index, o.sample_index) for o in outs] == [
+        (i, j) for i, p in enumerate(own) for j in range((p or call).n)]
+    assert len({tuple(o.token_ids) for o in outs if o.prompt_index == 4}) > 1   # n=3 distinct draws
+    # the same requests in reverse, without prompt 3, after a top_k=1 copy of the greedy one
+    top1 = dataclasses.replace(requests[0], params=SamplingParams(temperature=0.6, top_k=1, max_new_tokens=12, n=2))
+    order = [4, 2, 1, 0]
+    other = engine.generate([top1] + [mixed[i] for i in order], SamplingParams(temperature=0.5, seed=1))
+    for k, i in enumerate(order, start=1):   # prompt k of `other` is prompt i of `mixed`
+        mine, there = ([o for o in xs if o.prompt_index == j] for xs, j in ((outs, i), (other, k)))
+        assert [o.token_ids for o in there] == [o.token_ids for o in mine], i
+        np.testing.assert_allclose(np.concatenate([o.logprobs for o in there]),
+                                   np.concatenate([o.logprobs for o in mine]), atol=1e-5)
+    assert other[0].token_ids == other[1].token_ids == outs[0].token_ids   # top_k = 1: the greedy sequence
+    # the call's settings: prompt 3 samples as in a call with the call's settings for everyone
+    plain = engine.generate(requests, call)
+    assert [o.token_ids for o in outs if o.prompt_index == 3] == [o.token_ids for o in plain if o.prompt_index == 3]
+    # settings are values of the program: other temperatures / top-k / top-p run the same compiled chunk
+    rng = np.random.default_rng(0)
+    sizes = []
+    for trial in range(3):
+        rows = {k: engine._put(np.zeros(8, dtype), "rows") for k, dtype in ROW_FIELDS.items()}
+        rows.update({"temperature": engine._put(rng.uniform(0.1, 2, 8).astype(np.float32), "rows"),
+                     "top_k": engine._put(rng.integers(0, 100, 8).astype(np.int32), "rows"),
+                     "top_p": engine._put(rng.uniform(0.1, 1, 8).astype(np.float32), "rows")})
+        engine._decode(engine.state, engine._empty_cache(8, 32), rows, 4, 32, SamplerWork())
+        sizes.append(InferenceEngine._decode._cache_size())
+    assert sizes[1:] == sizes[:1] * 2
+
+
 def test_prefix_sharing_copies_the_prompt_cache_into_every_sample(tiny):
     """n samples of an image prompt prefilled once equal the same samples prefilled one by one."""
     _, path = tiny
@@ -222,10 +269,9 @@ def test_prefill_at_prompt_length_and_decode_reads_the_filled_part(text_model):
     assert sum(c for r, c in stats.read_lengths.items() if r < 64) >= 5   # early chunks read a fraction
     # the compiled decode step attends over `read` slots, never over the whole cache
     cache = engine._empty_cache(1, 256)
-    rows = {k: jnp.zeros(1, bool if k == "done" else jnp.int32) for k in ("token", "position", "write", "remaining",
-                                                                         "done", "prompt", "sample", "count")}
-    jaxpr = jax.make_jaxpr(InferenceEngine._decode, static_argnums=(0, 5, 6, 7, 8, 9))(
-        engine, engine.state, cache, rows, jax.random.PRNGKey(0), 0.0, 0, 1.0, 2, 48)
+    rows = {k: jnp.zeros(1, dtype) for k, dtype in ROW_FIELDS.items()}
+    jaxpr = jax.make_jaxpr(InferenceEngine._decode, static_argnums=(0, 4, 5, 6))(
+        engine, engine.state, cache, rows, 2, 48, SamplerWork(draw=False, top_k=False, top_p=False))
     key_dims = [shape for shape in _dot_shapes(jaxpr.jaxpr) if len(shape) == 4 and shape[0] == 1]
     assert key_dims and all(256 not in shape for shape in key_dims) and any(48 in shape for shape in key_dims)
 
@@ -263,10 +309,10 @@ def test_replicated_rollout_decode_has_no_collectives(text_model):
             assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(engine.state))
         cache = engine._empty_cache(16, 64)
         assert engine.batch_shards(16) == 8
-        rows = {k: engine._put(np.zeros(16, bool if k == "done" else np.int32), "rows")
-                for k in ("token", "position", "write", "remaining", "done", "prompt", "sample", "count")}
-        texts[name] = InferenceEngine._decode.lower(engine, engine.state, cache, rows, jax.random.PRNGKey(0), 1.0, 0,
-                                                    1.0, 4, 32).compile().as_text()
+        rows = {k: engine._put(np.zeros(16, dtype), "rows") for k, dtype in ROW_FIELDS.items()}
+        # the whole sampler (draw, top-k and top-p searches on per-row settings) adds no collective either
+        texts[name] = InferenceEngine._decode.lower(engine, engine.state, cache, rows, 4, 32,
+                                                    SamplerWork()).compile().as_text()
         keep = engine._per_shard(np.zeros((8, 1), np.int32), 16)
         compact = InferenceEngine._compact.lower(engine, cache, keep).compile().as_text()
         assert not [c for c in collectives if c in compact], name

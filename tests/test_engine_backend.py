@@ -1,5 +1,5 @@
-"""EngineChatBackend on a tiny random checkpoint (real Qwen tokenizer): OpenAI messages -> one engine call per
-sampling setting, per-item errors, deterministic seeds, the response cache, parity with Generator."""
+"""EngineChatBackend on a tiny random checkpoint (real Qwen tokenizer): OpenAI messages -> one engine call
+whatever the sampling settings, per-item errors, per-request seeds, the response cache, parity with Generator."""
 import base64
 
 import numpy as np
@@ -27,9 +27,9 @@ def engine_calls(backend, monkeypatch):
     """The sizes (prompts) of every engine.generate call made during the test."""
     calls, generate = [], backend.generator.engine.generate
 
-    def counted(requests, params):
+    def counted(requests, *args):
         calls.append(len(requests))
-        return generate(requests, params)
+        return generate(requests, *args)
     monkeypatch.setattr(backend.generator.engine, "generate", counted)
     return calls
 
@@ -54,7 +54,7 @@ def test_messages_become_template_messages_and_images(ckpt, tmp_path):
         load_image_url("data:image/png;base64,@@@")
 
 
-def test_same_settings_run_as_one_engine_call_matching_generator(backend, ckpt, engine_calls):
+def test_mixed_settings_run_as_one_engine_call_matching_generator(backend, ckpt, engine_calls):
     _, image = ckpt
     img = np.asarray(Image.open(image))
     prompts = ["How many dots?", "Name the colors.", "Describe it.", "Is it noisy?"]
@@ -62,10 +62,12 @@ def test_same_settings_run_as_one_engine_call_matching_generator(backend, ckpt, 
             ChatRequest([user_message(prompts[1], images=[image])], max_tokens=3),                   # local path
             ChatRequest([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image.as_uri()}},
                                                       {"type": "text", "text": prompts[2]}]}], max_tokens=8),
-            ChatRequest([user_message(prompts[3], images=[img])], max_tokens=8, top_p=0.5)]  # greedy ignores top_p
+            ChatRequest([user_message(prompts[3], images=[img])], max_tokens=8, top_p=0.5),  # greedy ignores top_p
+            ChatRequest([user_message(prompts[0], images=[img])], max_tokens=5, n=3, temperature=1.2, top_p=0.9)]
     results = backend.complete(reqs)
-    assert engine_calls == [4]
-    assert [r.error for r in results] == [None] * 4
+    assert engine_calls == [5]
+    assert [r.error for r in results] == [None] * 5
+    assert len(results[4].texts) == 3 and results[4].usage["completion_tokens"] <= 15
     for prompt, req, r in zip(prompts, reqs, results):
         assert len(r.texts) == 1 and r.finish_reasons[0] in ("stop", "length")
         ref = backend.generator(prompt, [image], greedy=True, max_new_tokens=req.max_tokens)
@@ -102,10 +104,10 @@ def test_an_item_that_breaks_the_engine_call_fails_alone(backend, ckpt, engine_c
     _, image = ckpt
     generate = backend.generator.engine.generate
 
-    def poisoned(requests, params):
+    def poisoned(requests, *args):
         if any(r.max_new_tokens == 7 for r in requests):
             raise RuntimeError("device fault")
-        return generate(requests, params)
+        return generate(requests, *args)
     monkeypatch.setattr(backend.generator.engine, "generate", poisoned)
     reqs = [ChatRequest([user_message(f"q{k}", images=[image])], max_tokens=7 if k == 1 else 8) for k in range(3)]
     results = backend.complete(reqs)
@@ -119,8 +121,10 @@ def test_sampling_is_deterministic_per_request_and_n_is_honoured(backend, ckpt, 
             for q in ("How many dots?", "What is this?")]
     first = backend.complete(reqs)
     again = backend.complete(reqs[::-1])[::-1]  # the same requests in another order: the same samples
-    assert engine_calls == [2, 2]
+    alone = backend.complete(reqs[1:])   # a request's seed is its own: batch-mates change nothing
+    assert engine_calls == [2, 2, 1]
     assert [r.texts for r in first] == [r.texts for r in again]
+    assert alone[0].texts == first[1].texts
     assert all(len(r.texts) == 2 and len(set(r.texts)) == 2 for r in first)  # n distinct draws
     salted = backend.complete([ChatRequest(r.messages, n=2, temperature=1.0, max_tokens=6, salt="round 2")
                                for r in reqs])

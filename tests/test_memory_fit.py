@@ -116,8 +116,8 @@ def test_against_real_arrays(mf, small_rows):
     eng = InferenceEngine(upd.model(), mesh=mesh, rollout_mesh=make_mesh(*cfg.rollout_mesh))
     cache = eng._empty_cache(shapes.decode_rows, shapes.cache_len)
     from hopchain_jax.infer.engine import ROW_FIELDS
-    rows = {k: eng._put(np.zeros(shapes.decode_rows, bool if k == "done" else np.int32), "rows") for k in ROW_FIELDS}
-    real = _dev0((eng.state, cache, rows)) + 8   # + the key (uncommitted: counted whole)
+    rows = {k: eng._put(np.zeros(shapes.decode_rows, dtype), "rows") for k, dtype in ROW_FIELDS.items()}
+    real = _dev0((eng.state, cache, rows))
     row = small_rows["decode"]
     assert abs(row["argument_bytes"] + row["pruned_argument_bytes"] - real) / real < 0.01
     assert row["kv_cache_bytes"] == _dev0(cache)

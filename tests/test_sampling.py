@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hopchain_jax.infer.sampling import (sample_tokens, top_k_cutoff, top_k_cutoff_by_sort, top_p_cutoff,
-                                         top_p_cutoff_by_sort)
+from hopchain_jax.infer.sampling import (SamplerWork, sample_tokens, top_k_cutoff, top_k_cutoff_by_sort,
+                                         top_p_cutoff, top_p_cutoff_by_sort)
 
 
 def _logits(seed, rows=6, vocab=1000, std=4.0, ties=False, neg_inf=0):
@@ -73,3 +73,26 @@ def test_sampled_tokens_stay_inside_the_filters():
     greedy, _ = sample_tokens(jnp.asarray(x), keys, 0.0, 0, 1.0)
     np.testing.assert_array_equal(np.asarray(top1), np.argmax(x, -1))
     np.testing.assert_array_equal(np.asarray(greedy), np.argmax(x, -1))
+
+
+def test_per_row_settings_sample_each_row_as_it_would_alone():
+    """One batch mixing greedy, plain, top-k, top-p and both (traced [B] settings, jitted) gives each row
+    the token and log-prob it gets sampled alone with its settings as numbers; the sort reference agrees;
+    SamplerWork leaves out only what no sampling row asks for."""
+    settings = [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 5, 1.0), (1.0, 0, 0.6), (1.3, 40, 0.8), (0.5, 1, 0.5),
+                (0.0, 7, 0.2), (2.0, 3000, 0.999)]
+    x = jnp.asarray(_logits(7, rows=len(settings), vocab=4000, std=3.0))
+    t, k, p = (np.asarray(col, dtype) for col, dtype in zip(zip(*settings), (np.float32, np.int32, np.float32)))
+    for trial in range(2):
+        keys = jax.random.split(jax.random.key(trial), len(settings))
+        alone = [sample_tokens(x[i:i + 1], keys[i:i + 1], *s) for i, s in enumerate(settings)]
+        ref_tokens = np.asarray([int(a[0][0]) for a in alone])
+        for cutoffs in ("bisect", "sort"):
+            tokens, logp = jax.jit(lambda x, keys, t, k, p: sample_tokens(x, keys, t, k, p, cutoffs))(x, keys, t, k, p)
+            np.testing.assert_array_equal(np.asarray(tokens), ref_tokens, err_msg=f"{cutoffs} trial {trial}")
+            np.testing.assert_allclose(np.asarray(logp), [float(a[1][0]) for a in alone], rtol=1e-6)
+        assert [ref_tokens[i] for i in (0, 5, 6)] == [int(jnp.argmax(x[i])) for i in (0, 5, 6)]  # greedy, top_k 1
+    assert SamplerWork.of(t, k, p) == SamplerWork(True, True, True)
+    assert SamplerWork.of([0.0, 1.0], [5, 0], [0.5, 1.0]) == SamplerWork(True, False, False)   # greedy rows ask nothing
+    assert SamplerWork.of([0.0, 0.0], [5, 0], [0.5, 1.0]) == SamplerWork(False, False, False)
+    assert SamplerWork.of(1.0, 0, 0.9) == SamplerWork(True, False, True)

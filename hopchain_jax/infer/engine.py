@@ -27,16 +27,23 @@ them on every device (no all-gather inside the decode loop; the batch is split o
 make_mesh(data=2, tensor=4) is tensor-parallel within groups of 4. Without it the engine reads the
 weights in the layout they have (the trainer's FSDP shards, gathered at every decode step).
 
+Sampling settings are per prompt: a Request may carry its own SamplingParams (temperature, top-k, top-p,
+n, seed, stop, token limit) in place of the call's, and one call mixes them freely -- the settings are
+per-row values of the decode program, not compiled into it, so a new temperature compiles nothing.
 Log-probs returned are those of the sampled token under the temperature-scaled model distribution
 (before top-k / top-p truncation), log_softmax(logits / T); greedy (T = 0) uses T = 1. Trainers
 recomputing old log-probs must use the same temperature (SPEC §4). Randomness is per sequence
-(sampling.row_keys): a seed gives the same samples whatever the pool size or schedule.
+(sampling.row_keys): a seed gives the same samples whatever the pool size or schedule. A prompt under
+the call's settings draws from the call's seed and its index in the call; a prompt with its own
+settings draws from its own seed and a hash of its prompt, so its samples do not depend on the rest of
+the call (what a server caching per request needs).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import time
+import zlib
 from typing import Sequence
 
 import jax
@@ -45,7 +52,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hopchain_jax.infer.sampling import SamplingParams, row_keys, sample_tokens
+from hopchain_jax.infer.sampling import SamplerWork, SamplingParams, row_keys, sample_tokens, seed_key
 from hopchain_jax.infer.scheduler import (AdmissionQueue, GenerateStats, SampleState, SlotPool, bucket,
                                           check_admission, length_bucket)
 from hopchain_jax.models.qwen_vl import KVCache, QwenVL, cache_bits_dtype
@@ -56,7 +63,12 @@ from hopchain_jax.models.vision import fill_image_index, image_tokens, pack_imag
 __all__ = ["InferenceEngine", "Request", "Completion", "SamplingParams", "sample_tokens", "BATCH_BUCKETS"]
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-ROW_FIELDS = ("token", "position", "write", "remaining", "done", "prompt", "sample", "count")
+# per-slot decode state: last token, its M-RoPE position and cache slot, tokens still allowed, done; the
+# sampling settings; what the slot's keys derive from (seed words, stream, sample) and tokens so far
+ROW_FIELDS = {"token": np.int32, "position": np.int32, "write": np.int32, "remaining": np.int32, "done": bool,
+              "temperature": np.float32, "top_k": np.int32, "top_p": np.float32,
+              "seed_hi": np.uint32, "seed_lo": np.uint32, "stream": np.int32, "sample": np.int32,
+              "count": np.int32}
 
 
 @dataclasses.dataclass
@@ -67,6 +79,7 @@ class Request:
     pixel_values: np.ndarray | None = None
     image_grid_thw: np.ndarray | None = None
     max_new_tokens: int | None = None  # overrides SamplingParams.max_new_tokens for this prompt
+    params: SamplingParams | None = None  # this prompt's own settings (and seed) instead of the call's
 
 
 @dataclasses.dataclass
@@ -80,11 +93,57 @@ class Completion:
 
 
 def _empty_rows(n: int) -> dict[str, np.ndarray]:
-    """Per-slot decode state of n free slots (host copy): the last token, its M-RoPE position and cache
-    slot, tokens still allowed, done, the (prompt, sample) the slot's keys derive from, tokens so far."""
-    rows = {k: np.zeros(n, np.int32) for k in ROW_FIELDS}
-    rows["done"] = np.ones(n, bool)
+    """Per-slot decode state (ROW_FIELDS) of n free slots, host copy."""
+    rows = {k: np.zeros(n, dtype) for k, dtype in ROW_FIELDS.items()}
+    rows["done"][:] = True
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prompt:
+    """How one prompt of a call samples: its settings, seed words and key stream."""
+
+    params: SamplingParams
+    seed: tuple[int, int]
+    stream: int
+
+    def row(self) -> dict:
+        return {"temperature": self.params.temperature, "top_k": self.params.top_k, "top_p": self.params.top_p,
+                "seed_hi": self.seed[0], "seed_lo": self.seed[1], "stream": self.stream}
+
+
+def _request_stream(r: Request) -> int:
+    """A key stream for a request with its own seed: a hash of its prompt tokens and image patches."""
+    h = zlib.crc32(np.asarray(r.prompt_ids, np.int64).tobytes())
+    if r.pixel_values is not None:
+        h = zlib.crc32(np.ascontiguousarray(r.pixel_values).tobytes(), h)
+    return h & 0x7FFFFFFF
+
+
+@dataclasses.dataclass(frozen=True)
+class _CallSettings:
+    """How a generate call samples. prompts: each prompt's _Prompt, in request order; work: what their
+    settings need of the sampler (static); first_seq: index of each prompt's sample 0 in the call's
+    sequence list (prompt-major, then sample)."""
+
+    prompts: tuple[_Prompt, ...]
+    work: SamplerWork
+    first_seq: np.ndarray
+
+
+def _call_settings(requests: Sequence[Request], params: SamplingParams) -> _CallSettings:
+    seeds: dict[int, tuple[int, int]] = {}
+    out = []
+    for i, r in enumerate(requests):
+        own = r.params
+        if own is not None and not isinstance(own, SamplingParams):
+            raise ValueError(f"request {i}: params must be a SamplingParams or None, got {type(own).__name__}")
+        p = own or params
+        if p.seed not in seeds:
+            seeds[p.seed] = seed_key(p.seed)
+        out.append(_Prompt(p, seeds[p.seed], i if own is None else _request_stream(r)))
+    work = SamplerWork.of(*zip(*[(q.params.temperature, q.params.top_k, q.params.top_p) for q in out]))
+    return _CallSettings(tuple(out), work, np.cumsum([0] + [q.params.n for q in out]))
 
 
 def _cast(tree, dtype):
@@ -273,17 +332,25 @@ class InferenceEngine:
                                         (new_kv, new_kv, new_valid))(pool.k, pool.v, pool.valid, keep)
         return KVCache(k, v, valid)
 
-    @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8))
-    def _first_tokens(self, logits, src, prompt, sample, key, temperature, top_k, top_p):
-        """Each admitted sequence's first token from its prompt row's last logits (logits[src])."""
-        keys = row_keys(key, prompt, sample, jnp.zeros_like(prompt))
-        return sample_tokens(logits[src], keys, temperature, top_k, top_p)
+    @staticmethod
+    def _keys(r: dict, count) -> jax.Array:
+        """Keys [B, 2] of token `count` [B] of each row of a ROW_FIELDS dict."""
+        return row_keys(jnp.stack([r["seed_hi"], r["seed_lo"]], axis=-1), r["stream"], r["sample"], count)
 
-    @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9), donate_argnums=(2,))
-    def _decode(self, state, cache, rows, key, temperature, top_k, top_p, steps, read):
+    @functools.partial(jax.jit, static_argnums=(0, 4))
+    def _first_tokens(self, logits, src, r, work: SamplerWork):
+        """Each admitted sequence's first token from its prompt row's last logits (logits[src]); r: the
+        sequences' sampling fields of ROW_FIELDS, each [k]; work: what the call's settings need."""
+        return sample_tokens(logits[src], self._keys(r, jnp.zeros_like(src)), r["temperature"], r["top_k"],
+                             r["top_p"], work=work)
+
+    @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6), donate_argnums=(2,))
+    def _decode(self, state, cache, rows, steps, read, work: SamplerWork):
         """`steps` decode steps of every slot. rows: the per-slot state (ROW_FIELDS, each [B]); a done
         slot computes but neither advances nor marks its cache writes valid. Attention reads cache
-        slots [0, read). Returns (cache, rows, tokens [B, steps], log-probs [B, steps])."""
+        slots [0, read). work: what the call's sampling settings need (one value per generate call, so
+        a call compiles no more programs than before as its rows drain).
+        Returns (cache, rows, tokens [B, steps], log-probs [B, steps])."""
         model = nnx.merge(self.graphdef, state)
         eos = jnp.asarray(self.eos_ids)
 
@@ -293,8 +360,8 @@ class InferenceEngine:
             pos3 = jnp.broadcast_to(r["position"][None, :, None], (3,) + r["position"].shape + (1,))
             out = model(r["token"][:, None], pos3, active[:, None], cache=cache, cache_index=r["write"],
                         logits_at=jnp.zeros_like(r["token"]), cache_read=read)
-            new, logp = sample_tokens(out.logits, row_keys(key, r["prompt"], r["sample"], r["count"]),
-                                      temperature, top_k, top_p)
+            new, logp = sample_tokens(out.logits, self._keys(r, r["count"]), r["temperature"], r["top_k"],
+                                      r["top_p"], work=work)
             new = jnp.where(active, new, self.pad_id)
             inc = active.astype(jnp.int32)
             remaining = r["remaining"] - inc
@@ -375,7 +442,7 @@ class InferenceEngine:
                 local[shard, i], rows[shard, i] = slot, s
         return local, rows
 
-    def _admit(self, cache, pool, rows, queue, seqs, requests, key, params, stats):
+    def _admit(self, cache, pool, rows, queue, seqs, requests, call, stats):
         """Fill free slots from the queue; sequences that end on their first token give their slot back at
         once, so this runs until the pool is full or nobody waits. The admitted prompts are prefilled
         shortest first, as many per call as fit in prefill_tokens at the call's longest prompt."""
@@ -384,65 +451,71 @@ class InferenceEngine:
             chunk = []
             for group in groups:
                 if chunk and len(chunk) + 1 > self.prefill_rows(len(requests[group[0]].prompt_ids)):
-                    cache = self._admit_chunk(cache, pool, rows, chunk, seqs, requests, key, params, stats)
+                    cache = self._admit_chunk(cache, pool, rows, chunk, seqs, requests, call, stats)
                     chunk = []
                 chunk.append(group)
-            cache = self._admit_chunk(cache, pool, rows, chunk, seqs, requests, key, params, stats)
+            cache = self._admit_chunk(cache, pool, rows, chunk, seqs, requests, call, stats)
         return cache
 
-    def _admit_chunk(self, cache, pool, rows, chunk, seqs, requests, key, params, stats):
+    def _admit_chunk(self, cache, pool, rows, chunk, seqs, requests, call, stats):
+        """Prefill the chunk's prompts, copy their KV into a slot per admitted sample, draw the first tokens.
+        chunk: (prompt index, samples admitted now) pairs; call: the call's settings."""
         logits, pre, lengths, next_pos = self._prefill_prompts([requests[p] for p, _ in chunk], stats)
         seq_ids, src = [], []
         for row, (prompt, samples) in enumerate(chunk):
             for sample in samples:
-                seq_ids.append(prompt * params.n + sample)
+                seq_ids.append(int(call.first_seq[prompt]) + sample)
                 src.append(row)
         slots = pool.assign(seq_ids)
         local, local_src = self._slot_tables(pool, slots, src)
         cache = self._insert(cache, pre, self._per_shard(local, pool.rows), self._per_shard(local_src, pool.rows))
         k = bucket(len(slots), self.batch_buckets)
-        pad = lambda xs: np.asarray(list(xs) + [0] * (k - len(xs)), np.int32)
-        tok, logp = self._first_tokens(logits, self._put(pad(src), "rows"),
-                                       self._put(pad([seqs[i].prompt for i in seq_ids]), "rows"),
-                                       self._put(pad([seqs[i].sample for i in seq_ids]), "rows"), key, *params.static())
+        first = _empty_rows(k)   # padding rows: greedy on row 0's logits, discarded
+        for j, seq_id in enumerate(seq_ids):
+            for name, value in (*call.prompts[seqs[seq_id].prompt].row().items(), ("sample", seqs[seq_id].sample)):
+                first[name][j] = value
+        sampling = {name: self._put(first[name], "rows") for name in
+                    ("temperature", "top_k", "top_p", "seed_hi", "seed_lo", "stream", "sample")}
+        tok, logp = self._first_tokens(logits, self._put(np.asarray(src + [0] * (k - len(src)), np.int32), "rows"),
+                                       sampling, call.work)
         tok, logp = to_host((tok, logp))
         for j, (slot, seq_id, row) in enumerate(zip(slots, seq_ids, src)):
             seq = seqs[seq_id]
-            self._append(seq, int(tok[j]), float(logp[j]), params)
+            self._append(seq, int(tok[j]), float(logp[j]), call.prompts[seq.prompt].params.stop)
             stats.first_tokens += 1
             if seq.finish is not None:
                 pool.release(slot)
                 rows["done"][slot] = True
                 continue
             for name, value in (("token", tok[j]), ("position", next_pos[row]), ("write", lengths[row]),
-                                ("remaining", seq.max_new - 1), ("done", False), ("prompt", seq.prompt),
-                                ("sample", seq.sample), ("count", 1)):
+                                ("remaining", seq.max_new - 1), ("done", False), ("sample", seq.sample),
+                                ("count", 1), *call.prompts[seq.prompt].row().items()):
                 rows[name][slot] = value
         return cache
 
-    def _append(self, seq: SampleState, token: int, logprob: float, params: SamplingParams) -> None:
-        """Add one token to a running sequence and decide whether it ends here."""
+    def _append(self, seq: SampleState, token: int, logprob: float, stop: tuple[str, ...]) -> None:
+        """Add one token to a running sequence and decide whether it ends here (stop: its stop strings)."""
         seq.tokens.append(token)
         seq.logprobs.append(logprob)
         if token in self.eos_ids:
             seq.finish = "eos"
         elif len(seq.tokens) >= seq.max_new:
             seq.finish = "length"
-        elif params.stop and self.tokenizer is not None and self._hit_stop(seq.tokens, params.stop):
+        elif stop and self.tokenizer is not None and self._hit_stop(seq.tokens, stop):
             seq.finish = "stop"
 
-    def _decode_chunk(self, cache, pool, rows, seqs, key, params, stats):
+    def _decode_chunk(self, cache, pool, rows, seqs, call, stats):
         active = pool.active_slots()
         steps = self.decode_chunk
         reach = int(np.max(rows["write"][active] + np.minimum(steps, rows["remaining"][active])))
         read = min(cache.valid.shape[1], length_bucket(reach, self.kv_bucket))
         device_rows = {name: self._put(rows[name], "rows") for name in ROW_FIELDS}
-        cache, new_rows, toks, logps = self._decode(self.state, cache, device_rows, key, *params.static(), steps, read)
+        cache, new_rows, toks, logps = self._decode(self.state, cache, device_rows, steps, read, call.work)
         toks, logps, new_rows = to_host((toks, logps, new_rows))   # one transfer of the chunk's results
         for slot in active:
             seq = seqs[pool.seq[slot]]
             for s in range(steps):
-                self._append(seq, int(toks[slot, s]), float(logps[slot, s]), params)
+                self._append(seq, int(toks[slot, s]), float(logps[slot, s]), call.prompts[seq.prompt].params.stop)
                 stats.useful_tokens += 1
                 if seq.finish is not None:
                     break
@@ -469,16 +542,19 @@ class InferenceEngine:
         return cache, rows
 
     def generate(self, requests: Sequence[Request], params: SamplingParams = SamplingParams()) -> list[Completion]:
-        """Completions for every (prompt, sample), in that order; engine.last_stats says what it cost."""
+        """Completions for every (prompt, sample), in that order; engine.last_stats says what it cost.
+        params: the settings of every request that carries none of its own (Request.params)."""
         t0 = time.perf_counter()
         if not requests:
             return []
         if self.state is None:
             raise RuntimeError("the engine's weights were released; call update_weights(model) first")
         self._check(requests)
-        max_new = [r.max_new_tokens or params.max_new_tokens for r in requests]
-        seqs = [SampleState(i, j, max_new[i]) for i in range(len(requests)) for j in range(params.n)]
-        queue = AdmissionQueue(max_new, params.n, self.admission)
+        call = _call_settings(requests, params)
+        max_new = [r.max_new_tokens or p.params.max_new_tokens for r, p in zip(requests, call.prompts)]
+        ns = [p.params.n for p in call.prompts]
+        seqs = [SampleState(i, j, max_new[i]) for i in range(len(requests)) for j in range(ns[i])]
+        queue = AdmissionQueue(max_new, ns, self.admission)
         longest_prompt = max(len(r.prompt_ids) for r in requests)
         length = max(length_bucket(max(len(r.prompt_ids) + m for r, m in zip(requests, max_new)), self.kv_bucket),
                      -(-longest_prompt // self.length_bucket) * self.length_bucket)
@@ -487,29 +563,28 @@ class InferenceEngine:
         stats = GenerateStats(prompts=len(requests), sequences=len(seqs), pool_rows=n_rows, cache_len=length)
         cache = self._empty_cache(n_rows, length)
         rows = _empty_rows(n_rows)
-        key = jax.random.PRNGKey(params.seed)
         while True:
-            cache = self._admit(cache, pool, rows, queue, seqs, requests, key, params, stats)
+            cache = self._admit(cache, pool, rows, queue, seqs, requests, call, stats)
             if not len(pool.active_slots()):
                 break
             if not len(queue):
                 cache, rows = self._maybe_compact(cache, pool, rows, stats)
-            cache = self._decode_chunk(cache, pool, rows, seqs, key, params, stats)
+            cache = self._decode_chunk(cache, pool, rows, seqs, call, stats)
         stats.seconds = time.perf_counter() - t0
         self.last_stats = stats
-        return [self._completion(s, params) for s in seqs]
+        return [self._completion(s, call.prompts[s.prompt].params.stop) for s in seqs]
 
     def _hit_stop(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
         text = self.tokenizer.decode(tokens[-64:], skip_special_tokens=False)
         return any(s in text for s in stop)
 
-    def _completion(self, seq: SampleState, params: SamplingParams) -> Completion:
+    def _completion(self, seq: SampleState, stop: tuple[str, ...]) -> Completion:
         tokens, reason = seq.tokens, seq.finish
         text = None
         if self.tokenizer is not None:
             text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=False)
-            if params.stop:
-                cut = min((text.find(s) for s in params.stop if s in text), default=-1)
+            if stop:
+                cut = min((text.find(s) for s in stop if s in text), default=-1)
                 if cut >= 0:
                     reason, text = "stop", text[:cut]
         return Completion(seq.prompt, seq.sample, tokens, seq.logprobs, reason, text)

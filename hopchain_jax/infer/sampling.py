@@ -1,16 +1,23 @@
 """Sampling settings and the per-row token sampler of the engine.
 
-Every sequence draws its randomness from its own key: token c of sample j of prompt i uses
-fold_in(fold_in(fold_in(PRNGKey(seed), i), j), c). A sequence's tokens therefore do not depend on which
-decode slot it runs in, when it was admitted, or what else shares its batch: the same seed gives the same
-samples whatever the pool size or schedule.
+Every sequence draws its randomness from its own key: token c of sample j of stream i uses
+fold_in(fold_in(fold_in(PRNGKey(seed), i), j), c) (the engine's stream is the prompt's index in the call,
+or a hash of the prompt for a request with its own settings). A sequence's tokens therefore do not depend
+on which decode slot it runs in, when it was admitted, or what else shares its batch: the same seed gives
+the same samples whatever the pool size or schedule.
+
+The settings (temperature, top_k, top_p) are per-row values, traced, not compiled in: a batch may mix
+them (greedy rows next to nucleus-sampled ones) and a new value compiles nothing. Only which parts of
+the sampler a batch needs at all (SamplerWork: a draw, a top-k search, a top-p search) is static.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,18 +34,24 @@ class SamplingParams:
 
     def __post_init__(self):
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.n < 1 or self.max_new_tokens < 1:
-            raise ValueError(f"invalid SamplingParams {self}")
-
-    def static(self) -> tuple[float, int, float]:
-        """(temperature, top_k, top_p): the settings compiled into the sampler."""
-        return float(self.temperature), int(self.top_k), float(self.top_p)
+            raise ValueError(f"invalid SamplingParams {self}: need temperature >= 0 (0 = greedy), 0 < top_p <= 1, "
+                             "top_k >= 0 (0 = off), n >= 1 and max_new_tokens >= 1")
 
 
-def row_keys(base: jax.Array, prompt: jax.Array, sample: jax.Array, count: jax.Array) -> jax.Array:
-    """Keys [B, 2] of token `count` of sample `sample` of prompt `prompt` (each int32 [B])."""
-    def one(p, s, c):
-        return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, p), s), c)
-    return jax.vmap(one)(prompt, sample, count)
+def seed_key(seed: int) -> tuple[int, int]:
+    """The two uint32 words of PRNGKey(seed) (any Python int), computed on the host."""
+    hi, lo = (int(x) for x in jax.device_get(jax.random.key_data(jax.random.PRNGKey(seed))))
+    return hi, lo
+
+
+def row_keys(base: jax.Array, stream: jax.Array, sample: jax.Array, count: jax.Array) -> jax.Array:
+    """Keys [B, 2] of token `count` of sample `sample` of stream `stream` (each int32 [B]); base: one key
+    [2] for every row or one per row [B, 2] (uint32 words of PRNGKey(seed))."""
+    base = jnp.broadcast_to(jnp.asarray(base, jnp.uint32), stream.shape + (2,))
+
+    def one(b, p, s, c):
+        return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(b, p), s), c)
+    return jax.vmap(one)(base, stream, sample, count)
 
 
 def _ordered(x: jax.Array) -> jax.Array:
@@ -76,30 +89,40 @@ def _search(x: jax.Array, keep_above, smallest: bool) -> jax.Array:
     return _unordered(lo if smallest else hi)
 
 
-def top_k_cutoff(x: jax.Array, k: int) -> jax.Array:
-    """The k-th largest value of each row of x f32 [B, V] (duplicates counted), [B, 1]: the value of
-    lax.top_k(x, k)[0][:, -1:], found by bisection (on a CPU, lax.top_k over 151,936 logits costs ~55 ms
-    per row, this ~2 ms: benchmarks/sampler.py)."""
-    k = min(int(k), x.shape[-1])
+def _per_row(value, rows: int, dtype) -> jax.Array:
+    """A scalar or [B] setting as a [B, 1] column."""
+    return jnp.broadcast_to(jnp.asarray(value, dtype).reshape(-1, 1), (rows, 1))
+
+
+def top_k_cutoff(x: jax.Array, k) -> jax.Array:
+    """The k-th largest value of each row of x f32 [B, V] (duplicates counted), [B, 1]; k: an int or one
+    per row [B] (>= 1; values past V count as V). The value of lax.top_k(x, k)[0][:, -1:], found by
+    bisection (on a CPU, lax.top_k over 151,936 logits costs ~55 ms per row, this ~2 ms:
+    benchmarks/sampler.py)."""
+    k = jnp.minimum(_per_row(k, x.shape[0], jnp.int32), x.shape[-1])
     return _search(x, lambda t: jnp.sum(x >= t, axis=-1, keepdims=True) >= k, smallest=False)
 
 
-def top_p_cutoff(x: jax.Array, top_p: float) -> jax.Array:
-    """Nucleus cutoff of each row of logits x f32 [B, V] (-inf allowed), [B, 1]: a token is kept iff
-    x >= cutoff, i.e. iff the probability mass of the tokens with a strictly larger logit is < top_p --
-    the tokens of the sorted nucleus, ties at its edge kept whole. Found by bisection, without a sort."""
+def top_p_cutoff(x: jax.Array, top_p) -> jax.Array:
+    """Nucleus cutoff of each row of logits x f32 [B, V] (-inf allowed), [B, 1]; top_p: a float or one per
+    row [B]. A token is kept iff x >= cutoff, i.e. iff the probability mass of the tokens with a strictly
+    larger logit is < top_p -- the tokens of the sorted nucleus, ties at its edge kept whole. Found by
+    bisection, without a sort."""
+    top_p = _per_row(top_p, x.shape[0], jnp.float32)
     probs = jax.nn.softmax(x, axis=-1)
     return _search(x, lambda t: jnp.sum(jnp.where(x > t, probs, 0.0), axis=-1, keepdims=True) < top_p,
                    smallest=True)
 
 
-def top_k_cutoff_by_sort(x: jax.Array, k: int) -> jax.Array:
-    """Reference for top_k_cutoff: lax.top_k."""
-    return jax.lax.top_k(x, min(int(k), x.shape[-1]))[0][:, -1:]
+def top_k_cutoff_by_sort(x: jax.Array, k) -> jax.Array:
+    """Reference for top_k_cutoff: the k-th entry of each row sorted in descending order."""
+    k = jnp.clip(_per_row(k, x.shape[0], jnp.int32), 1, x.shape[-1])
+    return jnp.take_along_axis(jnp.sort(x, axis=-1)[:, ::-1], k - 1, axis=-1)
 
 
-def top_p_cutoff_by_sort(x: jax.Array, top_p: float) -> jax.Array:
+def top_p_cutoff_by_sort(x: jax.Array, top_p) -> jax.Array:
     """Reference for top_p_cutoff: sort descending, the smallest logit whose preceding mass is < top_p."""
+    top_p = _per_row(top_p, x.shape[0], jnp.float32)
     sorted_x = jnp.sort(x, axis=-1)[:, ::-1]
     probs = jax.nn.softmax(sorted_x, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs
@@ -109,25 +132,54 @@ def top_p_cutoff_by_sort(x: jax.Array, top_p: float) -> jax.Array:
 CUTOFFS = {"bisect": (top_k_cutoff, top_p_cutoff), "sort": (top_k_cutoff_by_sort, top_p_cutoff_by_sort)}
 
 
-def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: float, top_k: int, top_p: float,
-                  cutoffs: str = "bisect"):
-    """logits f32 [B, V], keys [B, 2] -> (tokens int32 [B], log-probs f32 [B]). Static sampling settings.
+class SamplerWork(NamedTuple):
+    """Which parts of the sampler a batch needs (static: each combination is its own program, at most
+    four in practice). draw: some row samples (temperature > 0); top_k / top_p: some sampling row filters
+    so. Decided on the host from the rows' settings, so no device-wide reduction sits in the decode loop."""
 
-    Log-probs are those of the sampled token under log_softmax(logits / T) (before top-k / top-p
-    truncation); greedy (T = 0) takes the argmax and reports log_softmax(logits). top-k keeps the
-    tokens >= the k-th largest logit, then top-p keeps the nucleus of what is left (top_p_cutoff).
+    draw: bool = True
+    top_k: bool = True
+    top_p: bool = True
+
+    @classmethod
+    def of(cls, temperature, top_k, top_p) -> SamplerWork:
+        """From host values (scalars or [B] arrays) of the settings."""
+        t, k, p = np.broadcast_arrays(np.asarray(temperature), np.asarray(top_k), np.asarray(top_p))
+        sampled = t > 0
+        return cls(bool(sampled.any()), bool((sampled & (k > 0)).any()), bool((sampled & (p < 1)).any()))
+
+
+def sample_tokens(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p, cutoffs: str = "bisect",
+                  work: SamplerWork | None = None):
+    """logits f32 [B, V], keys [B, 2] -> (tokens int32 [B], log-probs f32 [B]).
+
+    temperature, top_k, top_p: numbers (every row) or [B] arrays (one per row; traced, so a new setting
+    compiles nothing). Log-probs are those of the sampled token under log_softmax(logits / T) (before
+    top-k / top-p truncation); a greedy row (T = 0) takes the argmax and reports log_softmax(logits).
+    top-k (0 = off) keeps the tokens >= the k-th largest logit, then top-p (1 = off) keeps the nucleus of
+    what is left (top_p_cutoff). work: the parts the rows need (SamplerWork.of their settings; work a
+    batch does not need is left out of the program); None: derived from the settings when they are host
+    values, everything when they are traced.
     cutoffs: "bisect" (the engine's) or "sort" (the textbook reference, benchmarks/sampler.py's baseline)."""
     k_cutoff, p_cutoff = CUTOFFS[cutoffs]
-    scaled = logits / (temperature if temperature > 0 else 1.0)
+    if work is None:
+        traced = any(isinstance(v, jax.Array) for v in (temperature, top_k, top_p))
+        work = SamplerWork() if traced else SamplerWork.of(temperature, top_k, top_p)
+    rows = logits.shape[0]
+    temperature = _per_row(temperature, rows, jnp.float32)
+    top_k, top_p = _per_row(top_k, rows, jnp.int32), _per_row(top_p, rows, jnp.float32)
+    greedy = temperature == 0
+    scaled = logits / jnp.where(greedy, 1.0, temperature)
     logp = jax.nn.log_softmax(scaled, axis=-1)
-    if temperature == 0:
-        tokens = jnp.argmax(logits, axis=-1)
-    else:
+    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if work.draw:
         masked = scaled
-        if top_k > 0:
-            masked = jnp.where(scaled < k_cutoff(scaled, top_k), -jnp.inf, masked)
-        if top_p < 1.0:
-            masked = jnp.where(masked < p_cutoff(masked, top_p), -jnp.inf, masked)
-        tokens = jax.vmap(jax.random.categorical)(keys, masked)
-    tokens = tokens.astype(jnp.int32)
+        if work.top_k:   # rows that filter: tokens below their k-th largest logit -> -inf
+            use = ~greedy & (top_k > 0)
+            masked = jnp.where(use & (scaled < k_cutoff(scaled, jnp.maximum(top_k, 1))), -jnp.inf, masked)
+        if work.top_p:
+            use = ~greedy & (top_p < 1)
+            masked = jnp.where(use & (masked < p_cutoff(masked, top_p)), -jnp.inf, masked)
+        drawn = jax.vmap(jax.random.categorical)(keys, masked).astype(jnp.int32)
+        tokens = jnp.where(greedy[:, 0], tokens, drawn)
     return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]

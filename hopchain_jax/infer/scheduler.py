@@ -67,12 +67,16 @@ class AdmissionQueue:
     order "longest_first": prompts with the largest token limit first (stable), so the last sequences
     to start are short and the pool drains quickly; "fifo": request order."""
 
-    def __init__(self, max_new: Sequence[int], n: int, order: str = "longest_first"):
+    def __init__(self, max_new: Sequence[int], n: int | Sequence[int], order: str = "longest_first"):
+        """max_new: each prompt's token limit; n: samples of every prompt, or each prompt's."""
         check_admission(order)
+        ns = [n] * len(max_new) if isinstance(n, int) else list(n)
+        if len(ns) != len(max_new):
+            raise ValueError(f"{len(ns)} sample counts for {len(max_new)} prompts")
         prompts = range(len(max_new))
         if order == "longest_first":
             prompts = sorted(prompts, key=lambda i: -max_new[i])
-        self._waiting = collections.deque((i, list(range(n))) for i in prompts)
+        self._waiting = collections.deque((i, list(range(ns[i]))) for i in prompts)
 
     def __len__(self) -> int:
         return sum(len(samples) for _, samples in self._waiting)

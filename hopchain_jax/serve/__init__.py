@@ -1,7 +1,7 @@
 """`hopchain serve`: an OpenAI-compatible chat-completions server over the JAX engine.
 
   batcher.py   one worker thread owns the backend: concurrent requests are collected for a few ms and
-               run as one backend.complete call (one engine.generate per sampling setting)
+               run as one backend.complete call (one engine.generate, each request with its own settings)
   protocol.py  the OpenAI chat-completions request checks (HTTP 400 bodies naming the field and the fix)
                and response format; no web framework needed
   app.py       build_app(backend): the FastAPI app (POST /v1/chat/completions, GET /v1/models, GET /health)

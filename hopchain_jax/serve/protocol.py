@@ -6,8 +6,8 @@ sent with HTTP 400; its message names the field and the fix. chat_completion(res
 "chat.completion" response for a ChatResult.
 
 Sampling: without `seed`, every request gets a fresh random salt (new samples each call, as with
-OpenAI); with `seed`, the salt is the seed, so the same request gives the same samples when it is batched
-the same way (see vlm/engine_backend.py). Greedy (temperature 0) is deterministic either way.
+OpenAI); with `seed`, the salt is the seed, so the same request gives the same samples whatever it is
+batched with (see vlm/engine_backend.py). Greedy (temperature 0) is deterministic either way.
 """
 from __future__ import annotations
 

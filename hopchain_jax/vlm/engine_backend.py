@@ -7,13 +7,13 @@
 Messages are OpenAI chat messages (roles system / developer / user / assistant; content a string or a
 list of {"type": "text"} and {"type": "image_url"} parts whose url is a data URL, a local path or a
 file:// URL). They go through the Qwen chat template and image processor of `Generator`, exactly as
-`hopchain generate` builds its prompt. Requests with the same sampling settings (temperature, top_p, n,
-stop) run as ONE engine.generate call, each with its own max_tokens; temperature 0 is greedy, top_k is off.
+`hopchain generate` builds its prompt. All the requests of one complete() call run as ONE
+engine.generate call, each with its own sampling settings (temperature, top_p, n, stop, max_tokens:
+per-prompt engine settings, which compile nothing new); temperature 0 is greedy, top_k is off.
 
-Seeds: each call's seed comes from the request keys (messages + settings + salt) of the requests it
-runs, which are put in key order, so running the same requests again gives the same samples, whatever
-their order. (The engine draws a sequence's randomness from the call's seed and the prompt's index in
-the call, so the same request batched with different others draws different, equally valid, samples.)
+Seeds: each request's seed comes from its own key (messages + settings + salt), and the engine draws a
+request with its own settings from its own seed alone, so a request gives the same samples whatever
+else it is batched with and in whatever order -- what the response cache and `seed` promise.
 
 Every failure (undecodable image, unsupported content, prompt over the token budget) is reported on its
 item, `ChatResult.error`, never raised; the other items still run. With `cache_dir`, results are stored
@@ -188,21 +188,19 @@ class EngineChatBackend:
         return request
 
     @staticmethod
-    def _settings(req: ChatRequest) -> tuple:
-        """What one engine call shares: (temperature, top_p, n, stop); greedy ignores top_p."""
-        greedy = req.temperature == 0
-        return float(req.temperature), 1.0 if greedy else float(req.top_p), int(req.n), tuple(req.stop)
-
-    def _run_group(self, settings: tuple, items: list[_Prepared], requests: Sequence[ChatRequest]):
-        """One engine.generate call for requests sharing `settings`: {index: ChatResult}."""
+    def _params(req: ChatRequest, key: str):
+        """The engine settings of one request, seeded by its key; greedy ignores top_p."""
         from hopchain_jax.infer.sampling import SamplingParams
-        temperature, top_p, n, stop = settings
-        items = sorted(items, key=lambda it: it.key)  # same requests, same order, same samples
-        seed = int(hashlib.sha256("".join(it.key for it in items).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-        params = SamplingParams(temperature=temperature, top_p=top_p, top_k=0, n=n, stop=stop, seed=seed,
-                                max_new_tokens=max(requests[it.index].max_tokens for it in items))
+        greedy = req.temperature == 0
+        return SamplingParams(temperature=float(req.temperature), top_p=1.0 if greedy else float(req.top_p),
+                              top_k=0, n=int(req.n), stop=tuple(req.stop), max_new_tokens=int(req.max_tokens),
+                              seed=int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF)
+
+    def _run(self, items: list[_Prepared], requests: Sequence[ChatRequest]):
+        """One engine.generate call for these requests, each with its own settings: {index: ChatResult}."""
         self.engine_calls += 1
-        outs = self.generator.engine.generate([it.request for it in items], params)
+        outs = self.generator.engine.generate([dataclasses.replace(it.request, params=self._params(
+            requests[it.index], it.key)) for it in items])
         results = {}
         for k, it in enumerate(items):
             samples = sorted((o for o in outs if o.prompt_index == k), key=lambda o: o.sample_index)
@@ -219,31 +217,32 @@ class EngineChatBackend:
         """Results in the order of `requests`; failures are reported per item, never raised."""
         with self._lock:
             results: list[ChatResult | None] = [None] * len(requests)
-            groups: dict[tuple, list[_Prepared]] = {}
+            items: list[_Prepared] = []
             for i, req in enumerate(requests):
                 try:
                     key = self.key(req)
                     if self.cache is not None and (hit := self.cache.get(key)) is not None:
                         results[i] = ChatResult(hit["texts"], hit["finish_reasons"], hit["usage"], cached=True)
                         continue
-                    groups.setdefault(self._settings(req), []).append(_Prepared(i, key, self._prepare(req)))
+                    items.append(_Prepared(i, key, self._prepare(req)))
                 except Exception as e:  # noqa: BLE001 - every failure becomes the item's error
                     results[i] = ChatResult([], [], {}, error=str(e) if isinstance(e, ValueError)
                                             else f"{type(e).__name__}: {e}")
-            for settings, items in groups.items():
-                try:
-                    done = self._run_group(settings, items, requests)
-                except Exception:  # noqa: BLE001 - rerun one by one to isolate the item that breaks the call
-                    done = {}
-                    for it in items:
-                        try:
-                            done.update(self._run_group(settings, [it], requests))
-                        except Exception as e:  # noqa: BLE001
-                            done[it.index] = ChatResult([], [], {}, attempts=1, error=f"{type(e).__name__}: {e}")
+            if not items:
+                return results
+            try:
+                done = self._run(items, requests)
+            except Exception:  # noqa: BLE001 - rerun one by one to isolate the item that breaks the call
+                done = {}
                 for it in items:
-                    results[it.index] = done[it.index]
-                    if self.cache is not None and done[it.index].error is None:
-                        r = done[it.index]
-                        self.cache.put(it.key, {"texts": r.texts, "finish_reasons": r.finish_reasons,
-                                                "usage": r.usage})
+                    try:
+                        done.update(self._run([it], requests))
+                    except Exception as e:  # noqa: BLE001
+                        done[it.index] = ChatResult([], [], {}, attempts=1, error=f"{type(e).__name__}: {e}")
+            for it in items:
+                results[it.index] = done[it.index]
+                if self.cache is not None and done[it.index].error is None:
+                    r = done[it.index]
+                    self.cache.put(it.key, {"texts": r.texts, "finish_reasons": r.finish_reasons,
+                                            "usage": r.usage})
             return results
