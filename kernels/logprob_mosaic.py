@@ -118,12 +118,29 @@ def _check_tile(prefix: str, bn: int, bv: int, bk: int, itemsize: int) -> None:
                          "thread (at most 128 fit next to the epilogue); use 128 x 128 or 64 x 256")
 
 
+def _epilogue_transforms(bv: int, dtype) -> tuple:
+    """SMEM tiling + swizzle for a [bm, bv] WGMMA-layout tile stored before its TMA copy out: the
+    widest swizzle that bv fills. Without them JAX 0.12's Mosaic GPU finds no bank-conflict-free store
+    plan for the untiled tile (TransferPlanDerivationError); 0.10 and 0.11 lower it either way."""
+    row_bytes = bv * jnp.dtype(dtype).itemsize
+    swizzle = next(b for b in (128, 64, 32) if row_bytes % b == 0)
+    return (plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(swizzle))
+
+
 def _compiler_params():
     return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane)
 
 
-_LOAD_TAKES_IDX = (plgpu is not None and
-                   inspect.signature(plgpu.load).parameters["idx"].default is inspect.Parameter.empty)
+def _load_takes_idx() -> bool:
+    """plgpu.load(ref, idx, ...) with a required idx: JAX 0.10. JAX 0.11 makes it optional (deprecated in
+    favour of ref.at[...]) and 0.12 removes it."""
+    if plgpu is None:
+        return False
+    idx = inspect.signature(plgpu.load).parameters.get("idx")
+    return idx is not None and idx.default is inspect.Parameter.empty
+
+
+_LOAD_TAKES_IDX = _load_takes_idx()
 
 
 def _load_rows(ref, interpret: bool):
@@ -136,7 +153,7 @@ def _load_rows(ref, interpret: bool):
     if interpret:
         return ref[...]
     layout = plgpu.Layout.WGMMA.reduce(1)
-    if _LOAD_TAKES_IDX:  # JAX 0.10: idx is required; 0.11 deprecates it in favour of ref.at[...]
+    if _LOAD_TAKES_IDX:  # JAX 0.10
         return plgpu.load(ref, (), layout=layout)
     return plgpu.load(ref, layout=layout)
 
@@ -292,7 +309,7 @@ def dz(hp, w_c, t, res, glp, gh, cfg, *, v_valid: int, dz_dtype, interpret: bool
         out_type=out_struct((n_p, c), dz_dtype, hp),
         scratch_types=dict(vec_smem=plgpu.SMEM((n_vec, bm), jnp.float32),
                            t_smem=plgpu.SMEM((bm,), jnp.int32),
-                           dz_smem=plgpu.SMEM((bm, bv), dz_dtype),
+                           dz_smem=plgpu.SMEM((bm, bv), dz_dtype, transforms=_epilogue_transforms(bv, dz_dtype)),
                            barriers=plgpu.Barrier(num_barriers=2)),
         grid=(n_p // bm, c // bv), grid_names=(_ROWS, _COLS),
         compiler_params=_compiler_params(),
