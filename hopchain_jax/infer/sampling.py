@@ -13,6 +13,7 @@ the sampler a batch needs at all (SamplerWork: a draw, a top-k search, a top-p s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -38,8 +39,9 @@ class SamplingParams:
                              "top_k >= 0 (0 = off), n >= 1 and max_new_tokens >= 1")
 
 
+@functools.lru_cache(maxsize=65536)
 def seed_key(seed: int) -> tuple[int, int]:
-    """The two uint32 words of PRNGKey(seed) (any Python int), computed on the host."""
+    """The two uint32 words of PRNGKey(seed) (any Python int); cached (a server seeds every request)."""
     hi, lo = (int(x) for x in jax.device_get(jax.random.key_data(jax.random.PRNGKey(seed))))
     return hi, lo
 
