@@ -5,11 +5,14 @@
 
 For each setting (temperature 1 with no filter, top_p 0.95, top_k 50, and Qwen's default top_k 20 +
 top_p 0.8; then that default passed as per-row arrays, as the engine passes them, and a batch whose rows
-cycle through greedy and the four settings) times sample_tokens on float32 logits [rows, vocab] with the
-engine's bisection cutoffs and with the textbook ones (lax.top_k, sort + cumsum), after a warm-up call:
-milliseconds per call (median of --iters). Also reports how many rows' sampled tokens agree between the two (the cutoffs match up to
-float32 rounding of the nucleus mass). Prints a markdown table for benchmarks/RESULTS.md and, with
---json, writes the rows.
+cycle through greedy and the four settings) times sample_tokens on float32 logits [rows, vocab], after
+a warm-up call, in milliseconds per call (median of --iters), three ways:
+  engine   bisection cutoffs + two-level inverse-CDF draw (2 uniforms per row)
+  gumbel   bisection cutoffs + jax.random.categorical (Gumbel-max: V random numbers per row)
+  sort     textbook cutoffs (lax.top_k; sort + cumsum) + the inverse-CDF draw
+and how many rows' tokens agree between engine and sort (same draw: the kept sets match up to float32
+rounding of the nucleus mass). Prints a markdown table for benchmarks/RESULTS.md and, with --json,
+writes the rows.
 """
 from __future__ import annotations
 
@@ -53,13 +56,18 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def time_case(logits, keys, settings, cutoffs, iters):
+# column: (cutoffs, draw) passed to sample_tokens
+VARIANTS = {"engine": ("bisect", "inverse_cdf"), "gumbel": ("bisect", "gumbel"), "sort": ("sort", "inverse_cdf")}
+
+
+def time_case(logits, keys, settings, variant, iters):
     """settings: numbers (compiled in) or per-row arrays (arguments of the program, as in the engine)."""
+    cutoffs, draw = VARIANTS[variant]
     if isinstance(settings[0], np.ndarray):
-        fn = jax.jit(lambda x, k, t, tk, tp: sample_tokens(x, k, t, tk, tp, cutoffs=cutoffs))
+        fn = jax.jit(lambda x, k, t, tk, tp: sample_tokens(x, k, t, tk, tp, cutoffs=cutoffs, draw=draw))
         args = (logits, keys, *settings)
     else:
-        fn = jax.jit(lambda x, k: sample_tokens(x, k, *settings, cutoffs=cutoffs))
+        fn = jax.jit(lambda x, k: sample_tokens(x, k, *settings, cutoffs=cutoffs, draw=draw))
         args = (logits, keys)
     t0 = time.perf_counter()
     tokens = jax.block_until_ready(fn(*args))[0]
@@ -79,18 +87,17 @@ def main(argv=None):
     dev = jax.devices()[0]
     rows = []
     for name, setting in SETTINGS.items():
-        res = {c: time_case(logits, keys, row_settings(setting, args.rows), c, args.iters) for c in ("bisect", "sort")}
-        rows.append(dict(setting=name, rows=args.rows, vocab=args.vocab, bisect_ms=res["bisect"][0],
-                         sort_ms=res["sort"][0], speedup=res["sort"][0] / res["bisect"][0],
-                         bisect_compile_s=res["bisect"][1], sort_compile_s=res["sort"][1],
-                         same_tokens=int((res["bisect"][2] == res["sort"][2]).sum()),
+        res = {v: time_case(logits, keys, row_settings(setting, args.rows), v, args.iters) for v in VARIANTS}
+        rows.append(dict(setting=name, rows=args.rows, vocab=args.vocab,
+                         **{f"{v}_ms": res[v][0] for v in VARIANTS}, **{f"{v}_compile_s": res[v][1] for v in VARIANTS},
+                         same_tokens=int((res["engine"][2] == res["sort"][2]).sum()),
                          device=dev.device_kind, platform=dev.platform, jax=jax.__version__,
                          python=platform.python_version()))
     print(f"{args.rows} rows x {args.vocab} logits on {dev.platform} ({dev.device_kind}), jax {jax.__version__}")
-    print("| setting | bisect ms | sort ms | speed-up | same tokens |")
+    print("| setting | engine ms | gumbel draw ms | sort cutoffs ms | same tokens (engine, sort) |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['setting']} | {r['bisect_ms']:.2f} | {r['sort_ms']:.2f} | {r['speedup']:.1f}x "
+        print(f"| {r['setting']} | {r['engine_ms']:.2f} | {r['gumbel_ms']:.2f} | {r['sort_ms']:.2f} "
               f"| {r['same_tokens']}/{r['rows']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hopchain_jax.infer.sampling import (SamplerWork, sample_tokens, top_k_cutoff, top_k_cutoff_by_sort,
-                                         top_p_cutoff, top_p_cutoff_by_sort)
+from hopchain_jax.infer.sampling import (SamplerWork, _first_above, _first_above_cdf, draw_gumbel, draw_inverse_cdf, sample_tokens,
+                                         top_k_cutoff, top_k_cutoff_by_sort, top_p_cutoff, top_p_cutoff_by_sort)
 
 
 def _logits(seed, rows=6, vocab=1000, std=4.0, ties=False, neg_inf=0):
@@ -96,3 +96,54 @@ def test_per_row_settings_sample_each_row_as_it_would_alone():
     assert SamplerWork.of([0.0, 1.0], [5, 0], [0.5, 1.0]) == SamplerWork(True, False, False)   # greedy rows ask nothing
     assert SamplerWork.of([0.0, 0.0], [5, 0], [0.5, 1.0]) == SamplerWork(False, False, False)
     assert SamplerWork.of(1.0, 0, 0.9) == SamplerWork(True, False, True)
+
+
+def _draw_logits() -> np.ndarray:
+    """37 logits in blocks of 8 (the last one ragged): a masked whole block, scattered masked tokens, a
+    dominant token, and tokens of ~1e-4 mass."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=37) * 2.0
+    x[8:16] = -np.inf                     # a whole block that can never be drawn
+    x[[0, 3, 20, 36]] = -np.inf
+    x[25] = 6.0
+    x[[30, 31]] = -4.0
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("draw", ["inverse_cdf", "gumbel"])
+def test_draws_follow_the_softmax_and_never_pick_a_masked_token(draw):
+    """200,000 draws (each its own key) match the float64 softmax by a chi-square test; the Gumbel-max
+    reference is held to the same bound, so the bound is known to be reachable."""
+    x = _draw_logits()
+    n = 200_000
+    keys = jax.random.split(jax.random.key(3), n)
+    fn = (lambda k, l: draw_inverse_cdf(k, l, block=8)) if draw == "inverse_cdf" else draw_gumbel
+    tokens = np.asarray(jax.jit(fn)(keys, jnp.broadcast_to(jnp.asarray(x), (n, x.size))))
+    p = np.exp(x.astype(np.float64) - x.max())
+    p /= p.sum()
+    counts = np.bincount(tokens, minlength=x.size)
+    assert counts[p == 0].sum() == 0
+    live = p > 0
+    expected = n * p[live]
+    chi2 = float(np.sum((counts[live] - expected) ** 2 / expected))
+    dof = int(live.sum()) - 1
+    assert chi2 < dof + 6 * np.sqrt(2 * dof), (chi2, dof)     # ~6 sigma: a deterministic test, not flaky
+    assert counts[30] + counts[31] > 0                         # the ~1e-4 tokens are drawn too
+
+
+def test_first_above_ends_and_zero_weights():
+    """u = 0 picks the first entry of weight > 0, u just below 1 the last, and u * total landing exactly
+    on a running sum the next entry of weight > 0; rounding in the scan never selects a zero weight."""
+    w = jnp.asarray([[0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 1.0, 0.0]] * 5, jnp.float32)
+    u = jnp.asarray([0.0, np.nextafter(np.float32(1), np.float32(0)), 0.25, 0.75, 0.2499], jnp.float32)
+    # running sums 1, 1, 3, 3, 4: u * 4 = 1 and 3 sit exactly on them -> the next positive entry
+    np.testing.assert_array_equal(np.asarray(_first_above(w, u)), [2, 6, 4, 6, 2])
+    # a scan rounded so that the running sum steps up across a zero-weight entry: that entry is skipped;
+    # with no entry above the target, the last entry of weight > 0 is taken
+    cdf = jnp.asarray([[1.0, 1.0000001, 1.0000001, 3.0], [1.0, 2.0, 2.0000002, 2.0000002]], jnp.float32)
+    positive = jnp.asarray([[True, False, False, True], [True, True, False, False]])
+    u = jnp.asarray([1.00000005 / 3.0, 0.9999999], jnp.float32)
+    np.testing.assert_array_equal(np.asarray(_first_above_cdf(cdf, positive, u)), [3, 1])
+    everything_masked = draw_inverse_cdf(jax.random.split(jax.random.key(0), 2),
+                                         jnp.full((2, 10), -jnp.inf, jnp.float32), block=4)
+    assert all(0 <= int(t) < 10 for t in everything_masked)   # in range even with nothing drawable
