@@ -98,26 +98,30 @@ def test_per_row_settings_sample_each_row_as_it_would_alone():
     assert SamplerWork.of(1.0, 0, 0.9) == SamplerWork(True, False, True)
 
 
-def _draw_logits() -> np.ndarray:
-    """37 logits in blocks of 8 (the last one ragged): a masked whole block, scattered masked tokens, a
-    dominant token, and tokens of ~1e-4 mass."""
+def _draw_logits(vocab: int) -> np.ndarray:
+    """Logits with masked runs (a whole block; for 112, a whole vocabulary group too), scattered masked
+    tokens, a dominant token, and tokens of ~1e-4 mass."""
     rng = np.random.default_rng(11)
-    x = rng.normal(size=37) * 2.0
-    x[8:16] = -np.inf                     # a whole block that can never be drawn
-    x[[0, 3, 20, 36]] = -np.inf
-    x[25] = 6.0
+    x = rng.normal(size=vocab) * 2.0
+    x[8:16] = -np.inf
+    x[[0, 3, 20, vocab - 1]] = -np.inf
+    if vocab == 112:
+        x[21:28] = -np.inf                 # group 3 of 16 (7 tokens each)
+    x[25 + 30 * (vocab == 112)] = 6.0
     x[[30, 31]] = -4.0
     return x.astype(np.float32)
 
 
-@pytest.mark.parametrize("draw", ["inverse_cdf", "gumbel"])
-def test_draws_follow_the_softmax_and_never_pick_a_masked_token(draw):
+# (draw, vocab, block): 37 = one group in blocks of 8 (last block ragged); 112 = 16 groups of 7 tokens,
+# blocks of 4 (each group padded by one)
+@pytest.mark.parametrize("draw,vocab,block", [("inverse_cdf", 37, 8), ("inverse_cdf", 112, 4), ("gumbel", 37, 0)])
+def test_draws_follow_the_softmax_and_never_pick_a_masked_token(draw, vocab, block):
     """200,000 draws (each its own key) match the float64 softmax by a chi-square test; the Gumbel-max
     reference is held to the same bound, so the bound is known to be reachable."""
-    x = _draw_logits()
+    x = _draw_logits(vocab)
     n = 200_000
     keys = jax.random.split(jax.random.key(3), n)
-    fn = (lambda k, l: draw_inverse_cdf(k, l, block=8)) if draw == "inverse_cdf" else draw_gumbel
+    fn = (lambda k, l: draw_inverse_cdf(k, l, block=block)) if draw == "inverse_cdf" else draw_gumbel
     tokens = np.asarray(jax.jit(fn)(keys, jnp.broadcast_to(jnp.asarray(x), (n, x.size))))
     p = np.exp(x.astype(np.float64) - x.max())
     p /= p.sum()
@@ -129,6 +133,27 @@ def test_draws_follow_the_softmax_and_never_pick_a_masked_token(draw):
     dof = int(live.sum()) - 1
     assert chi2 < dof + 6 * np.sqrt(2 * dof), (chi2, dof)     # ~6 sigma: a deterministic test, not flaky
     assert counts[30] + counts[31] > 0                         # the ~1e-4 tokens are drawn too
+
+
+def test_draw_keeps_vocabulary_sharded_logits_in_place():
+    """Logits sharded over the vocabulary (tensor = 4) draw the tokens they draw unsharded, and no
+    collective of the compiled draw moves more than one block per row (never the row)."""
+    import re
+
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from hopchain_jax.models.sharding import make_mesh
+    vocab, rows = 16 * 1000, 8
+    x = jnp.asarray(_logits(5, rows=rows, vocab=vocab, std=3.0))
+    keys = jax.random.key_data(jax.random.split(jax.random.key(1), rows))
+    mesh = make_mesh(data=2, fsdp=1, tensor=4)
+    xs = jax.device_put(x, NamedSharding(mesh, P("data", "tensor")))
+    ks = jax.device_put(keys, NamedSharding(mesh, P("data")))
+    draw = jax.jit(draw_inverse_cdf)
+    np.testing.assert_array_equal(np.asarray(draw(ks, xs)), np.asarray(draw(keys, x)))
+    hlo = draw.lower(ks, xs).compile().as_text()
+    moved = re.findall(r"= \w+\[([\d,]*)\]\S* (?:all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)\(", hlo)
+    assert moved and all(int(d) <= 1000 for shape in moved for d in shape.split(",") if d), moved
 
 
 def test_first_above_ends_and_zero_weights():
