@@ -64,10 +64,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from hopchain_jax.infer.generate import Generator
-    mesh = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None
+    from hopchain_jax.models.sharding import parse_mesh_shape
     try:
-        gen = Generator(args.model, dtype=args.dtype, mesh_shape=mesh, max_pixels=args.max_pixels,
-                        progress=not args.json)
+        gen = Generator(args.model, dtype=args.dtype, mesh_shape=parse_mesh_shape(args.mesh),
+                        decode_mesh_shape=parse_mesh_shape(args.decode_mesh, "--decode-mesh"),
+                        max_pixels=args.max_pixels, progress=not args.json)
         result = gen(args.prompt, args.image or [], greedy=args.greedy, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, n=args.n,
                      stop=args.stop or (), seed=args.seed)
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(fn=_import)
 
+    from hopchain_jax.serve.cli import DECODE_MESH_HELP, add_serve_parser
     g = sub.add_parser("generate", help="generate with a Qwen2.5-VL / Qwen3-VL checkpoint directory")
     g.add_argument("--model", required=True, help="Hugging Face checkpoint directory (config.json + safetensors)")
     g.add_argument("--image", action="append", help="image file (repeat for several)")
@@ -164,11 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU, else bfloat16")
     g.add_argument("--mesh", help="data,fsdp,tensor device counts (default: all devices on fsdp)")
+    g.add_argument("--decode-mesh", help=DECODE_MESH_HELP)
     g.add_argument("--max-pixels", type=int, help="cap on resized image pixels (fewer image tokens)")
     g.add_argument("--json", action="store_true", help="print one JSON object: input_ids, image_grid_thw, output_ids, text")
     g.set_defaults(fn=_generate)
 
-    from hopchain_jax.serve.cli import add_serve_parser
     from hopchain_jax.vlm.annotation_cli import add_annotate_parser
     from hopchain_jax.vlm.calibrate_cli import add_calibrate_parser
     add_serve_parser(sub)

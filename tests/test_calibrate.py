@@ -348,6 +348,8 @@ def test_cli_against_a_live_endpoint_and_usage_errors(ds, full, tmp_path, capsys
     assert "--model CKPT" in err and "--endpoint URL --endpoint-model NAME" in err
     assert cli(["calibrate", str(ds.root), "--endpoint", "http://x/v1"]) == 2
     assert "--endpoint-model" in capsys.readouterr().err
+    assert cli(["calibrate", str(ds.root), "--model", str(tmp_path), "--decode-mesh", "8,1"]) == 2
+    assert "--decode-mesh '8,1': give three device counts" in capsys.readouterr().err
     assert cli(["calibrate", str(tmp_path / "nothing"), "--endpoint", "http://x/v1", "--endpoint-model", "m"]) == 2
     err = capsys.readouterr().err
     assert "holds no HopChain shards" in err and "hopchain import" in err

@@ -2,9 +2,11 @@
 transformers' greedy generate on the same inputs."""
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from PIL import Image
 
 from configs.models import PRESETS
@@ -43,8 +45,20 @@ def test_generate_json_matches_transformers(preset, tmp_path, capsys):
                           max_new_tokens=32, do_sample=False)[0, ids.shape[1]:].tolist()
     assert out["output_ids"] == ref
     assert isinstance(out["text"], str)
+    if preset == "tiny":   # decoding on a whole copy per device (the weights resharded once) changes nothing
+        from hopchain_jax.infer.generate import Generator
+        gen = Generator(ckpt, decode_mesh_shape=(-1, 1, 1), progress=False)
+        assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(gen.engine.state))
+        assert not all(x.sharding.is_fully_replicated for x in jax.tree.leaves(nnx.state(gen.model)))
+        again = gen("How many dots?", [image], greedy=True, max_new_tokens=32)
+        assert again["output_ids"] == ref
 
 
 def test_generate_reports_a_missing_checkpoint(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path), "--prompt", "hi", "--json"]) == 2
     assert "config.json" in capsys.readouterr().err
+    for flag, value in (("--mesh", "8,1"), ("--decode-mesh", "a,1,1")):
+        assert main(["generate", "--model", str(tmp_path), "--prompt", "hi", flag, value]) == 2
+        assert f"{flag} '{value}': give three device counts" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "hi", "--decode-mesh", "3,1,1"]) == 2
+    assert "needs 3 devices, have 8" in capsys.readouterr().err   # refused before any weights load

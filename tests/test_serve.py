@@ -173,6 +173,8 @@ def test_serve_command(server, ckpt, tmp_path, monkeypatch, capsys):
     assert args.fn(args) == 2 and "does not exist" in capsys.readouterr().err
     args = parser.parse_args(["serve", "--model", str(tmp_path)])
     assert args.fn(args) == 2 and "has no config.json" in capsys.readouterr().err
+    args = parser.parse_args(["serve", "--model", str(ckpt[0]), "--decode-mesh", "8,1"])
+    assert args.fn(args) == 2 and "--decode-mesh '8,1': give three device counts" in capsys.readouterr().err
 
     from hopchain_jax.vlm import engine_backend
     made, ran = [], []
@@ -180,9 +182,9 @@ def test_serve_command(server, ckpt, tmp_path, monkeypatch, capsys):
                         lambda path, **kw: made.append((path, kw)) or server[0].inner)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.append(kw) or app.state.batcher.close())
     args = parser.parse_args(["serve", "--model", str(ckpt[0]), "--port", "8123", "--served-model-name", "tiny",
-                              "--mesh", "1,8,1"])
+                              "--mesh", "1,8,1", "--decode-mesh=-1,1,1"])
     assert args.fn(args) == 0
-    assert made == [(str(ckpt[0]), dict(dtype=None, mesh_shape=(1, 8, 1), max_pixels=None, max_slots=256,
-                                        name="tiny"))]
+    assert made == [(str(ckpt[0]), dict(dtype=None, mesh_shape=(1, 8, 1), decode_mesh_shape=(-1, 1, 1),
+                                        max_pixels=None, max_slots=256, name="tiny"))]
     assert ran == [dict(host="127.0.0.1", port=8123, log_level="warning")]
     assert "'tiny' at http://127.0.0.1:8123/v1" in capsys.readouterr().out

@@ -33,13 +33,17 @@ def default_dtype() -> str:
 class Generator:
     def __init__(self, model_dir: str | os.PathLike, *, dtype: str | None = None, mesh_shape: tuple[int, int, int] | None = None,
                  max_length: int | None = None, max_pixels: int | None = None, progress: bool = True,
-                 max_slots: int = 256):
-        """mesh_shape: (data, fsdp, tensor); default puts every device on fsdp. max_slots: the engine's
-        decode slots (sequences decoded at once)."""
+                 max_slots: int = 256, decode_mesh_shape: tuple[int, int, int] | None = None):
+        """mesh_shape: (data, fsdp, tensor) the weights load into; default puts every device on fsdp.
+        decode_mesh_shape: the mesh decoding runs on, the weights resharded to it once (e.g. (-1, 1, 1):
+        a whole copy on every device, no all-gather per decode step; (1, 1, -1): tensor-parallel);
+        default: decode from the load layout. max_slots: the engine's decode slots (sequences decoded at
+        once)."""
         dtype = dtype or default_dtype()
         if dtype not in DTYPE_NAMES:
             raise ValueError(f"--dtype {dtype!r}: choose one of {DTYPE_NAMES}")
         self.mesh = make_mesh(*mesh_shape) if mesh_shape else make_mesh()
+        decode_mesh = make_mesh(*decode_mesh_shape) if decode_mesh_shape else None   # checked before loading
         self.model = load_pretrained(model_dir, dtype=jnp.dtype(dtype), mesh=self.mesh, progress=progress)
         self.config = self.model.config
         self.tokenizer = load_tokenizer(model_dir)
@@ -47,7 +51,8 @@ class Generator:
         if max_pixels is not None:
             self.processor = self.processor.replace(max_pixels=max_pixels)
         self.max_length = max_length or self.config.text.max_position_embeddings
-        self.engine = InferenceEngine(self.model, self.tokenizer, mesh=self.mesh, max_slots=max_slots)
+        self.engine = InferenceEngine(self.model, self.tokenizer, mesh=self.mesh, rollout_mesh=decode_mesh,
+                                      max_slots=max_slots)
 
     def build_request(self, prompt: str, images: Sequence[str | os.PathLike | Image.Image | np.ndarray] = (),
                       max_new_tokens: int = 256) -> tuple[Request, dict]:

@@ -73,6 +73,20 @@ ACTIVATION_RULES: dict[str, tuple[str | None, ...]] = {
 }
 
 
+def parse_mesh_shape(text: str | None, flag: str = "--mesh") -> tuple[int, int, int] | None:
+    """"data,fsdp,tensor" device counts from a command-line flag (-1: the remaining devices); None when
+    the flag was not given. A bad value raises ValueError naming the flag and the expected form."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or any(n == 0 or n < -1 for n in shape):
+        raise ValueError(f"{flag} {text!r}: give three device counts data,fsdp,tensor (e.g. 1,8,1; -1 = the rest, as in {flag}=-1,1,1)")
+    return shape
+
+
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh; -1 takes the remaining devices."""
     devices = list(devices if devices is not None else jax.devices())

@@ -12,6 +12,10 @@ import argparse
 import os
 import sys
 
+DECODE_MESH_HELP = ("data,fsdp,tensor device counts to decode on, the weights resharded to it once "
+                    "(e.g. --decode-mesh=-1,1,1: a whole copy per device, no all-gather per step; default: decode "
+                    "from --mesh)")
+
 
 def add_serve_parser(subparsers) -> None:
     """Add `serve` to an argparse subparsers object (set_defaults(fn=serve_command))."""
@@ -22,6 +26,7 @@ def add_serve_parser(subparsers) -> None:
     s.add_argument("--served-model-name", help="the name clients send as `model` (default: the directory's name)")
     s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU, else bfloat16")
     s.add_argument("--mesh", help="data,fsdp,tensor device counts (default: all devices on fsdp)")
+    s.add_argument("--decode-mesh", help=DECODE_MESH_HELP)
     s.add_argument("--max-pixels", type=int, help="cap on resized image pixels (fewer image tokens)")
     s.add_argument("--max-slots", type=int, default=256, help="sequences decoded at once (default 256)")
     s.add_argument("--max-batch", type=int, default=64, help="most requests per engine batch (default 64)")
@@ -44,12 +49,11 @@ def serve_command(args: argparse.Namespace) -> int:
         what = "does not exist" if not os.path.exists(args.model) else "has no config.json"
         return _fail(f"checkpoint directory {args.model!r} {what}: pass --model a Hugging Face checkpoint "
                      "folder (config.json + *.safetensors + tokenizer files)")
+    from hopchain_jax.models.sharding import parse_mesh_shape
     try:
-        mesh = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None
-        if mesh is not None and len(mesh) != 3:
-            raise ValueError
-    except ValueError:
-        return _fail(f"--mesh {args.mesh!r}: give three device counts data,fsdp,tensor (e.g. 1,8,1)")
+        mesh, decode_mesh = parse_mesh_shape(args.mesh), parse_mesh_shape(args.decode_mesh, "--decode-mesh")
+    except ValueError as e:
+        return _fail(str(e))
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -59,8 +63,8 @@ def serve_command(args: argparse.Namespace) -> int:
     from hopchain_jax.vlm import engine_backend
     try:
         backend = engine_backend.EngineChatBackend(args.model, dtype=args.dtype, mesh_shape=mesh,
-                                                   max_pixels=args.max_pixels, max_slots=args.max_slots,
-                                                   name=args.served_model_name)
+                                                   decode_mesh_shape=decode_mesh, max_pixels=args.max_pixels,
+                                                   max_slots=args.max_slots, name=args.served_model_name)
     except (ValueError, OSError) as e:
         return _fail(f"cannot load {args.model!r}: {e}")
     app = build_app(backend, max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,

@@ -38,6 +38,8 @@ def add_calibrate_parser(subparsers) -> None:
     c.add_argument("--cache-dir", help="response cache folder: a rerun repeats no finished call")
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="with --model (default: per device)")
     c.add_argument("--mesh", help="with --model: data,fsdp,tensor device counts")
+    c.add_argument("--decode-mesh", help="with --model: data,fsdp,tensor device counts to decode on, the weights "
+                   "resharded to it once (e.g. --decode-mesh=-1,1,1: a whole copy per device; default: --mesh)")
     c.add_argument("--max-pixels", type=int, help="with --model: cap on resized image pixels")
     c.add_argument("--out", help="results file (default DIR/calibration-<model>.jsonl)")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -53,9 +55,10 @@ def _fail(message: str) -> int:
 def _backend(args: argparse.Namespace):
     if args.model:
         from hopchain_jax.vlm.engine_backend import EngineChatBackend  # JAX + weights: only when asked
-        mesh = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None
-        return EngineChatBackend(args.model, dtype=args.dtype, mesh_shape=mesh, max_pixels=args.max_pixels,
-                                 cache_dir=args.cache_dir)
+        from hopchain_jax.models.sharding import parse_mesh_shape
+        return EngineChatBackend(args.model, dtype=args.dtype, mesh_shape=parse_mesh_shape(args.mesh),
+                                 decode_mesh_shape=parse_mesh_shape(args.decode_mesh, "--decode-mesh"),
+                                 max_pixels=args.max_pixels, cache_dir=args.cache_dir)
     from hopchain_jax.vlm.openai_backend import OpenAIChatBackend
     return OpenAIChatBackend(args.endpoint, model=args.endpoint_model, cache_dir=args.cache_dir,
                              max_concurrency=args.concurrency)

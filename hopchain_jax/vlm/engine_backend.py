@@ -142,17 +142,19 @@ class EngineChatBackend:
     """ChatBackend (vlm.solvers) running a checkpoint directory on this machine's devices.
 
     dtype: compute dtype (default float32 on CPU, else bfloat16); mesh_shape: (data, fsdp, tensor)
-    device counts; max_pixels: cap on resized image pixels; max_slots: sequences decoded at once;
+    device counts the weights load into; decode_mesh_shape: the mesh decoding runs on (Generator);
+    max_pixels: cap on resized image pixels; max_slots: sequences decoded at once;
     cache_dir: on-disk response cache; name: the model name reported (default: the directory's name)."""
 
     def __init__(self, model_dir: str | os.PathLike, *, dtype: str | None = None,
                  mesh_shape: tuple[int, int, int] | None = None, max_pixels: int | None = None, max_slots: int = 256,
-                 cache_dir: str | os.PathLike | None = None, name: str | None = None):
+                 cache_dir: str | os.PathLike | None = None, name: str | None = None,
+                 decode_mesh_shape: tuple[int, int, int] | None = None):
         from hopchain_jax.infer.generate import Generator, default_dtype  # JAX loads only when a backend is made
         self.model_dir = os.fspath(model_dir)
         self.model = name or os.path.basename(os.path.normpath(os.path.abspath(self.model_dir)))
         self.generator = Generator(self.model_dir, dtype=dtype, mesh_shape=mesh_shape, max_pixels=max_pixels,
-                                   progress=False, max_slots=max_slots)
+                                   progress=False, max_slots=max_slots, decode_mesh_shape=decode_mesh_shape)
         self.identity = {**checkpoint_identity(self.model_dir), "dtype": dtype or default_dtype(),
                          "max_pixels": max_pixels}
         self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
