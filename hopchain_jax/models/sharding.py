@@ -83,7 +83,8 @@ def parse_mesh_shape(text: str | None, flag: str = "--mesh") -> tuple[int, int, 
     except ValueError:
         shape = ()
     if len(shape) != 3 or any(n == 0 or n < -1 for n in shape):
-        raise ValueError(f"{flag} {text!r}: give three device counts data,fsdp,tensor (e.g. 1,8,1; -1 = the rest, as in {flag}=-1,1,1)")
+        raise ValueError(f"{flag} {text!r}: give three device counts data,fsdp,tensor "
+                         f"(e.g. 1,8,1; -1 = the rest, as in {flag}=-1,1,1)")
     return shape
 
 
