@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hopchain_jax.infer.sampling import (SamplerWork, _first_above, _first_above_cdf, draw_gumbel, draw_inverse_cdf, sample_tokens,
-                                         top_k_cutoff, top_k_cutoff_by_sort, top_p_cutoff, top_p_cutoff_by_sort)
+from hopchain_jax.infer.sampling import (SamplerWork, _first_above, _first_above_cdf, draw_gumbel, draw_inverse_cdf,
+                                         sample_tokens, top_k_cutoff, top_k_cutoff_by_sort, top_p_cutoff,
+                                         top_p_cutoff_by_sort)
 
 
 def _logits(seed, rows=6, vocab=1000, std=4.0, ties=False, neg_inf=0):
