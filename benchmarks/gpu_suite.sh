@@ -12,12 +12,14 @@
 #                    memory <= 1/10 of the naive logits)
 #   kernels.jsonl    one row per kernel case, appended as each case finishes
 #   tuned.json       measured implementation order for impl="auto" (copy to kernels/tuned.json)
-#   generate.log     benchmarks/generate.py, qwen2_5_vl_3b, uniform workload
+#   generate.log     benchmarks/generate.py, qwen2_5_vl_3b, uniform workload; then (stage "sampler",
+#                    appended) benchmarks/sampler.py: one sampling call on 256 rows x 151,936 logits,
+#                    inverse-CDF vs Gumbel draw vs sort cutoffs
 #   train_step.log   benchmarks/train_step.py, qwen2_5_vl_3b, one SAPO step, MFU
 #   summary.json     per stage: status (ok | failed | timeout), rc, seconds, budget; rewritten
 #                    after every stage, so a cut-off run still has one
 #
-# Device run (one call; stage budgets sum to 545 s, +3 s kill grace each, so < 570 s):
+# Device run (one call; stage budgets sum to 550 s, +3 s kill grace each, so < 570 s):
 #   run(command="bash benchmarks/gpu_suite.sh", timeout_s=600)
 # CPU dry run (tiny preset, tiny shapes; a temp dir when OUT is unset; ~1 min on 2 cores):
 #   SMALL=1 bash benchmarks/gpu_suite.sh
@@ -37,9 +39,9 @@
 # A second, shorter call (what the first one showed, in the device time left):
 #   ONLY=kernels,train_step        run just these stages (the others are recorded as skipped)
 #   KERNEL_EXTRA="--impls chunked,fused_head:512xVxbf16 --iters 20"   appended to the stage's
-#   GEN_EXTRA="..."  TRAIN_EXTRA="--head-impl fused_forward --head-chunk-vocab -1"   arguments
+#   GEN_EXTRA="..."  SAMPLER_EXTRA="--settings plain"  TRAIN_EXTRA="--head-impl fused_forward --head-chunk-vocab -1"   arguments
 #                                  (argparse keeps the last value of an option)
-#   B_ENV B_LOWERING B_KERNELS B_GENERATE B_TRAIN   stage budgets in seconds
+#   B_ENV B_LOWERING B_KERNELS B_GENERATE B_SAMPLER B_TRAIN   stage budgets in seconds
 # e.g. run(command="ONLY=kernels B_KERNELS=280 KERNEL_EXTRA='--impls fused_head:512xVxbf16' bash benchmarks/gpu_suite.sh")
 set -u
 cd "$(dirname "$0")/.."
@@ -57,14 +59,15 @@ elapsed() { echo $(( $(date +%s) - T0 )); }
 if [ "$SMALL" = 1 ]; then
   export JAX_PLATFORMS=cpu
   B_ENV=${B_ENV:-20}; B_LOWERING=${B_LOWERING:-40}; B_KERNELS=${B_KERNELS:-90}
-  B_GENERATE=${B_GENERATE:-45}; B_TRAIN=${B_TRAIN:-60}
+  B_GENERATE=${B_GENERATE:-45}; B_SAMPLER=${B_SAMPLER:-40}; B_TRAIN=${B_TRAIN:-60}
   KERNEL_ARGS=(--small --impls mosaic,chunked,pallas,fused_head,fused_head:32xVxbf16 --modes fwd+bwd --iters 2
                --case-timeout 40 --budget $((B_KERNELS - 10)))
   GEN_ARGS=(--preset tiny --batch 2 --prompt-len 16 --new-tokens 8 --repeats 1 --skip-hf)
+  SAMPLER_ARGS=(--rows 4 --vocab 4096 --iters 1 --settings plain "mixed per-row")
   TRAIN_ARGS=(--preset tiny --batch 2 --seq-len 32 --repeats 1)
 else
-  B_ENV=${B_ENV:-20}; B_LOWERING=${B_LOWERING:-25}; B_KERNELS=${B_KERNELS:-270}
-  B_GENERATE=${B_GENERATE:-105}; B_TRAIN=${B_TRAIN:-125}
+  B_ENV=${B_ENV:-15}; B_LOWERING=${B_LOWERING:-25}; B_KERNELS=${B_KERNELS:-265}
+  B_GENERATE=${B_GENERATE:-100}; B_SAMPLER=${B_SAMPLER:-25}; B_TRAIN=${B_TRAIN:-120}
   # most wanted first: --budget skips the tail. mosaic:BNxBVxBKxS = Mosaic forward tiles;
   # fused_head:CxTxACC = the fused head's chunking (C rows, T vocabulary columns or V = one dw GEMM
   # per chunk, dw accumulator), checked on the device for the two code paths (one tile, tiles).
@@ -75,6 +78,8 @@ else
                --peak-tflops 790 --budget $((B_KERNELS - 15)))
   GEN_ARGS=(--preset qwen2_5_vl_3b --batch 32 --prompt-len 256 --new-tokens 128 --repeats 2
             --skip-hf --hbm-gbps 4800)
+  # three settings x three variants = 9 compiles; each row is printed as it finishes
+  SAMPLER_ARGS=(--rows 256 --iters 10 --settings plain "top_k=20,top_p=0.8 per-row" "mixed per-row")
   TRAIN_ARGS=(--preset qwen2_5_vl_3b --batch 8 --seq-len 2048 --repeats 2)
 fi
 
@@ -83,15 +88,15 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then   # carried wheels (see th
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-write_summary() {   # summary.json from the stage table (name, status, rc, seconds, budget)
+write_summary() {   # summary.json from the stage table (name, status, rc, seconds, budget, log)
   "$PY" - "$STAGES" "$OUT" "$SMALL" "$(elapsed)" <<'EOF' || echo "summary.json not written"
 import json, os, sys
 table, out, small, total = sys.argv[1:5]
 stages = []
 for line in open(table):
-    name, status, rc, secs, budget = line.rstrip("\n").split("\t")
+    name, status, rc, secs, budget, log = line.rstrip("\n").split("\t")
     stages.append(dict(name=name, status=status, rc=int(rc), seconds=int(secs),
-                       budget_s=int(budget), log=f"{name}.log"))
+                       budget_s=int(budget), log=log))
 doc = dict(small=small == "1", out=out, total_seconds=int(total), stages=stages,
            files=sorted(os.listdir(out)),
            ok=all(s["status"] in ("ok", "skipped") for s in stages))
@@ -100,23 +105,25 @@ with open(os.path.join(out, "summary.json"), "w") as fh:
 EOF
 }
 
-stage() {   # stage NAME BUDGET_S CMD...: run CMD under timeout, log to $OUT/NAME.log
-  local name=$1 budget=$2 t rc status
+stage() {   # [LOG=FILE] stage NAME BUDGET_S CMD...: run CMD under timeout, log to $OUT/NAME.log
+  # (LOG=FILE: appended to $OUT/FILE.log instead, keeping the returned files to 8)
+  local name=$1 budget=$2 log=${LOG:-$1} t rc status
   shift 2
   if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$name,"* ]]; then
-    printf '%s\tskipped\t0\t0\t%s\n' "$name" "$budget" >> "$STAGES"
+    printf '%s\tskipped\t0\t0\t%s\t%s.log\n' "$name" "$budget" "$log" >> "$STAGES"
     echo "[$(elapsed)s] $name: skipped (ONLY=$ONLY)"
     write_summary
     return
   fi
   t=$(date +%s)
   echo "[$(elapsed)s] $name: start (budget ${budget}s)"
-  timeout -k 3 "$budget" "$@" > "$OUT/$name.log" 2>&1
+  if [ "$log" = "$name" ]; then : > "$OUT/$log.log"; else echo "=== stage $name ===" >> "$OUT/$log.log"; fi
+  timeout -k 3 "$budget" "$@" >> "$OUT/$log.log" 2>&1
   rc=$?
   case $rc in 0) status=ok ;; 124|137) status=timeout ;; *) status=failed ;; esac
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$(( $(date +%s) - t ))" "$budget" >> "$STAGES"
+  printf '%s\t%s\t%s\t%s\t%s\t%s.log\n' "$name" "$status" "$rc" "$(( $(date +%s) - t ))" "$budget" "$log" >> "$STAGES"
   echo "[$(elapsed)s] $name: $status (rc=$rc)"
-  tail -n 4 "$OUT/$name.log" | cut -c1-300
+  tail -n 4 "$OUT/$log.log" | cut -c1-300
   write_summary
 }
 
@@ -135,7 +142,7 @@ export -f env_report elapsed
 export PY T0
 
 echo "gpu_suite: OUT=$OUT SMALL=$SMALL PY=$PY"
-rm -f "$OUT/kernels.jsonl" "$OUT/tuned.json"
+rm -f "$OUT"/{env,lowering,kernels,generate,train_step}.log "$OUT/kernels.jsonl" "$OUT/tuned.json"
 stage env "$B_ENV" bash -c env_report
 stage lowering "$B_LOWERING" env JAX_PLATFORMS=cpu "$PY" -m pytest -q -p no:cacheprovider \
   tests/test_kernels_mosaic.py tests/test_kernels_tuning.py -k "lower or smem"
@@ -143,6 +150,7 @@ stage lowering "$B_LOWERING" env JAX_PLATFORMS=cpu "$PY" -m pytest -q -p no:cach
 stage kernels "$B_KERNELS" "$PY" benchmarks/kernels.py "${KERNEL_ARGS[@]}" \
   --out "$OUT/kernels.jsonl" --tuned-out "$OUT/tuned.json" ${KERNEL_EXTRA:-}
 stage generate "$B_GENERATE" "$PY" benchmarks/generate.py "${GEN_ARGS[@]}" ${GEN_EXTRA:-}
+LOG=generate stage sampler "$B_SAMPLER" "$PY" benchmarks/sampler.py "${SAMPLER_ARGS[@]}" ${SAMPLER_EXTRA:-}
 stage train_step "$B_TRAIN" "$PY" benchmarks/train_step.py "${TRAIN_ARGS[@]}" ${TRAIN_EXTRA:-}
 FAILED=$(cut -f2 "$STAGES" | grep -vcE '^(ok|skipped)$')
 rm -f "$STAGES"

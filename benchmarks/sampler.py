@@ -2,6 +2,7 @@
 
   python benchmarks/sampler.py                              # 8 rows x the Qwen vocabulary, CPU or GPU
   python benchmarks/sampler.py --rows 256 --iters 50        # a full decode batch (GPU)
+  python benchmarks/sampler.py --settings plain "mixed per-row"   # just these settings
 
 For each setting (temperature 1 with no filter, top_p 0.95, top_k 50, and Qwen's default top_k 20 +
 top_p 0.8; then that default passed as per-row arrays, as the engine passes them, and a batch whose rows
@@ -52,6 +53,8 @@ def parse_args(argv=None):
     ap.add_argument("--vocab", type=int, default=151936, help="logits per row (Qwen2.5-VL: 151936)")
     ap.add_argument("--std", type=float, default=3.0, help="standard deviation of the random logits")
     ap.add_argument("--iters", type=int, default=10, help="timed calls per case (median reported)")
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), metavar="NAME",
+                    help="time only these settings (quote each name): " + "; ".join(SETTINGS))
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     return ap.parse_args(argv)
 
@@ -82,23 +85,27 @@ def time_case(logits, keys, settings, variant, iters):
 
 def main(argv=None):
     args = parse_args(argv)
+    names = args.settings
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"--settings: unknown {unknown}; choose from {'; '.join(map(repr, SETTINGS))}")
     logits = jax.random.normal(jax.random.key(0), (args.rows, args.vocab), jnp.float32) * args.std
     keys = jax.random.split(jax.random.key(1), args.rows)
     dev = jax.devices()[0]
-    rows = []
-    for name, setting in SETTINGS.items():
-        res = {v: time_case(logits, keys, row_settings(setting, args.rows), v, args.iters) for v in VARIANTS}
-        rows.append(dict(setting=name, rows=args.rows, vocab=args.vocab,
-                         **{f"{v}_ms": res[v][0] for v in VARIANTS}, **{f"{v}_compile_s": res[v][1] for v in VARIANTS},
-                         same_tokens=int((res["engine"][2] == res["sort"][2]).sum()),
-                         device=dev.device_kind, platform=dev.platform, jax=jax.__version__,
-                         python=platform.python_version()))
     print(f"{args.rows} rows x {args.vocab} logits on {dev.platform} ({dev.device_kind}), jax {jax.__version__}")
     print("| setting | engine ms | gumbel draw ms | sort cutoffs ms | same tokens (engine, sort) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
+    print("|---|---|---|---|---|", flush=True)
+    rows = []
+    for name in names:   # each row printed as it finishes: a run cut off by a timeout keeps the rows so far
+        res = {v: time_case(logits, keys, row_settings(SETTINGS[name], args.rows), v, args.iters) for v in VARIANTS}
+        r = dict(setting=name, rows=args.rows, vocab=args.vocab,
+                 **{f"{v}_ms": res[v][0] for v in VARIANTS}, **{f"{v}_compile_s": res[v][1] for v in VARIANTS},
+                 same_tokens=int((res["engine"][2] == res["sort"][2]).sum()),
+                 device=dev.device_kind, platform=dev.platform, jax=jax.__version__,
+                 python=platform.python_version())
+        rows.append(r)
         print(f"| {r['setting']} | {r['engine_ms']:.2f} | {r['gumbel_ms']:.2f} | {r['sort_ms']:.2f} "
-              f"| {r['same_tokens']}/{r['rows']} |")
+              f"| {r['same_tokens']}/{r['rows']} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return rows

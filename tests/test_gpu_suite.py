@@ -19,7 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "benchmarks" / "gpu_suite.sh"
-STAGES = ["env", "lowering", "kernels", "generate", "train_step"]
+STAGES = ["env", "lowering", "kernels", "generate", "sampler", "train_step"]
+LOGS = {"sampler": "generate.log"}   # stages that append to another stage's log (8 files at most)
 
 # benchmarks/kernels.py by path (its module name would shadow the kernels/ package)
 _spec = importlib.util.spec_from_file_location("kernels_bench", ROOT / "benchmarks" / "kernels.py")
@@ -47,6 +48,7 @@ def test_suite_dry_run(tmp_path):
     for s in summary["stages"]:
         assert (s["status"], s["rc"]) == ("ok", 0), (s, (out / s["log"]).read_text()[-2000:])
         assert 0 <= s["seconds"] <= s["budget_s"] + 3
+        assert s["log"] == LOGS.get(s["name"], s["name"] + ".log")
         assert (out / s["log"]).stat().st_size > 0
     assert summary["ok"] is True and summary["small"] is True
     files = sorted(os.listdir(out))
@@ -77,7 +79,11 @@ def test_suite_dry_run(tmp_path):
             assert r["ms"] > 0 and r["iters"] == 2 and r["temp_bytes"] is not None
     tuned = json.loads((out / "tuned.json").read_text())
     assert tuned["records"]["cpu|cpu|bfloat16"]["order"] == ["chunked"]
-    assert '"decode_tok_s"' in (out / "generate.log").read_text()
+    generate_log = (out / "generate.log").read_text()
+    assert '"decode_tok_s"' in generate_log
+    sampler_log = generate_log[generate_log.index("=== stage sampler ==="):]
+    assert re.search(r"^\| plain \| [\d.]+ \| [\d.]+ \| [\d.]+ \| \d/4 \|$", sampler_log, re.M), sampler_log
+    assert "| mixed per-row |" in sampler_log
     assert '"mfu"' in (out / "train_step.log").read_text()
     assert re.search(r"\b[5-9] passed", (out / "lowering.log").read_text())
 
@@ -96,7 +102,7 @@ def test_suite_rerun_of_chosen_stages(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [(s["name"], s["status"]) for s in summary["stages"]] == [
         ("env", "ok"), ("lowering", "skipped"), ("kernels", "ok"), ("generate", "skipped"),
-        ("train_step", "skipped")]
+        ("sampler", "skipped"), ("train_step", "skipped")]
     assert summary["ok"] is True and not (out / "generate.log").exists()
     rows = _jsonl(out / "kernels.jsonl")
     assert {(r["kind"], r["impl"]) for r in rows} == {("env", ""), ("check", "chunked"),
@@ -105,12 +111,16 @@ def test_suite_rerun_of_chosen_stages(tmp_path):
 
 
 def test_suite_budgets_fit_one_device_call():
-    """The full-size stage budgets (+3 s kill grace each) stay under 570 s of the 600 s call."""
+    """The full-size stage budgets (+3 s kill grace each) stay under 570 s of the 600 s call,
+    and every stage has one."""
     text = SUITE.read_text()
-    full = text[text.index("else\n  B_ENV"):]
-    budgets = [int(x) for x in re.findall(
-        r"B_(?:ENV|LOWERING|KERNELS|GENERATE|TRAIN)=\$\{B_[A-Z]+:-(\d+)\}", full)[:5]]
-    assert len(budgets) == 5 and sum(budgets) + 3 * len(budgets) < 570, budgets
+    start = text.index("else\n  B_ENV")
+    full = text[start:text.index("\nfi\n", start)]
+    budgets = dict(re.findall(r"B_([A-Z]+)=\$\{B_\1:-(\d+)\}", full))
+    stages = re.findall(r"^(?:LOG=\w+ )?stage (\w+) \"\$B_([A-Z]+)\"", text, re.M)
+    assert [name for name, _ in stages] == STAGES, stages
+    assert sorted(b for _, b in stages) == sorted(budgets), (stages, budgets)
+    assert sum(map(int, budgets.values())) + 3 * len(budgets) < 570, budgets
 
 
 def _drop_softmax_term(h, w, t):
