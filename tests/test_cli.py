@@ -90,3 +90,26 @@ def test_user_images_are_checked_one_by_one(tmp_path, capsys):
     assert problems["empty.png"].startswith("empty file") and problems["notes.txt"].startswith("not an image")
     assert problems["truncated.jpg"].startswith("truncated") and problems["tiny.png"].startswith("too small")
     assert "garbage.png" in problems and len(problems) == 5
+
+
+def test_help_and_a_missing_server_package_load_no_jax(tmp_path):
+    """Building the parser imports no JAX (or grain), so `hopchain --help` answers at once; `serve`
+    without fastapi says what to install before anything loads JAX or weights."""
+    import subprocess
+    import sys
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    code = f"""
+import contextlib, io, sys
+from hopchain_jax.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main(["--help"])
+assert "jax" not in sys.modules and "grain" not in sys.modules, "the parser imported JAX"
+sys.modules["fastapi"] = None   # as if fastapi were not installed
+rc = main(["serve", "--model", {str(ckpt)!r}])
+assert rc == 2 and "jax" not in sys.modules, (rc, "serve imported JAX before its package check")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pip install fastapi uvicorn" in proc.stderr

@@ -49,16 +49,16 @@ def serve_command(args: argparse.Namespace) -> int:
         what = "does not exist" if not os.path.exists(args.model) else "has no config.json"
         return _fail(f"checkpoint directory {args.model!r} {what}: pass --model a Hugging Face checkpoint "
                      "folder (config.json + *.safetensors + tokenizer files)")
+    try:   # before anything imports JAX: the missing-package error comes at once
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        return _fail(f"serving needs fastapi and uvicorn ({e}): pip install fastapi uvicorn")
     from hopchain_jax.models.sharding import parse_mesh_shape
     try:
         mesh, decode_mesh = parse_mesh_shape(args.mesh), parse_mesh_shape(args.decode_mesh, "--decode-mesh")
     except ValueError as e:
         return _fail(str(e))
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn
-    except ImportError as e:
-        return _fail(f"serving needs fastapi and uvicorn ({e}): pip install fastapi uvicorn")
     from hopchain_jax.serve.app import build_app
     from hopchain_jax.vlm import engine_backend
     try:

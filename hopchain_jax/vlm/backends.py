@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hopchain_jax.vlm.solvers import ChatBackend
+if TYPE_CHECKING:   # a type only: importing solvers loads grain and JAX, and the CLI's parser imports this
+    from hopchain_jax.vlm.solvers import ChatBackend
 
 SPEC_HELP = "a checkpoint directory (our JAX engine) or MODEL@URL (an OpenAI-compatible endpoint)"
 
