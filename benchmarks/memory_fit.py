@@ -4,6 +4,7 @@ rollout decode, from abstract inputs only (nothing is allocated, so 3B/7B run on
   python benchmarks/memory_fit.py                                    # both Qwen2.5-VL presets, mesh (1, 8, 1)
   python benchmarks/memory_fit.py --presets qwen2_5_vl_7b --programs decode --cache-len 6144
   python benchmarks/memory_fit.py --mesh 1,4,2 --json runs/memory_fit.json
+  python benchmarks/memory_fit.py --presets qwen2_5_vl_3b --mesh 1,1,1 --budget-gb 139   # one device
   python benchmarks/memory_fit.py --small                            # the tiny model, tiny shapes (tests)
 
 Every program is `jax.jit(...).lower(*abstract_args).compile().memory_analysis()`, where the abstract
@@ -43,13 +44,32 @@ dot handling and collective scheduling differ), so treat these as estimates with
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
+
+
+
+def _simulated_devices(argv) -> int:
+    """Devices to simulate: the product of an explicit --mesh of positive sizes (e.g. 1,1,1 -> 1), else 8."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--mesh=") else (
+            argv[i + 1] if arg == "--mesh" and i + 1 < len(argv) else None)
+        if value is not None:
+            try:
+                sizes = [int(v) for v in value.split(",")]
+            except ValueError:
+                return 8   # argparse / make_mesh report the bad value
+            if sizes and all(v > 0 for v in sizes):
+                return math.prod(sizes)
+    return 8
+
 
 if "jax" not in sys.modules:   # the device count must be set before JAX initialises its backends
     _flags = os.environ.get("XLA_FLAGS", "")
     if "--xla_force_host_platform_device_count" not in _flags:
-        os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+        os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count="
+                                   f"{_simulated_devices(sys.argv[1:])}").strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402

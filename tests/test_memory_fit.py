@@ -135,3 +135,14 @@ def test_7b_update_and_decode_fit_80gb_per_device(mf, tmp_path):
         assert "error" not in rows[prog], rows[prog].get("error")
         assert rows[prog]["total_bytes"] < 80e9 and rows[prog]["coresident_bytes"] < 80e9, (prog, rows[prog])
     assert rows["update"]["argument_bytes"] < rows["update"]["global_argument_bytes"] / 7.5
+
+
+def test_simulated_device_count_follows_an_explicit_mesh(mf):
+    """Run as a script, memory_fit simulates as many CPU devices as --mesh asks for (1,1,1: one H200's
+    worth), 8 when the mesh is the preset's or has a -1."""
+    assert mf._simulated_devices(["--presets", "qwen2_5_vl_3b", "--mesh", "1,1,1"]) == 1
+    assert mf._simulated_devices(["--mesh=1,4,2"]) == 8
+    assert mf._simulated_devices(["--mesh", "2,2,4", "--small"]) == 16
+    assert mf._simulated_devices(["--mesh", "1,-1,1"]) == 8
+    assert mf._simulated_devices(["--small"]) == 8
+    assert mf._simulated_devices(["--mesh", "x"]) == 8
