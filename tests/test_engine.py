@@ -163,13 +163,16 @@ def _engine(model, **kw):
 
 def test_samples_do_not_depend_on_pool_size_order_or_layout(text_model):
     """Each sequence draws from its own keys: a pool holding everything, one slot refilled 18 times in
-    FIFO order, and 8 devices in the replicated rollout layout (8 slots, refilled) give the same samples."""
+    FIFO order, 8 devices in the replicated rollout layout (8 slots, refilled), and a tensor-parallel
+    layout (logits split 4 ways over the vocabulary, drawn by vocab_sharded_draw) give the same samples."""
     requests = _long_tail(6)
     params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=40, n=3, seed=5)
     runs = {}
     for name, kw in (("all", {}), ("one", {"max_slots": 1, "admission": "fifo"}),
-                     ("rollout", {"mesh": make_mesh(), "rollout_mesh": make_mesh(data=-1, fsdp=1), "max_slots": 8})):
+                     ("rollout", {"mesh": make_mesh(), "rollout_mesh": make_mesh(data=-1, fsdp=1), "max_slots": 8}),
+                     ("tensor", {"mesh": make_mesh(), "rollout_mesh": make_mesh(data=2, fsdp=1, tensor=4)})):
         engine = _engine(text_model, **kw)
+        assert callable(engine._draw) == (name == "tensor"), name
         outs = engine.generate(requests, params)
         runs[name] = (outs, engine.last_stats)
     ref = runs["all"][0]

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hopchain_jax.infer.sampling import (SamplerWork, _first_above, _first_above_cdf, draw_gumbel, draw_inverse_cdf,
-                                         sample_tokens, top_k_cutoff, top_k_cutoff_by_sort, top_p_cutoff,
-                                         top_p_cutoff_by_sort)
+from hopchain_jax.infer.sampling import (SamplerWork, _first_above, _first_above_cdf, _vocab_groups, draw_gumbel,
+                                         draw_inverse_cdf, sample_tokens, top_k_cutoff, top_k_cutoff_by_sort,
+                                         top_p_cutoff, top_p_cutoff_by_sort)
 
 
 def _logits(seed, rows=6, vocab=1000, std=4.0, ties=False, neg_inf=0):
@@ -157,6 +157,39 @@ def test_draw_keeps_vocabulary_sharded_logits_in_place():
     assert moved and all(int(d) <= 1000 for shape in moved for d in shape.split(",") if d), moved
 
 
+def test_vocab_sharded_draw_takes_three_collectives_and_draws_the_same_tokens():
+    """vocab_sharded_draw (the engine's draw on a tensor-parallel layout) gives draw_inverse_cdf's tokens
+    with three collectives: the row max [b], the block masses [b, blocks] and the token [b]. Rows that do
+    not split over the row axes are drawn on every device; a vocabulary whose groups do not split over
+    the axis falls back to the plain draw."""
+    import re
+
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from hopchain_jax.infer.sampling import vocab_sharded_draw
+    from hopchain_jax.models.sharding import make_mesh
+    mesh = make_mesh(data=2, fsdp=1, tensor=4)
+    draw = jax.jit(vocab_sharded_draw(mesh, ("data", "fsdp"), "tensor", block=100))
+    collective = r"= \w+\[([\d,]*)\]\S* (all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)\("
+    for rows, vocab in ((8, 16 * 1000), (3, 16 * 1000), (8, 1002)):   # 1002 = 2 x 501: not split 4 ways
+        x = _logits(6, rows=rows, vocab=vocab, std=3.0)
+        x[0, : vocab // 2] = -np.inf                 # the row's mass on the other half of the devices
+        x[1, vocab // 4 + 7] = 40.0                  # nearly all the mass on one token of device 1
+        x = jnp.asarray(x)
+        keys = jax.random.key_data(jax.random.split(jax.random.key(rows), rows))
+        xs = jax.device_put(x, NamedSharding(mesh, P("data" if rows % 2 == 0 else None,
+                                                     "tensor" if vocab % 4 == 0 else None)))
+        got = np.asarray(draw(keys, xs))
+        np.testing.assert_array_equal(got, np.asarray(jax.jit(draw_inverse_cdf, static_argnums=2)(keys, x, 100)))
+        assert got[0] >= vocab // 2 and got[1] == vocab // 4 + 7
+        moved = re.findall(collective, draw.lower(keys, xs).compile().as_text())
+        if _vocab_groups(vocab) % 4 == 0:
+            assert [kind for _, kind in moved] == ["all-reduce", "all-gather", "all-reduce"], moved
+            assert all(int(d) <= 16 * 10 for shape, _ in moved for d in shape.split(",") if d), moved
+        else:
+            assert not moved, moved
+
+
 def test_first_above_ends_and_zero_weights():
     """u = 0 picks the first entry of weight > 0, u just below 1 the last, and u * total landing exactly
     on a running sum the next entry of weight > 0; rounding in the scan never selects a zero weight."""
@@ -173,3 +206,22 @@ def test_first_above_ends_and_zero_weights():
     everything_masked = draw_inverse_cdf(jax.random.split(jax.random.key(0), 2),
                                          jnp.full((2, 10), -jnp.inf, jnp.float32), block=4)
     assert all(0 <= int(t) < 10 for t in everything_masked)   # in range even with nothing drawable
+
+
+def test_sampler_benchmark_on_a_tensor_parallel_layout(tmp_path):
+    """benchmarks/sampler.py --tensor 4 times the engine's draw for vocabulary-split logits beside the
+    compiler-partitioned one, counts their collectives and writes the rows."""
+    import importlib.util
+    import json
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("sampler_bench", Path(__file__).resolve().parents[1]
+                                                  / "benchmarks" / "sampler.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "rows.json"
+    rows = bench.main(["--rows", "8", "--vocab", "1600", "--iters", "1", "--tensor", "4", "--settings", "plain",
+                       "--json", str(out)])
+    (row,) = json.loads(out.read_text())
+    assert row == rows[0] and row["tensor"] == 4 and row["same_tokens"] == 8
+    assert 0 < row["engine_collectives"] < row["compiler_collectives"], row
+    assert all(row[f"{v}_ms"] > 0 for v in ("engine", "gumbel", "sort", "compiler"))

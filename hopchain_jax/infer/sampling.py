@@ -8,7 +8,8 @@ the same samples whatever the pool size or schedule.
 
 A token is drawn by inverse CDF over blocks of the vocabulary (draw_inverse_cdf): two uniforms per row
 instead of the V random numbers of a Gumbel-max draw, which dominated an unfiltered decode step's
-sampling cost.
+sampling cost. Logits split over the vocabulary (a tensor-parallel decode) are drawn in place by
+vocab_sharded_draw, the same draw as a shard_map with three small collectives.
 
 The settings (temperature, top_k, top_p) are per-row values, traced, not compiled in: a batch may mix
 them (greedy rows next to nucleus-sampled ones) and a new value compiles nothing. Only which parts of
@@ -165,6 +166,29 @@ def _vocab_groups(vocab: int, most: int = 16) -> int:
     return groups
 
 
+def _draw_geometry(vocab: int, block: int) -> tuple[int, int, int, int]:
+    """(groups, width, blocks per group, block) of draw_inverse_cdf for a row of `vocab` logits: groups of
+    width = vocab / groups tokens, each cut into equal blocks of at most `block` (the last one padded)."""
+    groups = _vocab_groups(vocab)
+    width = vocab // groups
+    per_group = -(-width // block)
+    return groups, width, per_group, -(-width // per_group)   # blocks as even as the group allows
+
+
+def _block_weights(logits: jax.Array, top: jax.Array, width: int, per_group: int, block: int) -> jax.Array:
+    """exp(logits - top) of logits f32 [B, n * width] (whole groups) as [B, n, per_group, block], the
+    padding 0; top [B, 1]: the row's max."""
+    rows = logits.shape[0]
+    grouped = logits.reshape(rows, -1, width)
+    grouped = jnp.pad(grouped, ((0, 0), (0, 0), (0, per_group * block - width)), constant_values=-jnp.inf)
+    return jnp.exp(grouped - top[:, :, None]).reshape(rows, grouped.shape[1], per_group, block)
+
+
+def _uniforms(keys: jax.Array) -> jax.Array:
+    """The draw's two uniforms per row key -> f32 [B, 2] in [0, 1)."""
+    return jax.vmap(lambda key: jax.random.uniform(key, (2,)))(keys)
+
+
 def draw_inverse_cdf(keys: jax.Array, logits: jax.Array, block: int = DRAW_BLOCK) -> jax.Array:
     """One token per row of logits f32 [B, V] with probability softmax(logits) (-inf: never drawn), from
     two uniforms per row key (keys [B] typed or [B, 2] uint32 words) -> int32 [B].
@@ -179,17 +203,12 @@ def draw_inverse_cdf(keys: jax.Array, logits: jax.Array, block: int = DRAW_BLOCK
 
     Blocks never straddle the V / G boundaries (G = _vocab_groups(V): 16 for Qwen's 151,936), so logits
     sharded over the vocabulary in up to G pieces stay where they are: what crosses devices is the block
-    masses [B, blocks] and the chosen block's weights [B, block], not the row."""
+    masses [B, blocks] and the chosen block's weights [B, block], not the row. (Left to the compiler that
+    is still ~20 small collectives; vocab_sharded_draw does the same draw in 3.)"""
     rows, vocab = logits.shape
-    groups = _vocab_groups(vocab)
-    width = vocab // groups
-    per_group = -(-width // block)
-    block = -(-width // per_group)          # as even as the group allows: little padding
-    grouped = logits.reshape(rows, groups, width)
-    grouped = jnp.pad(grouped, ((0, 0), (0, 0), (0, per_group * block - width)), constant_values=-jnp.inf)
-    top = jnp.max(grouped, axis=(1, 2), keepdims=True)
-    weights = jnp.exp(grouped - top).reshape(rows, groups, per_group, block)
-    u = jax.vmap(lambda key: jax.random.uniform(key, (2,)))(keys)
+    groups, width, per_group, block = _draw_geometry(vocab, block)
+    weights = _block_weights(logits, jnp.max(logits, axis=-1, keepdims=True), width, per_group, block)
+    u = _uniforms(keys)
     chosen = _first_above(jnp.sum(weights, axis=-1).reshape(rows, groups * per_group), u[:, 0])
     # the chosen block's weights by a masked sum over the blocks (no gather along a sharded axis)
     picked = (jnp.arange(groups * per_group) == chosen[:, None]).reshape(rows, groups, per_group, 1)
@@ -197,6 +216,45 @@ def draw_inverse_cdf(keys: jax.Array, logits: jax.Array, block: int = DRAW_BLOCK
     group, local = chosen // per_group, chosen % per_group
     token = group * width + local * block + _first_above(inside, u[:, 1])
     return jnp.minimum(token, vocab - 1).astype(jnp.int32)   # only a row with no finite logit reaches V
+
+
+def vocab_sharded_draw(mesh, row_axes: tuple[str, ...], vocab_axis: str, block: int = DRAW_BLOCK):
+    """draw_inverse_cdf for logits laid out P(row_axes, vocab_axis) on `mesh`, as a shard_map with three
+    collectives: the row max (pmax, [b]), the block masses (all_gather, [b, blocks]) and the token (psum
+    from the device holding the chosen block, [b]). Every device then picks the same block from the same
+    masses; only the owner of that block looks inside it. The masses are the unsharded draw's (same max,
+    same per-block sums), so a seed draws the same tokens as draw_inverse_cdf on the whole row.
+    Returns draw(keys [B, ...], logits f32 [B, V]) -> int32 [B]; a vocabulary whose groups do not split
+    over the axis (G % shards != 0) falls back to draw_inverse_cdf; rows that do not split over row_axes
+    are drawn on every device."""
+    from jax.sharding import PartitionSpec as P
+    shards = mesh.shape[vocab_axis]
+
+    def draw(keys: jax.Array, logits: jax.Array) -> jax.Array:
+        rows, vocab = logits.shape
+        groups, width, per_group, blk = _draw_geometry(vocab, block)
+        if shards == 1 or groups % shards:
+            return draw_inverse_cdf(keys, logits, block)
+        split = rows % int(np.prod([mesh.shape[a] for a in row_axes])) == 0
+        rows_spec = row_axes if split else None   # rows that do not split over row_axes: on every device
+        local_blocks = groups // shards * per_group
+
+        def local(keys, x):   # x [b, V / shards]: this device's whole groups
+            top = jax.lax.pmax(jnp.max(x, axis=-1, keepdims=True), vocab_axis)
+            weights = _block_weights(x, top, width, per_group, blk).reshape(x.shape[0], local_blocks, blk)
+            masses = jax.lax.all_gather(jnp.sum(weights, axis=-1), vocab_axis, axis=1, tiled=True)
+            u = _uniforms(keys)
+            chosen = _first_above(masses, u[:, 0])
+            mine = chosen // local_blocks == jax.lax.axis_index(vocab_axis)
+            inside = jnp.take_along_axis(weights, (chosen % local_blocks)[:, None, None], axis=1)[:, 0]
+            token = (chosen // per_group) * width + (chosen % per_group) * blk + _first_above(inside, u[:, 1])
+            return jax.lax.psum(jnp.where(mine, token, 0), vocab_axis)
+
+        token = jax.shard_map(local, mesh=mesh, in_specs=(P(rows_spec), P(rows_spec, vocab_axis)),
+                              out_specs=P(rows_spec), check_vma=False)(keys, logits)
+        return jnp.minimum(token, vocab - 1).astype(jnp.int32)
+
+    return draw
 
 
 def draw_gumbel(keys: jax.Array, logits: jax.Array) -> jax.Array:
@@ -225,7 +283,7 @@ class SamplerWork(NamedTuple):
 
 
 def sample_tokens(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p, cutoffs: str = "bisect",
-                  work: SamplerWork | None = None, draw: str = "inverse_cdf"):
+                  work: SamplerWork | None = None, draw="inverse_cdf"):
     """logits f32 [B, V], keys [B, 2] -> (tokens int32 [B], log-probs f32 [B]).
 
     temperature, top_k, top_p: numbers (every row) or [B] arrays (one per row; traced, so a new setting
@@ -236,9 +294,10 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p,
     batch does not need is left out of the program); None: derived from the settings when they are host
     values, everything when they are traced.
     cutoffs: "bisect" (the engine's) or "sort" (the textbook reference, benchmarks/sampler.py's baseline).
-    draw: "inverse_cdf" (the engine's) or "gumbel" (jax.random.categorical; the reference)."""
+    draw: "inverse_cdf" (the engine's), "gumbel" (jax.random.categorical; the reference), or a function
+    (keys, logits) -> tokens, e.g. vocab_sharded_draw(...) for vocabulary-sharded logits."""
     k_cutoff, p_cutoff = CUTOFFS[cutoffs]
-    draw_fn = DRAWS[draw]
+    draw_fn = draw if callable(draw) else DRAWS[draw]
     if work is None:
         traced = any(isinstance(v, jax.Array) for v in (temperature, top_k, top_p))
         work = SamplerWork() if traced else SamplerWork.of(temperature, top_k, top_p)
