@@ -341,11 +341,22 @@ def test_cli_against_a_live_endpoint_and_usage_errors(ds, full, tmp_path, capsys
         text = capsys.readouterr().out
         assert endpoint.calls == calls and "too easy (all 2 correct)" in text and "mean pass rate" in text
         assert "  2/2" in text and "  0/2" in text
+        # the model as synth's flags spell it, MODEL@URL: the same backend, answered from the same cache
+        assert cli(["calibrate", str(ds.root), "--model", f"weak@{endpoint.url}", "--samples", "2", "--out",
+                    str(tmp_path / "d.jsonl"), "--batch-size", "8", "--cache-dir", str(tmp_path / "cache"),
+                    "--no-progress", "--json"]) == 0
+        again = json.loads(capsys.readouterr().out)
+        assert endpoint.calls == calls and again["model"] == "weak"
+        assert (again["calibrated"], again["histogram"]) == (summary["calibrated"], summary["histogram"])
     finally:
         endpoint.server.shutdown()
     assert cli(["calibrate", str(ds.root)]) == 2
     err = capsys.readouterr().err
-    assert "--model CKPT" in err and "--endpoint URL --endpoint-model NAME" in err
+    assert "--model CKPT" in err and "MODEL@URL" in err and "--endpoint URL --endpoint-model NAME" in err
+    assert cli(["calibrate", str(ds.root), "--model", "@http://x/v1"]) == 2
+    assert "the model name before '@' is empty" in capsys.readouterr().err
+    assert cli(["calibrate", str(ds.root), "--model", "m@http://x/v1", "--endpoint", "http://x/v1"]) == 2
+    assert "not both" in capsys.readouterr().err
     assert cli(["calibrate", str(ds.root), "--endpoint", "http://x/v1"]) == 2
     assert "--endpoint-model" in capsys.readouterr().err
     assert cli(["calibrate", str(ds.root), "--model", str(tmp_path), "--decode-mesh", "8,1"]) == 2

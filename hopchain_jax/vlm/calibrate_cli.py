@@ -1,7 +1,8 @@
 """`hopchain calibrate DIR`: a weaker model's pass rate on every query (paper stage 4, difficulty).
 
   hopchain calibrate DIR --model CKPT                          a local checkpoint (EngineChatBackend)
-  hopchain calibrate DIR --endpoint URL --endpoint-model NAME  any OpenAI-compatible server
+  hopchain calibrate DIR --model NAME@URL                      any OpenAI-compatible server (as synth's flags)
+  hopchain calibrate DIR --endpoint URL --endpoint-model NAME  the same, spelt out
       [--samples 8 --temperature 1.0 --max-tokens 4096 --variant full external --batch-size 64
        --cache-dir DIR --out FILE --json --no-progress]
 
@@ -25,8 +26,10 @@ def add_calibrate_parser(subparsers) -> None:
     c = subparsers.add_parser("calibrate", help="a weaker model's pass rate per query (difficulty calibration)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("dir", help="dataset directory (from `hopchain synth` or `hopchain import`)")
-    c.add_argument("--model", help="local Qwen-VL checkpoint directory to calibrate with")
-    c.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    c.add_argument("--model", help="the model to calibrate with, as `synth --calibrator` takes it: a local Qwen-VL "
+                   "checkpoint directory (our JAX engine) or MODEL@URL (an OpenAI-compatible endpoint, e.g. "
+                   "Qwen/Qwen2.5-VL-7B-Instruct@http://localhost:8000/v1)")
+    c.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (or --model MODEL@URL)")
     c.add_argument("--endpoint-model", help="model name the endpoint serves (with --endpoint)")
     c.add_argument("--samples", type=int, default=8, help="answers sampled per query (default 8)")
     c.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
@@ -68,12 +71,20 @@ def run_calibrate(args: argparse.Namespace) -> int:
     """Exit 0 when every selected record is calibrated, 1 when some items failed (rerun to retry them),
     2 on a usage error (nothing was run) or when the run had to stop (what it finished is kept)."""
     from hopchain_jax.data.store import HopChainDataset
+    from hopchain_jax.vlm.backends import describe_spec
     from hopchain_jax.vlm.calibrate import calibrate_dataset
     if args.model and args.endpoint:
-        return _fail("give either --model CKPT or --endpoint URL, not both")
+        return _fail("give either --model CKPT (or MODEL@URL) or --endpoint URL, not both")
     if not args.model and not args.endpoint:
-        return _fail("say which model calibrates: --model CKPT (a local checkpoint directory) or "
-                     "--endpoint URL --endpoint-model NAME (an OpenAI-compatible server)")
+        return _fail("say which model calibrates: --model CKPT (a local checkpoint directory), --model MODEL@URL "
+                     "or --endpoint URL --endpoint-model NAME (an OpenAI-compatible server)")
+    if args.model and "@" in args.model and "://" in args.model.split("@", 1)[1]:   # MODEL@URL
+        try:
+            describe_spec(args.model, "--model")
+        except ValueError as e:
+            return _fail(str(e))
+        args.endpoint_model, args.endpoint = args.model.split("@", 1)
+        args.model = None
     if args.endpoint and not args.endpoint_model:
         return _fail("--endpoint needs --endpoint-model NAME (the model the server serves)")
     if args.samples < 1 or args.batch_size < 1:
