@@ -7,7 +7,7 @@ import pytest
 
 from hopchain_jax.cli import main
 from hopchain_jax.data.store import HopChainDataset, write_shard
-from hopchain_jax.inspect.gallery import record_ops, used_instances, write_gallery
+from hopchain_jax.inspect.gallery import PALETTE, instance_colors, record_ops, used_instances, write_gallery
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 SVG_LEAVES = {"rect"}  # written as <rect .../>
@@ -240,3 +240,28 @@ def test_schema_v2_fields_and_missing_ones(tmp_path):
     assert "not on this page" in (tmp_path / "s.html").read_text()
     assert not (tmp_path / "s.html.tmp").exists()
     json.dumps(page.cards)  # nothing odd came out of the attributes
+
+
+def test_an_instance_keeps_its_colour_across_the_variants_of_a_chain(dataset):
+    """Colours follow the image's instance list, not each card's first-use order: a full chain and its
+    half / single variants colour a shared instance alike, and no card gives two instances one colour."""
+    _, records = dataset
+    shared = 0
+    for rec in records.values():
+        colors = instance_colors(rec, used_instances(rec))
+        assert len(set(colors.values())) == len(colors) and set(colors.values()) <= set(PALETTE)
+        parent = records.get(rec.get("variant_of") or "")
+        if parent is None:
+            continue
+        parent_colors = instance_colors(parent, used_instances(parent))
+        place = {inst["id"]: n for n, inst in enumerate(rec["instances"])}
+        for inst_id, color in colors.items():
+            if inst_id in parent_colors and place[inst_id] < len(PALETTE):
+                shared += 1
+                assert color == parent_colors[inst_id], (rec["id"], inst_id)
+    assert shared > 20
+    # an instance past the palette takes the first colour free on its card; the others keep theirs
+    rec = {"instances": [{"id": f"i{n}"} for n in range(len(PALETTE) + 2)]}
+    colors = instance_colors(rec, [f"i{len(PALETTE) + 1}", "i1", "i2"])
+    assert colors == {f"i{len(PALETTE) + 1}": PALETTE[3], "i1": PALETTE[1], "i2": PALETTE[2]}
+    assert list(colors) == [f"i{len(PALETTE) + 1}", "i1", "i2"]

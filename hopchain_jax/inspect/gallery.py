@@ -26,7 +26,7 @@ from PIL import Image
 from hopchain_jax.data.store import HopChainDataset
 
 VARIANTS = ("full", "half", "single")
-# One colour per used instance of a card, dark enough for white id tags.
+# Instance colours, dark enough for white id tags (instance_colors picks them).
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0a9396", "#f032e6", "#9a6324", "#800000",
            "#000075", "#808000", "#469990")
 JPEG_QUALITY = 85
@@ -38,6 +38,21 @@ e = html.escape
 def used_instances(rec: dict) -> list[str]:
     """Ids of the instances the hops use, in first-use order."""
     return list(dict.fromkeys(i for hop in rec.get("hops") or [] for i in hop.get("instance_ids") or []))
+
+
+def instance_colors(rec: dict, used: list[str]) -> dict[str, str]:
+    """A colour per used instance: the n-th instance of the image's instance list (which every record of
+    an image shares) gets PALETTE[n], so a full chain and its half / single variants colour an instance
+    alike. Instances past the palette's length take the first colour free on the card from
+    PALETTE[n % len(PALETTE)] on, so no card shows two instances in one colour (up to len(PALETTE))."""
+    place = {inst.get("id"): n for n, inst in enumerate(rec.get("instances") or [])}
+    colors: dict[str, str] = {}
+    for inst_id in sorted(used, key=lambda i: place.get(i, len(place))):   # the palette's own places first
+        k = place.get(inst_id, len(place))
+        while PALETTE[k % len(PALETTE)] in colors.values() and len(colors) < len(PALETTE):
+            k += 1
+        colors[inst_id] = PALETTE[k % len(PALETTE)]
+    return {inst_id: colors[inst_id] for inst_id in used}
 
 
 def record_ops(rec: dict) -> list[str]:
@@ -166,7 +181,7 @@ def _program_table(rec: dict) -> str:
 
 def _card(ds: HopChainDataset, rec: dict, on_page: set[str], variants_here: dict[str, list[tuple[str, str]]]) -> str:
     used = used_instances(rec)
-    colors = {inst_id: PALETTE[n % len(PALETTE)] for n, inst_id in enumerate(used)}
+    colors = instance_colors(rec, used)
     ref = rec.get("image") or {}
     img = _jpeg_data_url(ds.image(ref["shard"], ref["index"]))
     rid, variant = str(rec.get("id", "")), str(rec.get("variant", ""))
