@@ -24,6 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +228,6 @@ def vocab_sharded_draw(mesh, row_axes: tuple[str, ...], vocab_axis: str, block: 
     Returns draw(keys [B, ...], logits f32 [B, V]) -> int32 [B]; a vocabulary whose groups do not split
     over the axis (G % shards != 0) falls back to draw_inverse_cdf; rows that do not split over row_axes
     are drawn on every device."""
-    from jax.sharding import PartitionSpec as P
     shards = mesh.shape[vocab_axis]
 
     def draw(keys: jax.Array, logits: jax.Array) -> jax.Array:
