@@ -14,7 +14,7 @@
 #   tuned.json       measured implementation order for impl="auto" (copy to kernels/tuned.json)
 #   generate.log     benchmarks/generate.py, qwen2_5_vl_3b, uniform workload; then (stage "sampler",
 #                    appended) benchmarks/sampler.py: one sampling call on 256 rows x 151,936 logits,
-#                    inverse-CDF vs Gumbel draw vs sort cutoffs
+#                    the engine's cutoffs vs bisection always vs Gumbel draw vs sort cutoffs
 #   train_step.log   benchmarks/train_step.py, qwen2_5_vl_3b, one SAPO step, MFU
 #   summary.json     per stage: status (ok | failed | timeout), rc, seconds, budget; rewritten
 #                    after every stage, so a cut-off run still has one
@@ -66,8 +66,8 @@ if [ "$SMALL" = 1 ]; then
   SAMPLER_ARGS=(--rows 4 --vocab 4096 --iters 1 --settings plain "mixed per-row")
   TRAIN_ARGS=(--preset tiny --batch 2 --seq-len 32 --repeats 1)
 else
-  B_ENV=${B_ENV:-15}; B_LOWERING=${B_LOWERING:-25}; B_KERNELS=${B_KERNELS:-265}
-  B_GENERATE=${B_GENERATE:-100}; B_SAMPLER=${B_SAMPLER:-25}; B_TRAIN=${B_TRAIN:-120}
+  B_ENV=${B_ENV:-15}; B_LOWERING=${B_LOWERING:-25}; B_KERNELS=${B_KERNELS:-255}
+  B_GENERATE=${B_GENERATE:-100}; B_SAMPLER=${B_SAMPLER:-35}; B_TRAIN=${B_TRAIN:-120}
   # most wanted first: --budget skips the tail. mosaic:BNxBVxBKxS = Mosaic forward tiles;
   # fused_head:CxTxACC = the fused head's chunking (C rows, T vocabulary columns or V = one dw GEMM
   # per chunk, dw accumulator), checked on the device for the two code paths (one tile, tiles).

@@ -9,9 +9,11 @@
 For each setting (temperature 1 with no filter, top_p 0.95, top_k 50, and Qwen's default top_k 20 +
 top_p 0.8; then that default passed as per-row arrays, as the engine passes them, and a batch whose rows
 cycle through greedy and the four settings) times sample_tokens on float32 logits [rows, vocab], after
-a warm-up call, in milliseconds per call (median of --iters), three ways:
-  engine   bisection cutoffs + two-level inverse-CDF draw (2 uniforms per row)
-  gumbel   bisection cutoffs + jax.random.categorical (Gumbel-max: V random numbers per row)
+a warm-up call, in milliseconds per call (median of --iters), four ways:
+  engine   the engine's cutoffs (the candidate table when every filtering row has top_k <= 64, else
+           bisection) + two-level inverse-CDF draw (2 uniforms per row)
+  bisect   bisection cutoffs always (the engine before the candidate table) + the inverse-CDF draw
+  gumbel   the engine's cutoffs + jax.random.categorical (Gumbel-max: V random numbers per row)
   sort     textbook cutoffs (lax.top_k; sort + cumsum) + the inverse-CDF draw
 and how many rows' tokens agree between engine and sort (same draw: the kept sets match up to float32
 rounding of the nucleus mass). Prints a markdown table for benchmarks/RESULTS.md and, with --json,
@@ -43,7 +45,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hopchain_jax.infer.sampling import sample_tokens, vocab_sharded_draw  # noqa: E402
+from hopchain_jax.infer.sampling import SamplerWork, sample_tokens, vocab_sharded_draw  # noqa: E402
 from hopchain_jax.models.sharding import make_mesh  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
@@ -76,8 +78,8 @@ def parse_args(argv=None):
 
 
 # column: (cutoffs, draw) passed to sample_tokens; "engine" is the engine's draw for the logits' layout
-VARIANTS = {"engine": ("bisect", "engine"), "gumbel": ("bisect", "gumbel"), "sort": ("sort", "engine"),
-            "compiler": ("bisect", "inverse_cdf")}
+VARIANTS = {"engine": ("auto", "engine"), "bisect": ("bisect", "engine"), "gumbel": ("auto", "gumbel"),
+            "sort": ("sort", "engine"), "compiler": ("auto", "inverse_cdf")}
 COLLECTIVE = re.compile(r"= \S+ (?:all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(")
 
 
@@ -86,11 +88,12 @@ def time_case(logits, keys, settings, variant, iters, engine_draw="inverse_cdf")
     -> (median ms, compile s, tokens, collectives in the compiled program)."""
     cutoffs, draw = VARIANTS[variant]
     draw = engine_draw if draw == "engine" else draw
+    work = SamplerWork.of(*settings)   # from the host values, as the engine decides it
     if isinstance(settings[0], np.ndarray):
-        fn = jax.jit(lambda x, k, t, tk, tp: sample_tokens(x, k, t, tk, tp, cutoffs=cutoffs, draw=draw))
+        fn = jax.jit(lambda x, k, t, tk, tp: sample_tokens(x, k, t, tk, tp, cutoffs, work, draw))
         args = (logits, keys, *settings)
     else:
-        fn = jax.jit(lambda x, k: sample_tokens(x, k, *settings, cutoffs=cutoffs, draw=draw))
+        fn = jax.jit(lambda x, k: sample_tokens(x, k, *settings, cutoffs, work, draw))
         args = (logits, keys)
     t0 = time.perf_counter()
     tokens = jax.block_until_ready(fn(*args))[0]
@@ -113,7 +116,7 @@ def main(argv=None):
     logits = jax.random.normal(jax.random.key(0), (args.rows, args.vocab), jnp.float32) * args.std
     keys = jax.random.key_data(jax.random.split(jax.random.key(1), args.rows))
     dev = jax.devices()[0]
-    variants, engine_draw, layout = ["engine", "gumbel", "sort"], "inverse_cdf", "one device"
+    variants, engine_draw, layout = ["engine", "bisect", "gumbel", "sort"], "inverse_cdf", "one device"
     if args.tensor > 1:
         if jax.device_count() % args.tensor or args.vocab % args.tensor:
             raise SystemExit(f"--tensor {args.tensor}: needs a device count ({jax.device_count()}) and a --vocab "
@@ -125,8 +128,8 @@ def main(argv=None):
         variants, engine_draw = variants + ["compiler"], vocab_sharded_draw(mesh, ("data", "fsdp"), "tensor")
         layout = f"mesh {dict(mesh.shape)}, logits P({row_axis!r}, 'tensor')"
     print(f"{args.rows} rows x {args.vocab} logits on {dev.platform} ({dev.device_kind}), {layout}, jax {jax.__version__}")
-    heads = ["engine ms", "gumbel draw ms", "sort cutoffs ms"] + (["compiler's draw ms", "collectives (engine, "
-                                                                 "gumbel, sort, compiler)"] if args.tensor > 1 else [])
+    heads = ["engine ms", "bisection cutoffs ms", "gumbel draw ms", "sort cutoffs ms"] + (
+        ["compiler's draw ms", "collectives (engine, bisect, gumbel, sort, compiler)"] if args.tensor > 1 else [])
     print("| setting | " + " | ".join(heads) + " | same tokens (engine, sort) |")
     print("|---" * (len(heads) + 2) + "|", flush=True)
     rows = []

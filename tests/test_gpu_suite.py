@@ -82,7 +82,7 @@ def test_suite_dry_run(tmp_path):
     generate_log = (out / "generate.log").read_text()
     assert '"decode_tok_s"' in generate_log
     sampler_log = generate_log[generate_log.index("=== stage sampler ==="):]
-    assert re.search(r"^\| plain \| [\d.]+ \| [\d.]+ \| [\d.]+ \| \d/4 \|$", sampler_log, re.M), sampler_log
+    assert re.search(r"^\| plain(?: \| [\d.]+){4} \| \d/4 \|$", sampler_log, re.M), sampler_log
     assert "| mixed per-row |" in sampler_log
     assert '"mfu"' in (out / "train_step.log").read_text()
     assert re.search(r"\b[5-9] passed", (out / "lowering.log").read_text())

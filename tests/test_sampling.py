@@ -1,12 +1,14 @@
-"""The sampler's top-k / top-p cutoffs (bisection, no sort) against lax.top_k and a float64 nucleus."""
+"""The sampler's top-k / top-p cutoffs (bisection, no sort; the candidate table) against lax.top_k and a
+float64 nucleus, and its draws."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hopchain_jax.infer.sampling import (SamplerWork, _first_above, _first_above_cdf, _vocab_groups, draw_gumbel,
-                                         draw_inverse_cdf, sample_tokens, top_k_cutoff, top_k_cutoff_by_sort,
-                                         top_p_cutoff, top_p_cutoff_by_sort)
+from hopchain_jax.infer.sampling import (CANDIDATE_MAX, SamplerWork, _first_above, _first_above_cdf, _vocab_groups,
+                                         candidate_cutoffs, draw_gumbel, draw_inverse_cdf, sample_tokens,
+                                         top_candidates, top_k_cutoff, top_k_cutoff_by_sort, top_p_cutoff,
+                                         top_p_cutoff_by_sort)
 
 
 def _logits(seed, rows=6, vocab=1000, std=4.0, ties=False, neg_inf=0):
@@ -60,7 +62,7 @@ def test_top_p_keeps_exactly_the_nucleus(top_p, std, ties, neg_inf):
 def test_sampled_tokens_stay_inside_the_filters():
     x = _logits(3, rows=8, vocab=4000, std=3.0)
     keys = jax.random.split(jax.random.key(0), 8)
-    for k, p in ((20, 1.0), (0, 0.3), (50, 0.8)):
+    for k, p in ((20, 1.0), (0, 0.3), (50, 0.8), (15, 0.7)):   # (15, 0.7): the candidate table
         kth = np.sort(x, -1)[:, -k][:, None] if k else np.full((8, 1), -np.inf, np.float32)
         filtered = np.where(x < kth, -np.inf, x)
         keep = _nucleus(filtered, p)[0] if p < 1 else np.isfinite(filtered)
@@ -93,10 +95,74 @@ def test_per_row_settings_sample_each_row_as_it_would_alone():
             np.testing.assert_array_equal(np.asarray(tokens), ref_tokens, err_msg=f"{cutoffs} trial {trial}")
             np.testing.assert_allclose(np.asarray(logp), [float(a[1][0]) for a in alone], rtol=1e-6)
         assert [ref_tokens[i] for i in (0, 5, 6)] == [int(jnp.argmax(x[i])) for i in (0, 5, 6)]  # greedy, top_k 1
-    assert SamplerWork.of(t, k, p) == SamplerWork(True, True, True)
+    assert SamplerWork.of(t, k, p) == SamplerWork(True, True, True, candidates=False)
     assert SamplerWork.of([0.0, 1.0], [5, 0], [0.5, 1.0]) == SamplerWork(True, False, False)   # greedy rows ask nothing
     assert SamplerWork.of([0.0, 0.0], [5, 0], [0.5, 1.0]) == SamplerWork(False, False, False)
     assert SamplerWork.of(1.0, 0, 0.9) == SamplerWork(True, False, True)
+    # the candidate table: some row asks for top-p, and every filtering row has a top-k of 1..CANDIDATE_MAX
+    assert SamplerWork.of([0.0, 1.0, 0.7], [0, 0, 20], [1.0, 1.0, 0.8]) == SamplerWork(True, True, True, True)
+    assert SamplerWork.of([1.0, 1.0], [20, 5], [0.8, 1.0]).candidates          # a top-k-only row rides along
+    assert not SamplerWork.of([1.0, 1.0], [20, 0], [0.8, 0.9]).candidates      # a top-p row without top-k
+    assert not SamplerWork.of(1.0, CANDIDATE_MAX + 1, 0.8).candidates
+    assert not SamplerWork.of(1.0, 20, 1.0).candidates                          # top-k alone: bisection
+    assert SamplerWork.of([0.0, 1.0], [0, 20], [0.5, 0.8]).candidates          # a greedy row asks nothing
+
+
+@pytest.mark.parametrize("most", [CANDIDATE_MAX, 64])
+@pytest.mark.parametrize("std,ties,neg_inf", [(4.0, False, 0), (8.0, True, 0), (1.0, True, 900), (4.0, False, 30)])
+def test_candidate_cutoffs_equal_top_k_then_the_nucleus(most, std, ties, neg_inf):
+    """The table's k cutoff is lax.top_k's k-th value and its p cutoff the nucleus of what top-k keeps,
+    bit for bit, for fresh random rows: all-negative, peaked, many ties at the edges, rows with fewer
+    finite logits than k; and the loop reads only as many values as the largest k needs."""
+    rng = np.random.default_rng(int(std) + neg_inf + most)
+    for trial in range(3):
+        x = _logits(int(rng.integers(1 << 30)), rows=6, vocab=int(rng.integers(neg_inf + most, neg_inf + 1200)), std=std, ties=ties,
+                    neg_inf=neg_inf)
+        k = rng.integers(1, most + 1, 6).astype(np.int32)
+        k[-1] = most
+        top_p = rng.choice([0.05, 0.5, 0.8, 0.95, 1.0], 6).astype(np.float32)
+        k_cut, p_cut = jax.jit(candidate_cutoffs, static_argnums=3)(jnp.asarray(x), k, top_p, most)
+        want_k = top_k_cutoff_by_sort(jnp.asarray(x), k)
+        np.testing.assert_array_equal(np.asarray(k_cut), np.asarray(want_k))
+        kept = jnp.where(jnp.asarray(x) < want_k, -jnp.inf, jnp.asarray(x))
+        live = np.isfinite(np.asarray(kept))   # (top_p 1 keeps every live token; the sort's cut may be -inf)
+        np.testing.assert_array_equal(live & (x >= np.asarray(p_cut)),
+                                      live & (x >= np.asarray(top_p_cutoff_by_sort(kept, top_p))))
+        keep, margin = _nucleus(np.asarray(kept), top_p[:, None])        # and the float64 nucleus
+        clear = margin > 2e-6
+        np.testing.assert_array_equal((x >= np.asarray(p_cut))[clear], keep[clear])
+    # distinct values 9 > 8 > ... > 0, each twice, then -inf: k = 5 needs 3 values and 4 passes
+    x = np.full((2, 40), -np.inf, np.float32)
+    x[:, :20] = np.repeat(np.arange(9, -1, -1), 2)
+    values, at_least = top_candidates(jnp.asarray(x), jnp.asarray([5, 1]), most=8)
+    np.testing.assert_array_equal(np.asarray(values)[0, :4], [9, 8, 7, 6])   # the pass after 7 read 6
+    np.testing.assert_array_equal(np.asarray(at_least)[0], [2, 4, 6, 40, 40, 40, 40, 40])   # unread: V
+    k_cut, p_cut = candidate_cutoffs(jnp.asarray(x), jnp.asarray([5, 1]), jnp.asarray([1.0, 1.0]), 8)
+    np.testing.assert_array_equal(np.asarray(k_cut)[:, 0], [7, 9])
+
+
+def test_engine_cutoffs_take_the_table_and_sample_what_bisection_samples():
+    """sample_tokens' default cutoffs use the candidate table when SamplerWork says so (a traced mix of
+    greedy, plain and top-k <= CANDIDATE_MAX rows with top-p, as the engine passes them) and give the
+    bisection's and the sort's tokens and log-probs; an explicit work with candidates off bisects."""
+    settings = [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 20, 0.8), (1.3, 5, 0.5), (1.0, 1, 0.9), (0.9, 20, 0.999),
+                (1.0, 12, 1.0), (2.0, 3, 0.3)]
+    t, k, p = (np.asarray(col, dtype) for col, dtype in zip(zip(*settings), (np.float32, np.int32, np.float32)))
+    work = SamplerWork.of(t, k, p)
+    assert work.candidates
+    x = jnp.asarray(_logits(5, rows=len(settings), vocab=3000, std=3.0, ties=True, neg_inf=40))
+    run = jax.jit(sample_tokens, static_argnums=(5, 6))
+    table = jax.jit(sample_tokens, static_argnums=(5, 6)).lower(x, jnp.zeros((8, 2), jnp.uint32), t, k, p, "auto",
+                                                                work).as_text()
+    assert "while" in table and table.count("while") < run.lower(x, jnp.zeros((8, 2), jnp.uint32), t, k, p,
+                                                                 "bisect", work).as_text().count("while")
+    for trial in range(3):
+        keys = jax.random.key_data(jax.random.split(jax.random.key(trial), len(settings)))
+        got = run(x, keys, t, k, p, "auto", work)
+        for cutoffs in ("bisect", "sort"):
+            want = run(x, keys, t, k, p, cutoffs, work)
+            np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]), err_msg=f"{cutoffs} {trial}")
+            np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-6)
 
 
 def _draw_logits(vocab: int) -> np.ndarray:

@@ -13,7 +13,13 @@ vocab_sharded_draw, the same draw as a shard_map with three small collectives.
 
 The settings (temperature, top_k, top_p) are per-row values, traced, not compiled in: a batch may mix
 them (greedy rows next to nucleus-sampled ones) and a new value compiles nothing. Only which parts of
-the sampler a batch needs at all (SamplerWork: a draw, a top-k search, a top-p search) is static.
+the sampler a batch needs at all (SamplerWork: a draw, a top-k search, a top-p search, the candidate
+table) is static.
+
+Filters cost passes over the row [B, V]: found by bisection, the top-k and the top-p cutoffs take 32
+each (plus a softmax). When rows ask for top-p and every filtering row has a top-k of at most
+CANDIDATE_MAX (Qwen's default: top_k 20 + top_p 0.8), the k largest distinct logits are read off one
+per pass instead (top_candidates) and both cutoffs come from that small table: k + 1 passes in all.
 """
 from __future__ import annotations
 
@@ -138,6 +144,69 @@ def top_p_cutoff_by_sort(x: jax.Array, top_p) -> jax.Array:
 
 
 CUTOFFS = {"bisect": (top_k_cutoff, top_p_cutoff), "sort": (top_k_cutoff_by_sort, top_p_cutoff_by_sort)}
+
+# The largest top-k for which the engine reads the candidates off (top_candidates) instead of bisecting.
+# One such pass (a count and a masked max) cost ~2.5 bisection passes on a 2-core CPU, so with top-p
+# (which the table makes free: 32 passes + a softmax saved) the table won up to k ~ 24 and top-k alone
+# never did (benchmarks/RESULTS.md). To be set again from the GPU suite's sampler stage.
+CANDIDATE_MAX = 20
+
+
+def top_candidates(x: jax.Array, k, most: int = CANDIDATE_MAX) -> tuple[jax.Array, jax.Array]:
+    """The largest distinct values of each row of x f32 [B, V] in descending order, one pass over x each,
+    until a row's values cover its k largest entries (duplicates counted); k: an int or [B] (1..most).
+
+    Returns (values f32 [B, most], at_least int32 [B, most]): values[:, j] is the row's (j+1)-th largest
+    distinct value and at_least[:, j] the number of entries >= it; columns past the last one read hold
+    values -inf, at_least V. The first column with at_least >= k holds the k-th largest entry (top-k's
+    cutoff), and the columns up to it are exactly the entries top-k keeps. Each pass takes the count
+    for the previous value and the next value below it together (one read of x), so a row with k
+    distinct top values costs k + 1 passes; the loop stops when every row is covered."""
+    rows, vocab = x.shape
+    most = min(most, vocab)
+    k = jnp.clip(_per_row(k, rows, jnp.int32), 1, most)
+    values = jnp.full((rows, most), -jnp.inf, x.dtype)
+    at_least = jnp.full((rows, most), vocab, jnp.int32)
+
+    columns = jnp.arange(most)[None, :]
+
+    def unfinished(state):
+        j, _, count, _, _ = state
+        return (j <= most) & ~jnp.all(count >= k)
+
+    def step(state):
+        j, prev, _, values, at_least = state   # prev [B, 1]: column j - 1's value (+inf before column 0)
+        count = jnp.sum(x >= prev, axis=-1, keepdims=True, dtype=jnp.int32)
+        below = jnp.max(jnp.where(x < prev, x, -jnp.inf), axis=-1, keepdims=True)
+        at_least = jnp.where(columns == j - 1, count, at_least)
+        values = jnp.where(columns == j, below, values)
+        return j + 1, below, count, values, at_least
+
+    start = (jnp.int32(0), jnp.full((rows, 1), jnp.inf, x.dtype), jnp.zeros((rows, 1), jnp.int32), values, at_least)
+    _, _, _, values, at_least = jax.lax.while_loop(unfinished, step, start)
+    return values, at_least
+
+
+def candidate_cutoffs(x: jax.Array, k, top_p, most: int = CANDIDATE_MAX) -> tuple[jax.Array, jax.Array]:
+    """top_k_cutoff and the nucleus cutoff of what top-k keeps, from top_candidates: x f32 [B, V]; k an int
+    or [B] (1..most); top_p a float or [B] -> (k cutoff [B, 1], p cutoff [B, 1]).
+
+    The p cutoff is top_p_cutoff of x with the entries below the k cutoff set to -inf, computed on the
+    candidate table alone (the kept entries are its columns up to the k cutoff, each value weighted by
+    its count), so it costs no pass over x; it is >= the k cutoff."""
+    values, at_least = top_candidates(x, k, most)
+    k = jnp.clip(_per_row(k, x.shape[0], jnp.int32), 1, values.shape[-1])
+    edge = jnp.argmax(at_least >= k, axis=-1)[:, None]                     # [B, 1]: the k cutoff's column
+    k_cut = jnp.take_along_axis(values, edge, axis=-1)
+    kept = jnp.arange(values.shape[-1])[None, :] <= edge
+    counts = jnp.diff(at_least, axis=-1, prepend=jnp.zeros_like(at_least[:, :1]))
+    finite = kept & (values > -jnp.inf)
+    weights = jnp.where(finite, counts * jnp.exp(jnp.where(finite, values - values[:, :1], 0.0)), 0.0)
+    probs = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    before = jnp.cumsum(probs, axis=-1) - probs                           # mass of the larger values
+    p_cut = jnp.min(jnp.where(kept & (before < _per_row(top_p, x.shape[0], jnp.float32)), values, jnp.inf),
+                    axis=-1, keepdims=True)
+    return k_cut, jnp.maximum(p_cut, k_cut)
 
 DRAW_BLOCK = 1024   # tokens per block of the two-level inverse CDF (~sqrt of the work of one flat scan)
 
@@ -266,23 +335,30 @@ DRAWS = {"inverse_cdf": draw_inverse_cdf, "gumbel": draw_gumbel}
 
 
 class SamplerWork(NamedTuple):
-    """Which parts of the sampler a batch needs (static: each combination is its own program, at most
-    four in practice). draw: some row samples (temperature > 0); top_k / top_p: some sampling row filters
-    so. Decided on the host from the rows' settings, so no device-wide reduction sits in the decode loop."""
+    """Which parts of the sampler a batch needs (static: each combination is its own program, a handful in
+    practice). draw: some row samples (temperature > 0); top_k / top_p: some sampling row filters so;
+    candidates: some row asks for top-p and every filtering row has a top-k of 1..CANDIDATE_MAX, so both
+    cutoffs come from top_candidates' table (set it only then: a row it does not cover is left
+    unfiltered).
+    Decided on the host from the rows' settings, so no device-wide reduction sits in the decode loop."""
 
     draw: bool = True
     top_k: bool = True
     top_p: bool = True
+    candidates: bool = False
 
     @classmethod
     def of(cls, temperature, top_k, top_p) -> SamplerWork:
         """From host values (scalars or [B] arrays) of the settings."""
         t, k, p = np.broadcast_arrays(np.asarray(temperature), np.asarray(top_k), np.asarray(top_p))
         sampled = t > 0
-        return cls(bool(sampled.any()), bool((sampled & (k > 0)).any()), bool((sampled & (p < 1)).any()))
+        filter_k, filter_p = sampled & (k > 0), sampled & (p < 1)
+        candidates = (bool(filter_p.any()) and not (filter_p & ~filter_k).any()
+                      and k[filter_k].max() <= CANDIDATE_MAX)
+        return cls(bool(sampled.any()), bool(filter_k.any()), bool(filter_p.any()), bool(candidates))
 
 
-def sample_tokens(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p, cutoffs: str = "bisect",
+def sample_tokens(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p, cutoffs: str = "auto",
                   work: SamplerWork | None = None, draw="inverse_cdf"):
     """logits f32 [B, V], keys [B, 2] -> (tokens int32 [B], log-probs f32 [B]).
 
@@ -293,10 +369,13 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p,
     what is left (top_p_cutoff). work: the parts the rows need (SamplerWork.of their settings; work a
     batch does not need is left out of the program); None: derived from the settings when they are host
     values, everything when they are traced.
-    cutoffs: "bisect" (the engine's) or "sort" (the textbook reference, benchmarks/sampler.py's baseline).
+    cutoffs: "auto" (the engine's: the candidate table when work.candidates, else bisection), "bisect"
+    (always bisection), or "sort" (the textbook reference, benchmarks/sampler.py's baseline).
     draw: "inverse_cdf" (the engine's), "gumbel" (jax.random.categorical; the reference), or a function
     (keys, logits) -> tokens, e.g. vocab_sharded_draw(...) for vocabulary-sharded logits."""
-    k_cutoff, p_cutoff = CUTOFFS[cutoffs]
+    if cutoffs not in ("auto", *CUTOFFS):
+        raise ValueError(f"cutoffs={cutoffs!r}: use 'auto', 'bisect' or 'sort'")
+    k_cutoff, p_cutoff = CUTOFFS["bisect" if cutoffs == "auto" else cutoffs]
     draw_fn = draw if callable(draw) else DRAWS[draw]
     if work is None:
         traced = any(isinstance(v, jax.Array) for v in (temperature, top_k, top_p))
@@ -308,12 +387,18 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p,
     scaled = logits / jnp.where(greedy, 1.0, temperature)
     logp = jax.nn.log_softmax(scaled, axis=-1)
     tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    table = work.candidates and cutoffs == "auto"   # every filtering row has a small top-k
     if work.draw:
         masked = scaled
-        if work.top_k:   # rows that filter: tokens below their k-th largest logit -> -inf
+        if table:
+            use_k = ~greedy & (top_k > 0)
+            k_cut, p_cut = candidate_cutoffs(scaled, jnp.where(use_k, top_k, 1), top_p)
+            cut = jnp.where(~greedy & (top_p < 1), p_cut, k_cut) if work.top_p else k_cut
+            masked = jnp.where(use_k & (scaled < cut), -jnp.inf, scaled)
+        elif work.top_k:   # rows that filter: tokens below their k-th largest logit -> -inf
             use = ~greedy & (top_k > 0)
             masked = jnp.where(use & (scaled < k_cutoff(scaled, jnp.maximum(top_k, 1))), -jnp.inf, masked)
-        if work.top_p:
+        if work.top_p and not table:
             use = ~greedy & (top_p < 1)
             masked = jnp.where(use & (masked < p_cutoff(masked, top_p)), -jnp.inf, masked)
         drawn = draw_fn(keys, masked)
