@@ -13,6 +13,7 @@ from flax import nnx
 from configs.models import PRESETS
 from hf_tiny import IMAGE, image_prompt, random_patches, tiny_hf_model
 from hopchain_jax.infer.engine import ROW_FIELDS, InferenceEngine, Request, SamplingParams
+from hopchain_jax.infer import sampling
 from hopchain_jax.infer.sampling import SamplerWork
 from hopchain_jax.models.checkpoint import load_pretrained
 from hopchain_jax.models.qwen_vl import QwenVL
@@ -80,7 +81,7 @@ def test_greedy_matches_transformers_sharded_and_not(tiny):
     assert any(len(r) == 32 for r in reference)
 
 
-def test_sampling_groups_seeds_and_limits(tiny):
+def test_sampling_groups_seeds_and_limits(tiny, monkeypatch):
     _, path = tiny
     model = load_pretrained(path, dtype=jnp.float32, progress=False)
     engine = InferenceEngine(model, length_bucket=16, kv_bucket=16, decode_chunk=4)
@@ -100,6 +101,13 @@ def test_sampling_groups_seeds_and_limits(tiny):
     greedy = engine.generate(requests, SamplingParams(temperature=0, max_new_tokens=12))
     top1 = engine.generate(requests, SamplingParams(temperature=0.7, top_k=1, max_new_tokens=12))
     assert [o.token_ids for o in greedy] == [o.token_ids for o in top1]
+    # Qwen's default filter (top_k 20 + top_p 0.8) takes the candidate table; bisection samples the same
+    qwen = SamplingParams(temperature=1.0, top_k=20, top_p=0.8, max_new_tokens=12, n=2, seed=3)
+    assert SamplerWork.of(1.0, 20, 0.8).candidates
+    table = engine.generate(requests, qwen)
+    monkeypatch.setattr(sampling, "CANDIDATE_MAX", 0)
+    assert not SamplerWork.of(1.0, 20, 0.8).candidates
+    assert [o.token_ids for o in table] == [o.token_ids for o in engine.generate(requests, qwen)]
 
 
 def test_bucketed_shapes_do_not_recompile(tiny):

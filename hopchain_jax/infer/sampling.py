@@ -152,7 +152,7 @@ CUTOFFS = {"bisect": (top_k_cutoff, top_p_cutoff), "sort": (top_k_cutoff_by_sort
 CANDIDATE_MAX = 20
 
 
-def top_candidates(x: jax.Array, k, most: int = CANDIDATE_MAX) -> tuple[jax.Array, jax.Array]:
+def top_candidates(x: jax.Array, k, most: int | None = None) -> tuple[jax.Array, jax.Array]:
     """The largest distinct values of each row of x f32 [B, V] in descending order, one pass over x each,
     until a row's values cover its k largest entries (duplicates counted); k: an int or [B] (1..most).
 
@@ -161,9 +161,10 @@ def top_candidates(x: jax.Array, k, most: int = CANDIDATE_MAX) -> tuple[jax.Arra
     values -inf, at_least V. The first column with at_least >= k holds the k-th largest entry (top-k's
     cutoff), and the columns up to it are exactly the entries top-k keeps. Each pass takes the count
     for the previous value and the next value below it together (one read of x), so a row with k
-    distinct top values costs k + 1 passes; the loop stops when every row is covered."""
+    distinct top values costs k + 1 passes; the loop stops when every row is covered. most: the table's
+    width (None: CANDIDATE_MAX)."""
     rows, vocab = x.shape
-    most = min(most, vocab)
+    most = min(CANDIDATE_MAX if most is None else most, vocab)
     k = jnp.clip(_per_row(k, rows, jnp.int32), 1, most)
     values = jnp.full((rows, most), -jnp.inf, x.dtype)
     at_least = jnp.full((rows, most), vocab, jnp.int32)
@@ -187,9 +188,9 @@ def top_candidates(x: jax.Array, k, most: int = CANDIDATE_MAX) -> tuple[jax.Arra
     return values, at_least
 
 
-def candidate_cutoffs(x: jax.Array, k, top_p, most: int = CANDIDATE_MAX) -> tuple[jax.Array, jax.Array]:
+def candidate_cutoffs(x: jax.Array, k, top_p, most: int | None = None) -> tuple[jax.Array, jax.Array]:
     """top_k_cutoff and the nucleus cutoff of what top-k keeps, from top_candidates: x f32 [B, V]; k an int
-    or [B] (1..most); top_p a float or [B] -> (k cutoff [B, 1], p cutoff [B, 1]).
+    or [B] (1..most; None: CANDIDATE_MAX); top_p a float or [B] -> (k cutoff [B, 1], p cutoff [B, 1]).
 
     The p cutoff is top_p_cutoff of x with the entries below the k cutoff set to -inf, computed on the
     candidate table alone (the kept entries are its columns up to the k cutoff, each value weighted by
