@@ -10,8 +10,8 @@ For each setting (temperature 1 with no filter, top_p 0.95, top_k 50, and Qwen's
 top_p 0.8; then that default passed as per-row arrays, as the engine passes them, and a batch whose rows
 cycle through greedy and the four settings) times sample_tokens on float32 logits [rows, vocab], after
 a warm-up call, in milliseconds per call (median of --iters), four ways:
-  engine   the engine's cutoffs (the candidate table when every filtering row has top_k <= 64, else
-           bisection) + two-level inverse-CDF draw (2 uniforms per row)
+  engine   the engine's cutoffs (the candidate table when rows ask for top-p and every filtering row has
+           top_k <= CANDIDATE_MAX, else bisection) + two-level inverse-CDF draw (2 uniforms per row)
   bisect   bisection cutoffs always (the engine before the candidate table) + the inverse-CDF draw
   gumbel   the engine's cutoffs + jax.random.categorical (Gumbel-max: V random numbers per row)
   sort     textbook cutoffs (lax.top_k; sort + cumsum) + the inverse-CDF draw

@@ -147,7 +147,7 @@ CUTOFFS = {"bisect": (top_k_cutoff, top_p_cutoff), "sort": (top_k_cutoff_by_sort
 
 # The largest top-k for which the engine reads the candidates off (top_candidates) instead of bisecting.
 # One such pass (a count and a masked max) cost ~2.5 bisection passes on a 2-core CPU, so with top-p
-# (which the table makes free: 32 passes + a softmax saved) the table won up to k ~ 24 and top-k alone
+# (which the table makes free: 32 passes + a softmax saved) the table won up to k 24-32 and top-k alone
 # never did (benchmarks/RESULTS.md). To be set again from the GPU suite's sampler stage.
 CANDIDATE_MAX = 20
 
@@ -160,15 +160,14 @@ def top_candidates(x: jax.Array, k, most: int | None = None) -> tuple[jax.Array,
     distinct value and at_least[:, j] the number of entries >= it; columns past the last one read hold
     values -inf, at_least V. The first column with at_least >= k holds the k-th largest entry (top-k's
     cutoff), and the columns up to it are exactly the entries top-k keeps. Each pass takes the count
-    for the previous value and the next value below it together (one read of x), so a row with k
-    distinct top values costs k + 1 passes; the loop stops when every row is covered. most: the table's
+    for the previous value and the next value below it together (one read of x where the compiler fuses
+    the two reductions), so a row with k distinct top values costs k + 1 passes; the loop stops when every row is covered. most: the table's
     width (None: CANDIDATE_MAX)."""
     rows, vocab = x.shape
     most = min(CANDIDATE_MAX if most is None else most, vocab)
     k = jnp.clip(_per_row(k, rows, jnp.int32), 1, most)
     values = jnp.full((rows, most), -jnp.inf, x.dtype)
     at_least = jnp.full((rows, most), vocab, jnp.int32)
-
     columns = jnp.arange(most)[None, :]
 
     def unfinished(state):
@@ -208,6 +207,7 @@ def candidate_cutoffs(x: jax.Array, k, top_p, most: int | None = None) -> tuple[
     p_cut = jnp.min(jnp.where(kept & (before < _per_row(top_p, x.shape[0], jnp.float32)), values, jnp.inf),
                     axis=-1, keepdims=True)
     return k_cut, jnp.maximum(p_cut, k_cut)
+
 
 DRAW_BLOCK = 1024   # tokens per block of the two-level inverse CDF (~sqrt of the work of one flat scan)
 
@@ -394,7 +394,7 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p,
         if table:
             use_k = ~greedy & (top_k > 0)
             k_cut, p_cut = candidate_cutoffs(scaled, jnp.where(use_k, top_k, 1), top_p)
-            cut = jnp.where(~greedy & (top_p < 1), p_cut, k_cut) if work.top_p else k_cut
+            cut = jnp.where(~greedy & (top_p < 1), p_cut, k_cut)
             masked = jnp.where(use_k & (scaled < cut), -jnp.inf, scaled)
         elif work.top_k:   # rows that filter: tokens below their k-th largest logit -> -inf
             use = ~greedy & (top_k > 0)
