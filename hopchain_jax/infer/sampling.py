@@ -194,7 +194,7 @@ def candidate_cutoffs(x: jax.Array, k, top_p, most: int | None = None) -> tuple[
 
     The p cutoff is top_p_cutoff of x with the entries below the k cutoff set to -inf, computed on the
     candidate table alone (the kept entries are its columns up to the k cutoff, each value weighted by
-    its count), so it costs no pass over x; it is >= the k cutoff."""
+    its count), so it costs no pass over x; it is >= the k cutoff (column 0 always qualifies)."""
     values, at_least = top_candidates(x, k, most)
     k = jnp.clip(_per_row(k, x.shape[0], jnp.int32), 1, values.shape[-1])
     edge = jnp.argmax(at_least >= k, axis=-1)[:, None]                     # [B, 1]: the k cutoff's column
@@ -207,7 +207,7 @@ def candidate_cutoffs(x: jax.Array, k, top_p, most: int | None = None) -> tuple[
     before = jnp.cumsum(probs, axis=-1) - probs                           # mass of the larger values
     p_cut = jnp.min(jnp.where(kept & (before < _per_row(top_p, x.shape[0], jnp.float32)), values, jnp.inf),
                     axis=-1, keepdims=True)
-    return k_cut, jnp.maximum(p_cut, k_cut)
+    return k_cut, p_cut
 
 
 DRAW_BLOCK = 1024   # tokens per block of the two-level inverse CDF (~sqrt of the work of one flat scan)
