@@ -8,6 +8,7 @@
   hopchain generate --model CKPT --image IMG --prompt "..." [--greedy --json]
   hopchain serve --model CKPT              OpenAI-compatible chat server over the JAX engine
   hopchain calibrate DIR --model CKPT      a weaker model's pass rate per query (difficulty calibration)
+  hopchain eval DIR --model SPEC --out D   accuracy (mean/pass/maj@k) by variant, hops, op, level, length
   hopchain annotate export|import ...      human annotation sheets: people as the solvers
 SPEC (--vlm, --solver, --calibrator): a checkpoint directory or MODEL@URL of an OpenAI-compatible endpoint.
 """
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     variants = dict(nargs="+", choices=["full", "half", "single", "external"],
                     default=["full", "half", "single", "external"])
-    e = sub.add_parser("export", help="write a dataset as schema-v1 JSON Lines")
+    e = sub.add_parser("export", help="write a dataset as schema-v2 JSON Lines")
     e.add_argument("dir")
     e.add_argument("--jsonl", required=True)
     e.add_argument("--png-dir", help="also write each image as PNG here and put its path in the records")
@@ -174,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hopchain_jax.vlm.annotation_cli import add_annotate_parser
     from hopchain_jax.vlm.calibrate_cli import add_calibrate_parser
     add_serve_parser(sub)
+    from hopchain_jax.eval.cli import add_eval_parser
     add_calibrate_parser(sub)
+    add_eval_parser(sub)
     add_annotate_parser(sub)
     return parser
 

@@ -96,11 +96,20 @@ def main(argv=None) -> int:
             path = trainer.export_hf()
             if jax.process_index() == 0:
                 print(f"wrote a Hugging Face checkpoint to {path}", file=sys.stderr)
+        evals = getattr(trainer, "eval_history", [])
+        if evals and jax.process_index() == 0:
+            first, last_eval = evals[0], evals[-1]
+            print(f"held-out greedy accuracy ({len(trainer.eval_prompts)} items, OUT/heldout.json): "
+                  f"{first['eval_accuracy']:.3f} at step {first['step']} -> {last_eval['eval_accuracy']:.3f} at step "
+                  f"{last_eval['step']} (format failures {last_eval['eval_format_failure']:.3f}, truncated "
+                  f"{last_eval['eval_truncated']:.3f})", file=sys.stderr)
         if history:  # every process reports, so a launcher can check they agree
             last = history[-1]
             print(json.dumps({"process": jax.process_index(), "step": trainer.step, "loss": last["loss"],
                               "losses": [h["loss"] for h in history],
-                              **{k: last[k] for k in ("reward_mean", "zero_variance_groups") if k in last}}))
+                              **{k: last[k] for k in ("reward_mean", "zero_variance_groups", "truncation_rate",
+                                                      "dropped_responses") if k in last},
+                              **({"eval_accuracy": [e["eval_accuracy"] for e in evals]} if evals else {})}))
     finally:
         trainer.close()
     return 0

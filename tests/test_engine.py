@@ -11,7 +11,7 @@ import torch
 from flax import nnx
 
 from configs.models import PRESETS
-from hf_tiny import IMAGE, image_prompt, random_patches, tiny_hf_model
+from hf_tiny import IMAGE, VEND, VIDEO, VSTART, image_prompt, random_patches, tiny_hf_model
 from hopchain_jax.infer.engine import ROW_FIELDS, InferenceEngine, Request, SamplingParams
 from hopchain_jax.infer import sampling
 from hopchain_jax.infer.sampling import SamplerWork
@@ -46,7 +46,8 @@ def _hf_greedy(hf, requests, grid, pixels, n_new=32):
         out = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
                           pixel_values=torch.tensor(pixels), image_grid_thw=torch.tensor(grid),
                           mm_token_type_ids=torch.tensor((ids == IMAGE).astype(np.int64)),
-                          max_new_tokens=n_new, do_sample=False, pad_token_id=0)
+                          max_new_tokens=n_new, do_sample=False, pad_token_id=0,
+                          suppress_tokens=[IMAGE, VIDEO, VSTART, VEND, VEND + 1])   # what our engine never samples
     result = []
     for row in out[:, t:].numpy().tolist():
         if 2 in row:  # eos: transformers pads after it

@@ -2,7 +2,8 @@
 
 Table-driven unit tests for every rule, adversarial robustness checks (huge/deep/garbage inputs, bounded
 time), and property-based fuzzing with hypothesis against an independent oracle (>20,000 generated
-examples in total, plus 20,000 seeded random adversarial strings).
+examples in total, plus 20,000 seeded random adversarial strings), including the box-tail rule (the
+last box counts only when a short harmless tail follows it: the ``\\boxed{1}4}4}4}...`` reward hack).
 """
 import random
 import re
@@ -106,17 +107,19 @@ def test_parse_number_non_str_and_limits():
 EXTRACT_CASES = [
     (r"so \boxed{7}.", "7"),
     (r"\boxed{3} then later \boxed{4}", "4"),                       # last box wins
-    (r"\boxed{7} and then 8 9 10", "7"),                           # box beats later numbers
+    (r"\boxed{7} and then 8 9 10", None),                          # boxed, then kept writing: no answer
     (r"Answer: 5. Final: \boxed{7}", "7"),                         # box beats phrases
     (r"\fbox{12}", "12"),
     (r"\boxed {7}", "7"),
     (r"\boxed{\frac{3}{4}}", r"\frac{3}{4}"),                     # nested braces
     (r"\boxed{ {1}{2} }", "{1}{2}"),
-    (r"\boxed{5} and \boxed{6", "5"),                              # unterminated ignored
+    (r"\boxed{5} and \boxed{6", None),                             # unterminated: not the answer, but its
+                                                                    # backslash makes box 5's tail harmful
     (r"\boxed{6 \boxed{5}", "5"),
     (r"\boxed{\{3\}}", r"\{3\}"),                                   # escaped braces are not groups
     (r"\boxed{}", None),
     (r"\boxed{} 7", None),                                          # found-but-empty box: no fallback
+    (r"\boxed{}.", None),
     ("The answer is 7.", "7."),
     ("Answer: 42 apples\nsome other line 99", "42 apples"),
     ("answer: 3\nANSWER: 4", "4"),                                 # last phrase wins, case-insensitive
@@ -146,11 +149,78 @@ def test_extract_fallback_window():
     far = "Answer: 5\n" + "x " * 5000                              # phrase outside the window
     assert extract_answer(far) is None
     assert extract_answer("Answer: 5\n" + "y " * 5000 + "so 8") == "so 8"
-    # the whole text is still searched for the last box
-    assert extract_answer(r"\boxed{5}" + "z " * 10**5 + "9") == "5"
+    # the whole text is still searched for the last box ...
+    assert extract_answer("z 9 " * 10**5 + r"\boxed{5}.") == "5"
+    # ... but a box far from the end has a tail over MAX_BOX_TAIL_CHARS: no answer, and no fallback
+    assert extract_answer(r"\boxed{5}" + "z " * 10**5 + "9") is None
     # a number cut by the window is never read
     assert extract_answer("123456" + "a" * (R.FALLBACK_WINDOW - 3)) is None
     assert extract_answer("12345 " + "b " * (R.FALLBACK_WINDOW // 2 - 1)) is None
+
+
+# ------------------------------------------------------- box tail: the last box must end the response
+
+BOX_TAIL_CASES = [
+    # the reward hack seen in RL: no EOS, "4}" repeated up to the length cap
+    (r"\boxed{1}4}4}4}", None),
+    (r"\boxed{1}" + "4}" * 500, None),
+    (r"\boxed{1}4", None),
+    (r"\boxed{1}}", None),                                          # a stray brace alone is harmful
+    # kept writing after the box: no answer, and the fallbacks are NOT tried
+    (r"\boxed{7} and then 8", None),
+    ("\\boxed{7}\n\n\\boxed{8", None),                              # unterminated 2nd box (cut by the cap)
+    (r"\boxed{7}\boxed{", None),
+    (r"\boxed{7} \fbox", None),                                     # a backslash: a further box opener
+    ("\\boxed{7}\n\nAnswer: 7", None),                              # a digit, even the same number
+    (r"\boxed{7} so 7", None),
+    (r"\boxed{7} \text{ apples}", None),                            # braces and a backslash
+    (r"\boxed{7}\}", None), (r"\boxed{7}\{", None),                # escaped braces count too
+    (r"\boxed{7}\\", None), (r"\boxed{7}\\)", None),               # "\\" is not the closer "\)"
+    (r"\boxed{7}\,", None), (r"\boxed{7}\quad", None),
+    (r"\boxed{12} cm²", None), (r"\boxed{7} ½", None), (r"\boxed{7} ٣", None), (r"\boxed{7} 三", None),
+    (r"\boxed{7}" + " and so on" * 30, None),                       # digit-free, but over the cap
+    (r"\boxed{7}" + "\n" * 201, None),
+    # harmless tails: whitespace, punctuation, math delimiters, a short digit-free sentence, end markers
+    (r"\boxed{7}", "7"),
+    (r"\boxed{7}.", "7"),
+    (r"\boxed{7}$.", "7"),
+    (r"$\boxed{7}$.", "7"),
+    (r"**\boxed{7}**", "7"),
+    (r"**\boxed{7}**.", "7"),
+    ("\\boxed{7}\nI hope this helps!", "7"),
+    (r"\boxed{7}. I hope this helps!", "7"),
+    (r"$\boxed{7}$ </s>", "7"),                                     # an end marker left in the text
+    (r"$\boxed{7}$<|im_end|>", "7"),
+    (r"\(\boxed{7}\)", "7"), (r"\(\boxed{7}\).", "7"),              # math-mode closers are allowed
+    ("\\[\n\\boxed{7}\n\\]", "7"), (r"$$\boxed{7}$$", "7"),
+    ("\\boxed{7}  \n\t ", "7"),
+    (r"\boxed{7} (the number of red cubes).", "7"),
+    (r"\fbox{7} :)", "7"),
+    (r"\boxed{3} then \boxed{4}.", "4"),                            # only the tail after the LAST box counts
+    (r"\boxed{6 \boxed{5}!", "5"),
+    (r"\boxed{7}" + " " * 200, "7"),                                # exactly MAX_BOX_TAIL_CHARS
+    (r"\boxed{7}" + " " * 201, None),
+]
+
+
+@pytest.mark.parametrize("text,expected", BOX_TAIL_CASES, ids=[repr(c[0])[:40] for c in BOX_TAIL_CASES])
+def test_extract_box_tail_table(text, expected):
+    assert extract_answer(text) == expected
+    assert is_equivalent(text, 7) is (expected in ("7",))
+
+
+def test_box_tail_constant_and_hack_reward():
+    assert R.MAX_BOX_TAIL_CHARS == 200 and "MAX_BOX_TAIL_CHARS" in R.__all__
+    ok = "." + "a" * (R.MAX_BOX_TAIL_CHARS - 1)
+    assert extract_answer(r"\boxed{7}" + ok) == "7"
+    assert extract_answer(r"\boxed{7}" + ok + "a") is None
+    for n in (1, 3, 200, 4000):
+        hack = r"\boxed{1}" + "4}" * n
+        for gold in (1, 14, 4, 1444, "1"):
+            assert reward(hack, gold) == 0.0, (n, gold)
+    # the same text without a box still uses the fallbacks (unchanged)
+    assert extract_answer("The answer is 7.") == "7." and extract_answer("so 7 total") == "so 7 total"
+    assert extract_answer("boxed{7} 8") == "boxed{7} 8"                 # no backslash: not a box
 
 
 # ---------------------------------------------------------------------------------- is_equivalent
@@ -164,11 +234,12 @@ EQUIV_CASES = [
     (r"\boxed{1,234}", 1234, True), (r"\boxed{1,23}", 123, False), (r"\boxed{1,23}", 1.23, False),
     (r"\boxed{-5}", -5, True), (r"\boxed{-5}", 5, False), (r"\boxed{−5}", -5, True),
     (r"\boxed{3} ... \boxed{4}", 3, False), (r"\boxed{3} ... \boxed{4}", 4, True),
-    (r"\boxed{4} and later I say 3", 3, False), ("The answer is 2-3", 3, False), ("The answer is 2-3", -3, False),
+    (r"\boxed{4} and later I say 3", 3, False), (r"\boxed{4} and later I say 3", 4, False), ("The answer is 2-3", 3, False), ("The answer is 2-3", -3, False),
     ("3 or 4", 4, False), ("It is 7.", 7, True), ("7 ladybugs.", 7, True), (r"\boxed{1e3}", 1000, True),
     (r"\boxed{2.5E-2}", "0.025", True), (r"\boxed{12 \text{ dots}}", 12, True), (r"\boxed{x = 7}", 7, True),
     ("", 0, False), ("nan", 0, False), (r"\boxed{}", 0, False), (r"\boxed{7}", np.float64(7), True),
     (r"\boxed{0.1}", np.float32(0.1), True), (r"\boxed{7}", np.int64(7), True), (r"\boxed{7}", np.array(7.0), True),
+    (r"\boxed{1}4}4}4}", 1, False), (r"\boxed{7}.", 7, True), (r"\(\boxed{7}\)", 7, True),
 ]
 
 
@@ -219,6 +290,10 @@ HUGE = [
     "1e" * 300_000 + "5",
     "9" * 4301,
     r"\boxed{" + "9" * 4301 + "}",
+    r"\boxed{7}" + "4}" * 500_000,                     # the reward hack, at a huge length cap
+    r"\boxed{7}" + " " * 10**6,                        # harmless characters, but far too many
+    r"\boxed{7}" + "\\" * 10**6,
+    r"\boxed{7}" + r"\boxed{" * 200_000,
 ]
 
 
@@ -230,7 +305,7 @@ def test_huge_and_garbage_inputs_are_bounded(idx):
     eq, t3 = _timed(is_equivalent, text, 7)
     assert t1 + t2 + t3 < 5.0
     assert isinstance(eq, bool)
-    expect_seven = idx in (3, 7, 10, 11, 12)
+    expect_seven = idx in (7, 10, 11, 12)             # 3: the box is followed by a million "}": harmful tail
     assert eq is expect_seven, (idx, span[:60] if span else span, val)
 
 
@@ -325,6 +400,9 @@ def test_fuzz_never_raises(text):
 # --------------------------------------------------------------- fuzz 2: boxed numbers in digit-free filler
 
 FILLER = st.text(st.characters(exclude_categories=("Nd", "No", "Nl"), exclude_characters="\\"), max_size=20)
+# what may follow the last box: FILLER without braces or numeric characters ("三" is a letter but numeric)
+TAIL_FILLER = st.text(st.characters(exclude_categories=("Nd", "No", "Nl"), exclude_characters="\\{}"),
+                      max_size=20).map(lambda t: "".join(c for c in t if not c.isnumeric()))
 
 
 def _int_forms(n: int) -> list[str]:
@@ -369,11 +447,11 @@ def _boxed_number(kind, n, places, pick_form, pick_gold):
 
 @settings(max_examples=6000, **FUZZ)
 @given(st.integers(0, 2**16 - 1), st.one_of(st.integers(-10**6, 10**6), st.integers(-10**40, 10**40)), FILLER,
-       st.integers(-10**12, 10**12))
-def test_fuzz_boxed_number_in_filler(code, n, filler, other):
+       TAIL_FILLER, st.integers(-10**12, 10**12))
+def test_fuzz_boxed_number_in_filler(code, n, filler, tail, other):
     kind, places, pick_form, pick_gold = code & 1, 1 + (code >> 1) % 8, (code >> 4) % 64, code >> 10
     value, form, gold = _boxed_number(kind, n, places, pick_form, pick_gold)
-    text = filler + "\\boxed{" + form + "}" + filler
+    text = filler + "\\boxed{" + form + "}" + tail
     assert is_equivalent(text, gold), (text, gold)
     assert reward(text, gold) == 1.0
     wrong = {value + 1, value - 1, value * 10, value / 10, value + F(1, 10**9), -value, F(other),
@@ -382,6 +460,65 @@ def test_fuzz_boxed_number_in_filler(code, n, filler, other):
     for m in wrong:
         assert not is_equivalent(text, m), (text, m)
     assert not is_equivalent(text, str(value.numerator + 1)) or value == value.numerator + 1
+
+
+# --------------------------------------------------------------- fuzz 2b: what follows the last box
+
+def _oracle_tail_ok(tail):
+    """Independent reading of the box-tail rule: short, no numeric char, no brace, backslash only in
+    the closers "\\)" and "\\]"."""
+    if len(tail) > 200:
+        return False
+    for k, c in enumerate(tail):
+        if c.isnumeric() or c in "{}":
+            return False
+        if c == "\\" and tail[k + 1:k + 2] not in (")", "]"):
+            return False
+    return True
+
+
+PUNCT_TAIL = st.lists(st.one_of(
+    st.characters(categories=("Zs", "Zl", "Zp", "Po", "Ps", "Pe", "Pd", "Pi", "Pf", "Pc"), exclude_characters="\\{}"),
+    st.sampled_from(["\n", "\t", "\r", "$", "**", "*", "<", ">", "|", "\\)", "\\]", "</s>", "<|im_end|>"])),
+    max_size=40).map("".join).filter(lambda t: len(t) <= 200)
+NUMERIC_CHARS = st.sampled_from(list("0123456789") + ["²", "½", "٣", "三", "७", "①", "Ⅻ", "７"])
+
+
+@settings(max_examples=2000, **FUZZ)
+@given(st.integers(0, 2**16 - 1), st.integers(-10**9, 10**9), FILLER, PUNCT_TAIL, st.text(max_size=20))
+def test_fuzz_box_then_punctuation_tail_is_rewarded(code, n, filler, tail, sentence):
+    kind, places, pick_form, pick_gold = code & 1, 1 + (code >> 1) % 8, (code >> 4) % 64, code >> 10
+    value, form, gold = _boxed_number(kind, n, places, pick_form, pick_gold)
+    text = filler + "\\boxed{" + form + "}" + tail
+    assert reward(text, gold) == 1.0, (text, gold)
+    assert reward(text, value + 1) == 0.0
+    prose = " " + "".join(c for c in sentence if c.isalpha() and not c.isnumeric()) + "."
+    assert reward(text + prose, gold) == (1.0 if len(tail + prose) <= R.MAX_BOX_TAIL_CHARS else 0.0)
+
+
+@settings(max_examples=2000, **FUZZ)
+@given(st.integers(0, 2**16 - 1), st.integers(-10**9, 10**9), FILLER, st.text(max_size=30), NUMERIC_CHARS,
+       st.text(max_size=30))
+def test_fuzz_box_then_numeric_tail_is_not_rewarded(code, n, filler, before, digit, after):
+    kind, places, pick_form, pick_gold = code & 1, 1 + (code >> 1) % 8, (code >> 4) % 64, code >> 10
+    value, form, gold = _boxed_number(kind, n, places, pick_form, pick_gold)
+    text = filler + "\\boxed{" + form + "}" + before + digit + after
+    if "box" in before + after:
+        return                                       # a second box could be the last one: another test
+    assert extract_answer(text) is None, text      # no fallback either: never the number in the tail
+    assert reward(text, gold) == 0.0, (text, gold)
+    assert reward(text + "\\boxed{" + form + "}", gold) == 1.0   # boxing it again at the end is fine
+
+
+@settings(max_examples=3000, **FUZZ)
+@given(st.integers(-10**6, 10**6), FILLER,
+       st.one_of(st.text(max_size=40), st.text(ANY_CHAR, max_size=40), st.lists(LATEXY, max_size=12).map("".join),
+                 st.text(st.sampled_from(" .!a{}\\)]$*\n4"), max_size=220)))
+def test_fuzz_box_tail_matches_oracle(n, filler, tail):
+    text = filler + "\\boxed{" + str(n) + "}" + tail
+    if "box" in tail:
+        return
+    assert is_equivalent(text, n) is _oracle_tail_ok(tail), (text, _oracle_tail_ok(tail))
 
 
 # ----------------------------------------------------- fuzz 3: adversarial strings vs an independent oracle
@@ -395,7 +532,7 @@ _ORACLE_ATOM = re.compile(rf"-*{_ORACLE_NUM}(?:\s*[-/]\s*-*{_ORACLE_NUM})*", re.
 
 
 def _oracle_boxed(s):
-    """Naive quadratic scan: content of the balanced box whose closing brace is last."""
+    """Naive quadratic scan: (content, closing-brace index) of the balanced box whose closing brace is last."""
     best_end, best = -1, None
     starts = [(i, kw) for kw in ("\\boxed", "\\fbox") for i in range(len(s)) if s.startswith(kw, i)]
     for i, kw in starts:
@@ -418,7 +555,7 @@ def _oracle_boxed(s):
             k += 1
         if depth == 0 and k > best_end:
             best_end, best = k, s[j + 1:k]
-    return best
+    return None if best is None else (best, best_end)
 
 
 def _oracle_phrase(s):
@@ -499,8 +636,12 @@ def _oracle_atom_value(atom):
 
 def oracle_value(s):
     """What number s's final answer denotes (None: unclear); written independently of the module."""
-    span = _oracle_boxed(s)
-    if span is None:
+    box = _oracle_boxed(s)
+    if box is not None:
+        if not _oracle_tail_ok(s[box[1] + 1:]):
+            return None                                    # boxed, then kept writing
+        span = box[0]
+    else:
         span = _oracle_phrase(s)
     if span is not None:
         atoms = _ORACLE_ATOM.findall(_oracle_normalise(span))
@@ -551,11 +692,12 @@ def _compose(mode, junk_a, core, junk_b, end):
     return [junk_a + core + junk_b,                                   # anything
             junk_a + "\\boxed{" + core + "}" + junk_b,                 # a box around junk
             junk_a + "Answer: " + core + end + junk_b,                 # a phrase before junk
-            junk_a + " " + core][mode]                                # a number-ish tail
+            junk_a + " " + core,                                       # a number-ish tail
+            junk_a + "\\boxed{" + core + "}" + end][mode]              # a box at the very end
 
 
 @settings(max_examples=8000, **FUZZ)
-@given(st.integers(0, 3), st.text(_CODES, max_size=16), st.text(_CODES, min_size=1, max_size=6),
+@given(st.integers(0, 4), st.text(_CODES, max_size=16), st.text(_CODES, min_size=1, max_size=6),
        st.text(_CODES, max_size=12), st.sampled_from(["", "\n", " ", "."]))
 def test_fuzz_adversarial_against_oracle(mode, junk_a, core, junk_b, end):
     _check_adversarial(_compose(mode, _decode(junk_a), _decode(core), _decode(junk_b), end))
@@ -568,7 +710,8 @@ def test_seeded_adversarial_strings_against_oracle():
     for _ in range(n):
         def junk(k):
             return "".join(rng.choice(PIECES) for _ in range(k))
-        s = _compose(rng.randrange(4), junk(rng.randrange(17)), junk(1 + rng.randrange(6)),
+        s = _compose(rng.randrange(5), junk(rng.randrange(17)), junk(1 + rng.randrange(6)),
                      junk(rng.randrange(13)), rng.choice(["", "\n", " ", "."]))
         accepted += _check_adversarial(s)
-    assert accepted > n // 10                                 # the fuzz actually exercises acceptance
+    # the fuzz actually exercises acceptance (~10%: most random text after a box is a harmful tail)
+    assert accepted > n // 20

@@ -290,3 +290,25 @@ def test_sampler_benchmark_on_a_tensor_parallel_layout(tmp_path):
     assert row == rows[0] and row["tensor"] == 4 and row["same_tokens"] == 8
     assert 0 < row["engine_collectives"] < row["compiler_collectives"], row
     assert all(row[f"{v}_ms"] > 0 for v in ("engine", "gumbel", "sort", "compiler"))
+
+
+def test_suppressed_ids_are_never_sampled_nor_the_argmax():
+    """The engine's vision-id mask: banned columns that hold the largest logits are never drawn (any filter,
+    greedy included), and the other columns are left as they are."""
+    from hopchain_jax.infer.sampling import suppress_ids
+    seed = int(np.random.SeedSequence().entropy % 2 ** 31)   # fresh inputs every run
+    rng = np.random.default_rng(seed)
+    x = _logits(seed, rows=8, vocab=512)
+    banned = sorted(rng.choice(512, 5, replace=False).tolist())
+    x[:, banned] = x.max() + 10.0                      # the banned tokens would win every draw
+    masked = suppress_ids(jnp.asarray(x), banned)
+    assert np.isneginf(np.asarray(masked)[:, banned]).all(), seed
+    keep = np.setdiff1d(np.arange(512), banned)
+    np.testing.assert_array_equal(np.asarray(masked)[:, keep], x[:, keep])
+    assert np.array_equal(np.asarray(suppress_ids(jnp.asarray(x), ())), x)
+    for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.7, 20, 0.8), (0.0, 0, 1.0), (1.5, 100, 0.95)):
+        for _ in range(4):
+            keys = jnp.asarray(rng.integers(0, 2 ** 32, size=(8, 2), dtype=np.uint32))
+            tokens, logp = sample_tokens(masked, keys, temperature, top_k, top_p)
+            assert not np.isin(np.asarray(tokens), banned).any(), (seed, temperature)
+            assert np.isfinite(np.asarray(logp)).all()

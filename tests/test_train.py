@@ -82,6 +82,16 @@ def test_kl_penalty_and_sft_step():
     assert float(m["kl"]) > 0.0 and np.isfinite(float(m["entropy_mean"]))
 
 
+def test_pack_refuses_a_response_holding_a_vision_id():
+    mc = tiny()
+    assert len(mc.vision_token_ids) == 5
+    prompts = [Prompt(np.array([1, 7, 8, 9, 10]), None, None)]
+    assert pack(prompts, [0], [[11, 12, 2]], mc).num_tokens == 8
+    for vid in mc.vision_token_ids:
+        with pytest.raises(ValueError, match="rows \\[1\\] hold vision placeholder ids"):
+            pack(prompts, [0, 0], [[11, 12], [11, vid, 12]], mc)
+
+
 def _run(args, out, env=None, **kw):
     return subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), *args, "--out", str(out),
                            "--no-progress"], capture_output=True, text=True, env=env, **kw)
@@ -181,3 +191,79 @@ def test_two_local_processes_train_together(tmp_path):
     assert sorted(r["process"] for r in reports) == [0, 1]
     assert reports[0]["losses"] == reports[1]["losses"] and all(np.isfinite(reports[0]["losses"]))
     assert (tmp_path / "mp" / "metrics.jsonl").exists()  # written by process 0 only
+
+
+def _bias_towards(params, token: int):
+    """Weights whose every next token is `token` unless it is masked: the residual stream carries a constant 1
+    on feature 0 (every embedding's column 0), the final norm passes only that feature, and the LM head maps
+    it to `token` with weight 1000."""
+    def edit(path, x):
+        key = jax.tree_util.keystr(path)
+        if key.startswith("['language_model']['embed_tokens']"):
+            return jax.device_put(x.at[:, 0].set(1.0), x.sharding)
+        if key.startswith("['language_model']['norm']"):
+            return jax.device_put(x.at[1:].set(0.0), x.sharding)
+        if key.startswith("['lm_head']"):
+            return jax.device_put(x.at[0, token].set(1000.0), x.sharding)
+        return x
+    return jax.tree_util.tree_map_with_path(edit, params)
+
+
+@pytest.mark.slow
+def test_rl_on_a_model_biased_to_image_pad_with_heldout_eval_export_and_hopchain_eval(tmp_path):
+    """The README's RL crash: the sampler emitted <|image_pad|> and packing read it as an image. A model
+    biased to emit it now trains two RL steps (the engine never samples vision ids; a response that holds
+    one anyway is dropped and counted); the held-out split is never trained on and is evaluated before and
+    after; the exported checkpoint keeps the training image size, and `hopchain eval` runs on it."""
+    from hopchain_jax.cli import main
+    from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams
+    from hopchain_jax.models.image_processor import from_pretrained_dir
+    from hopchain_jax.models.tokenizer import IMAGE_PAD_ID
+    from hopchain_jax.rl.trainer import Trainer
+    cfg = TrainConfig.from_json({**FAST, "mode": "rl", "steps": 2, "out_dir": str(tmp_path / "run"),
+                                 "pad_to_tokens": 256, "pad_to_patches": 256, "eval_every": 2, "eval_items": 3,
+                                 "heldout_fraction": 0.25})
+    t = Trainer(cfg, progress=False)
+    t.updater.params = _bias_towards(t.updater.params, IMAGE_PAD_ID)
+    vision = set(t.model_config.vision_token_ids)
+    assert {IMAGE_PAD_ID, 151652, 151653, 151654, 151656} == vision
+    prompt = t.eval_prompts[0]
+    request = Request(prompt["prompt_ids"], prompt["pixel_values"], prompt["image_grid_thw"])
+    # the bias works: without the mask every sampled token is <|image_pad|>
+    unmasked = InferenceEngine(t.updater.model(), t.tokenizer, t.mesh, max_slots=2, suppressed_ids=())
+    raw = unmasked.generate([request], SamplingParams(n=2, max_new_tokens=4, seed=1))
+    assert all(o.token_ids == [IMAGE_PAD_ID] * 4 for o in raw)
+    # one response of step 1 holds a vision id anyway (as from a sampler without the mask): dropped, counted
+    real_generate, calls = t.engine.generate, []
+
+    def generate(requests, params=SamplingParams()):
+        outs = real_generate(requests, params)
+        calls.append(params.temperature)
+        if len(calls) == 2:   # call 1 is the step-0 evaluation
+            outs[0].token_ids = outs[0].token_ids[:1] + [IMAGE_PAD_ID] + outs[0].token_ids[1:]
+        for o in outs[1:] if len(calls) == 2 else outs:
+            assert not vision.intersection(o.token_ids), o.token_ids   # the engine never samples them
+        return outs
+    t.engine.generate = generate
+    history = t.train()
+    assert [m["dropped_responses"] for m in history] == [1.0, 0.0]
+    assert all(np.isfinite(m["loss"]) and 0 <= m["truncation_rate"] <= 1 for m in history)
+    # held-out: whole images never trained on, evaluated at steps 0 and 2 (logged beside the reward)
+    held = json.loads((tmp_path / "run" / "heldout.json").read_text())
+    held_images = set(held["sources"][0]["heldout_images"])
+    (train_source, _), = t.train_sources
+    assert held_images and not held_images & set(train_source.image_hashes)
+    assert len(held["eval_ids"]) == 3 and [e["step"] for e in t.eval_history] == [0, 2]
+    logged = _log(tmp_path / "run")
+    assert [m["step"] for m in logged if "eval_accuracy" in m] == [0, 2]
+    assert "reward_mean" in logged[-1] and 0 <= logged[-1]["eval_accuracy"] <= 1
+    # the export keeps the training image size; `hopchain eval` reads it and scores the checkpoint
+    hf = t.export_hf()
+    t.close()
+    assert from_pretrained_dir(hf).max_pixels == FAST["max_pixels"]
+    assert json.loads((hf / "generation_config.json").read_text())["eos_token_id"] == list(t.model_config.eos_ids)
+    out = tmp_path / "eval"
+    assert main(["eval", str(tmp_path / "run" / "data"), "--model", str(hf), "--out", str(out), "--greedy",
+                 "--limit", "2", "--max-tokens", "8", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["overall"]["items"] == 2 and summary["overall"]["truncated"] == 1.0   # 8 tokens, no EOS

@@ -6,7 +6,7 @@ Each element is a dict:
   answer    float64 scalar (the exact number; integers stay exact below 2**53)
   id        str        record id
   variant   str        "full" | "half" | "single"
-  record    bytes      the whole schema-v1 record as UTF-8 JSON (hops, rationale, instances, ...)
+  record    bytes      the whole schema-v2 record as UTF-8 JSON (hops, rationale, instances, ...)
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ invalid UTF-8 / JSON, a missing or empty key, a non-numeric answer, an unreadabl
 Output: the same layout as ``hopchain synth`` (store.py), so ``HopChainSource`` / ``make_mixture`` read it.
 Shard k holds the records of JSONL lines [k*images_per_shard + 1, (k+1)*images_per_shard]: at most
 ``images_per_shard`` images, fewer when lines are bad or share an image (identical pixels are stored once
-per shard). Records are schema v1 with ``variant: "external"``, no instances/hops/program, ``rationale:
+per shard). Records are schema v2 with ``variant: "external"``, no instances/hops/program, ``rationale:
 null``, ``provenance: {"backend": "jsonl-import", "source": <jsonl>, "line": n}``.
 
 Crash safety as in synth: ``config.json`` (the JSONL's path, size and mtime, images_root, images_per_shard) is

@@ -8,7 +8,7 @@ engine and the trainer take. Output element (a dict; L, P and T vary per element
   image_grid_thw  int64   [1, 3]           (t, h, w) in patches; image tokens = t*h*w // merge_size**2
   answer          float64 scalar           the gold number
   id, variant, question   str
-  record          bytes                    the whole schema-v1 record (UTF-8 JSON)
+  record          bytes                    the whole schema-v2 record (UTF-8 JSON)
   target_text     str                      SFT target: the record's gold "rationale", else "\\boxed{answer}"
   target_ids      int32   [T]              target_text tokenized, then <|im_end|>
   source          str                      passed through when the input has it (make_mixture adds it)

@@ -57,7 +57,7 @@ def _write_array(path: Path, data: np.ndarray, chunks: Sequence[int], dtype: str
 def write_shard(root: str | os.PathLike, index: int, images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                 records: Sequence[dict], info: dict) -> Path:
     """Write one shard atomically. images: uint8 [H, W, 3] each (one size per shard); labels: uint8
-    [H, W]; records: schema-v1 dicts whose image refers to this shard. Returns the shard's path."""
+    [H, W]; records: schema-v2 dicts whose image refers to this shard. Returns the shard's path."""
     shards = Path(root) / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     final = shards / shard_name(index)

@@ -53,7 +53,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hopchain_jax.infer.sampling import (SamplerWork, SamplingParams, row_keys, sample_tokens, seed_key,
-                                         vocab_sharded_draw)
+                                         suppress_ids, vocab_sharded_draw)
 from hopchain_jax.infer.scheduler import (AdmissionQueue, GenerateStats, SampleState, SlotPool, bucket,
                                           check_admission, length_bucket)
 from hopchain_jax.models.qwen_vl import KVCache, QwenVL, cache_bits_dtype
@@ -163,12 +163,14 @@ class InferenceEngine:
     max_slots: decode slots in the pool (KV cache rows). length_bucket: prompt-length granularity of a
     prefill. kv_bucket: base of the cache-length buckets (cache and read lengths are kv_bucket x 1, 2, 3,
     4, 6, 8, ...). decode_chunk: decode steps per device call. prefill_tokens: padded prompt tokens per
-    prefill call. admission: "longest_first" or "fifo"."""
+    prefill call. admission: "longest_first" or "fifo". suppressed_ids: token ids never generated (their
+    logits are -inf before sampling and the greedy argmax, for every request); default: the model's vision
+    placeholder and boundary ids (config.vision_token_ids), which a response must not hold."""
 
     def __init__(self, model: QwenVL, tokenizer=None, mesh: Mesh | None = None, *, rollout_mesh: Mesh | None = None,
                  max_slots: int = 256, length_bucket: int = 64, kv_bucket: int = 256, decode_chunk: int = 16,
                  prefill_tokens: int = 16384, batch_buckets: Sequence[int] = BATCH_BUCKETS,
-                 admission: str = "longest_first"):
+                 admission: str = "longest_first", suppressed_ids: Sequence[int] | None = None):
         if rollout_mesh is not None:
             if mesh is None:
                 raise ValueError("rollout_mesh needs the mesh the weights live on (mesh=...)")
@@ -180,6 +182,8 @@ class InferenceEngine:
         check_admission(admission)
         self.config = model.config
         self.tokenizer = tokenizer
+        self.suppressed_ids = tuple(sorted({int(i) for i in (model.config.vision_token_ids if suppressed_ids is None
+                                                              else suppressed_ids)}))
         if mesh is not None:
             shard_model(model, mesh)   # no-op for arrays already on the mesh (e.g. the trainer's)
         self.mesh = rollout_mesh if rollout_mesh is not None else mesh
@@ -348,8 +352,8 @@ class InferenceEngine:
     def _first_tokens(self, logits, src, r, work: SamplerWork):
         """Each admitted sequence's first token from its prompt row's last logits (logits[src]); r: the
         sequences' sampling fields of ROW_FIELDS, each [k]; work: what the call's settings need."""
-        return sample_tokens(logits[src], self._keys(r, jnp.zeros_like(src)), r["temperature"], r["top_k"],
-                             r["top_p"], work=work, draw=self._draw)
+        return sample_tokens(suppress_ids(logits[src], self.suppressed_ids), self._keys(r, jnp.zeros_like(src)),
+                             r["temperature"], r["top_k"], r["top_p"], work=work, draw=self._draw)
 
     @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6), donate_argnums=(2,))
     def _decode(self, state, cache, rows, steps, read, work: SamplerWork):
@@ -367,8 +371,8 @@ class InferenceEngine:
             pos3 = jnp.broadcast_to(r["position"][None, :, None], (3,) + r["position"].shape + (1,))
             out = model(r["token"][:, None], pos3, active[:, None], cache=cache, cache_index=r["write"],
                         logits_at=jnp.zeros_like(r["token"]), cache_read=read)
-            new, logp = sample_tokens(out.logits, self._keys(r, r["count"]), r["temperature"], r["top_k"],
-                                      r["top_p"], work=work, draw=self._draw)
+            new, logp = sample_tokens(suppress_ids(out.logits, self.suppressed_ids), self._keys(r, r["count"]),
+                                      r["temperature"], r["top_k"], r["top_p"], work=work, draw=self._draw)
             new = jnp.where(active, new, self.pad_id)
             inc = active.astype(jnp.int32)
             remaining = r["remaining"] - inc

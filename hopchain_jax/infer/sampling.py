@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.sharding import PartitionSpec as P
 
 
@@ -358,6 +359,16 @@ class SamplerWork(NamedTuple):
         candidates = (bool(filter_p.any()) and not (filter_p & ~filter_k).any()
                       and k[filter_k].max() <= CANDIDATE_MAX)
         return cls(bool(sampled.any()), bool(filter_k.any()), bool(filter_p.any()), bool(candidates))
+
+
+def suppress_ids(logits: jax.Array, ids: Sequence[int]) -> jax.Array:
+    """logits [..., V] with the columns `ids` set to -inf (never sampled, never the argmax). One compare
+    per id against an iota, elementwise: a vocabulary-sharded layout stays in place."""
+    if not ids:
+        return logits
+    col = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    hit = functools.reduce(jnp.logical_or, [col == int(i) for i in ids])
+    return jnp.where(hit, -jnp.inf, logits)
 
 
 def sample_tokens(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p, cutoffs: str = "auto",

@@ -7,7 +7,8 @@ checkpoints are accepted, in both key layouts:
   Qwen2.5-VL hub layout   visual.*, model.layers.*, model.embed_tokens.*, model.norm.*, lm_head.*
   transformers-5 layout   model.visual.*, model.language_model.*, lm_head.*
 `save_pretrained` writes the layout of the architecture's official checkpoints (the first for 2.5-VL,
-the second for Qwen3-VL) plus config.json, so transformers and vLLM load a model trained here.
+the second for Qwen3-VL) plus config.json, so transformers and vLLM load a model trained here; given the
+image processor settings and sampling defaults, also preprocessor_config.json and generation_config.json.
 
 Our decoder layers and vision blocks are stacked ([L, ...] per parameter, models/stack.py); the
 checkpoint keeps one tensor per layer (`model.layers.{i}.…`, `visual.blocks.{i}.…`). Loading builds
@@ -31,6 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from hopchain_jax.models.config import QwenVLConfig
+from hopchain_jax.models.image_processor import ImageProcessorConfig, save_preprocessor_config
 from hopchain_jax.models.qwen_vl import QwenVL
 from hopchain_jax.models.sharding import STACKED_PATH, param_sharding, path_str, to_host
 
@@ -224,10 +226,106 @@ def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
+GENERATION_CONFIG_NAME = "generation_config.json"
+_SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
+
+
+def _generation_dict(config: QwenVLConfig, sampling: dict[str, Any]) -> dict[str, Any]:
+    """generation_config.json's contents (see `save_generation_config`); raises on bad settings."""
+    unknown = sorted(set(sampling) - set(_SAMPLING_KEYS))
+    if unknown:
+        raise TypeError(f"save_generation_config: unknown sampling settings {unknown}; "
+                        f"expected some of {list(_SAMPLING_KEYS)}")
+    given = {k: v for k, v in sampling.items() if v is not None}
+    temperature, top_p, top_k = given.get("temperature"), given.get("top_p"), given.get("top_k")
+    if temperature is not None and not float(temperature) >= 0:
+        raise ValueError(f"save_generation_config: temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if top_p is not None and not 0 < float(top_p) <= 1:
+        raise ValueError(f"save_generation_config: top_p must be in (0, 1], got {top_p!r}")
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 0):
+        raise ValueError(f"save_generation_config: top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    out: dict[str, Any] = {}
+    if config.bos_token_id is not None:
+        out["bos_token_id"] = int(config.bos_token_id)
+    if config.eos_ids:
+        out["eos_token_id"] = [int(i) for i in config.eos_ids]
+    if config.pad_token_id is not None:
+        out["pad_token_id"] = int(config.pad_token_id)
+    greedy = temperature is not None and float(temperature) == 0
+    if greedy:
+        if given.get("do_sample"):
+            raise ValueError("save_generation_config: do_sample=True with temperature=0 (greedy) contradict")
+        out["do_sample"] = False
+    else:
+        if "do_sample" in given:
+            out["do_sample"] = bool(given["do_sample"])
+        elif any(k in given for k in ("temperature", "top_p", "top_k")):
+            out["do_sample"] = True
+        if temperature is not None:
+            out["temperature"] = float(temperature)
+        if top_p is not None:
+            out["top_p"] = float(top_p)
+        if top_k is not None:
+            out["top_k"] = int(top_k)
+    if "repetition_penalty" in given:
+        out["repetition_penalty"] = float(given["repetition_penalty"])
+    if "max_new_tokens" in given:
+        out["max_new_tokens"] = int(given["max_new_tokens"])
+    return out
+
+
+def _write_generation_config(path: Path, data: dict[str, Any]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    file = path / GENERATION_CONFIG_NAME
+    file.write_text(json.dumps(data, indent=2) + "\n")
+    return file
+
+
+def save_generation_config(path: str | os.PathLike, config: QwenVLConfig, **sampling: Any) -> Path:
+    """Write ``path/generation_config.json`` (what ``transformers.GenerationConfig.from_pretrained`` and vLLM
+    read): the model's bos / pad ids, ``eos_token_id`` as the list ``config.eos_ids``, and the sampling
+    defaults the caller passes (do_sample, temperature, top_p, top_k, repetition_penalty, max_new_tokens;
+    None values are left out; other names raise TypeError).
+
+    The sampling values follow hopchain's conventions (SamplingParams): temperature 0 is greedy, written as
+    ``do_sample: false`` without temperature / top_p / top_k; otherwise ``do_sample`` defaults to true when
+    any of temperature / top_p / top_k is given. Creates ``path`` if needed; returns the file's path.
+    """
+    return _write_generation_config(Path(path), _generation_dict(config, sampling))
+
+
+def _check_processor(processor: ImageProcessorConfig, config: QwenVLConfig) -> None:
+    """The image processor must cut patches the way the model's vision tower reads them."""
+    if not isinstance(processor, ImageProcessorConfig):
+        raise TypeError(f"save_pretrained: processor must be an ImageProcessorConfig, got {type(processor).__name__}")
+    v = config.vision
+    pairs = {"patch_size": (processor.patch_size, v.patch_size),
+             "temporal_patch_size": (processor.temporal_patch_size, v.temporal_patch_size),
+             "merge_size": (processor.merge_size, v.spatial_merge_size)}
+    bad = {k: p for k, p in pairs.items() if p[0] != p[1]}
+    if bad:
+        raise ValueError("save_pretrained: the image processor does not match the model's vision config: " +
+                         ", ".join(f"processor {k}={a} vs model {b}" for k, (a, b) in bad.items()))
+
+
 def save_pretrained(model: QwenVL, path: str | os.PathLike, *, max_shard_bytes: int = 4 << 30,
-                    dtype=None) -> Path:
-    """Write config.json + safetensors (sharded with an index past max_shard_bytes) in the official layout."""
+                    dtype=None, processor: ImageProcessorConfig | None = None,
+                    generation: dict[str, Any] | None = None) -> Path:
+    """Write config.json + safetensors (sharded with an index past max_shard_bytes) in the official layout.
+
+    processor: the image processor settings the model was trained with (e.g. the training max_pixels), written
+    as preprocessor_config.json so transformers and `image_processor.from_pretrained_dir` use them instead of
+    their defaults. generation: sampling defaults for generation_config.json (the keyword arguments of
+    `save_generation_config`; ``{}`` writes just the special token ids). Neither file is written when None."""
     config = model.config
+    if processor is not None:
+        _check_processor(processor, config)
+    gen_data = None
+    if generation is not None:  # checked before any weight is gathered or written
+        if not isinstance(generation, dict):
+            raise TypeError(f"save_pretrained: generation must be a dict of sampling settings, got "
+                            f"{type(generation).__name__}")
+        gen_data = _generation_dict(config, generation)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, np.ndarray]] = [{}]
@@ -261,4 +359,8 @@ def save_pretrained(model: QwenVL, path: str | os.PathLike, *, max_shard_bytes: 
         (path / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
     (path / "config.json").write_text(json.dumps(config.to_hf(), indent=1))
+    if processor is not None:
+        save_preprocessor_config(path, processor, arch=config.arch)
+    if gen_data is not None:
+        _write_generation_config(path, gen_data)
     return path

@@ -94,6 +94,16 @@ class QwenVLConfig:
             raise ValueError("vision.out_hidden_size must equal text.hidden_size")
 
     @property
+    def vision_token_ids(self) -> tuple[int, ...]:
+        """Every id that marks or holds vision input (<|vision_start|>, <|vision_end|>, <|vision_pad|>,
+        <|image_pad|>, <|video_pad|>) and lies inside the vocabulary: ids a response must never hold
+        (the sampler masks them; packing a response reads them as an image). <|vision_pad|> has no
+        config.json key: it is the id after <|vision_end|> in every Qwen-VL tokenizer."""
+        ids = {self.vision_start_token_id, self.vision_end_token_id, self.vision_end_token_id + 1,
+               self.image_token_id, self.video_token_id}
+        return tuple(sorted(i for i in ids if i is not None and 0 <= i < self.text.vocab_size))
+
+    @property
     def eos_ids(self) -> tuple[int, ...]:
         if self.eos_token_id is None:
             return ()

@@ -21,6 +21,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,8 @@ __all__ = [
     "to_rgb_uint8",
     "preprocess",
     "from_pretrained_dir",
+    "save_preprocessor_config",
+    "PREPROCESSOR_CONFIG_NAME",
 ]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -50,6 +53,12 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _RESAMPLE_NAMES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
 MAX_ASPECT_RATIO = 200  # transformers' smart_resize limit
+
+PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+
+# model_type -> the processor class transformers pairs with it (the ``processor_class`` of the hub files).
+_PROCESSOR_CLASSES = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor",
+                      "qwen3_vl": "Qwen3VLProcessor"}
 
 
 @dataclass(frozen=True)
@@ -324,6 +333,31 @@ def preprocess(images, config: ImageProcessorConfig = QWEN2_5_VL) -> ProcessedIm
                            merge_size=config.merge_size, resized_sizes=sizes)
 
 
+def save_preprocessor_config(path, config: ImageProcessorConfig, arch: str | None = None) -> Path:
+    """Write ``config`` as ``path/preprocessor_config.json``, the file transformers' Qwen2-VL / Qwen3-VL image
+    processors (``AutoImageProcessor``, ``Qwen2VLImageProcessor[Pil]``) and :func:`from_pretrained_dir` read.
+
+    All settings are written explicitly (``config.to_dict()``: the do_* flags, mean/std, rescale factor,
+    resample filter, patch/temporal/merge sizes, and the pixel budget both as top-level ``min_pixels`` /
+    ``max_pixels`` and as ``size = {"shortest_edge": min, "longest_edge": max}``), so no reader falls back to
+    its own defaults. ``arch`` (a model_type: qwen2_vl, qwen2_5_vl, qwen3_vl) adds the matching
+    ``processor_class``, as in the official checkpoints. Creates ``path`` if needed; returns the file's path.
+    """
+    if not isinstance(config, ImageProcessorConfig):
+        raise TypeError(f"save_preprocessor_config: expected an ImageProcessorConfig, got {type(config).__name__}")
+    data = config.to_dict()
+    if arch is not None:
+        if arch not in _PROCESSOR_CLASSES:
+            raise ValueError(f"save_preprocessor_config: unknown arch {arch!r}; expected one of "
+                             f"{sorted(_PROCESSOR_CLASSES)}")
+        data["processor_class"] = _PROCESSOR_CLASSES[arch]
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / PREPROCESSOR_CONFIG_NAME
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    return out
+
+
 def _infer_default(path: str) -> ImageProcessorConfig:
     cfg_path = os.path.join(path, "config.json")
     if os.path.isfile(cfg_path):
@@ -346,7 +380,7 @@ def from_pretrained_dir(path, default: ImageProcessorConfig | None = None) -> Im
     patches) and ``QWEN2_5_VL`` otherwise.
     """
     path = os.fspath(path)
-    pp_path = os.path.join(path, "preprocessor_config.json")
+    pp_path = os.path.join(path, PREPROCESSOR_CONFIG_NAME)
     if not os.path.isfile(pp_path):
         return default if default is not None else _infer_default(path)
     with open(pp_path) as f:

@@ -41,6 +41,14 @@ class TrainConfig:
       ~ rows x vocabulary x 4 bytes; head_chunk_vocab columns per dz/dh/dw tile (0: auto, V / 128, bounded
       memory; -1: the whole vocabulary, one dw matmul per chunk); head_dw_accum the dw accumulator ("auto": the
       compute dtype, in place; "float32": half the rounding error for a [D, V] float32 buffer).
+    Rewards: zero_reward_truncated -- a response that reaches max_new_tokens without EOS earns 0 whatever it
+      says (a policy that stops emitting EOS and keeps writing boxes is not rewarded); logged as
+      truncation_rate. Responses holding a vision placeholder id (never sampled: the engine masks them) would
+      be dropped from the step and counted (dropped_responses).
+    Held-out evaluation: eval_every > 0 holds out heldout_fraction of the images of every data source (by
+      image hash, data/split.py; recorded in OUT/heldout.json), never trains on them, and scores greedy
+      accuracy on eval_items of their records (eval_variants) before the first step, every eval_every steps
+      and at the end (eval_max_new_tokens, 0: max_new_tokens), logged as eval_accuracy beside the reward.
     Step shapes: a step's rows are padded to its length bucket (rl.sequences.LENGTH_BUCKETS) and each
       micro-batch's images to a power-of-two patch count, and every new (length, patches) pair compiles
       the scoring and update programs again. pad_to_tokens / pad_to_patches (0: off) pad every step to at
@@ -92,6 +100,12 @@ class TrainConfig:
     head_dw_accum: str = "auto"
     pad_to_tokens: int = 0
     pad_to_patches: int = 0
+    zero_reward_truncated: bool = True
+    eval_every: int = 0
+    eval_items: int = 32
+    eval_variants: tuple[str, ...] = ("full", "external")
+    eval_max_new_tokens: int = 0
+    heldout_fraction: float = 0.1
 
     def __post_init__(self):
         if self.mode not in ("rl", "sft"):
@@ -124,6 +138,12 @@ class TrainConfig:
         if self.pad_to_tokens < 0 or self.pad_to_patches < 0:
             raise ValueError(f"pad_to_tokens and pad_to_patches must be >= 0 (0: each step's own bucket), got "
                              f"{self.pad_to_tokens} and {self.pad_to_patches}")
+        if self.eval_every < 0 or self.eval_items < 1 or self.eval_max_new_tokens < 0:
+            raise ValueError(f"eval_every must be >= 0 (0: no held-out evaluation), eval_items >= 1 and "
+                             f"eval_max_new_tokens >= 0, got {self.eval_every}, {self.eval_items} and "
+                             f"{self.eval_max_new_tokens}")
+        if self.eval_every and not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must lie in (0, 1) when eval_every > 0, got {self.heldout_fraction}")
         for name, weight in self.data:
             if weight <= 0:
                 raise ValueError(f"data source {name!r} has weight {weight}; weights must be > 0")
@@ -140,6 +160,8 @@ class TrainConfig:
         data = dict(data)
         data["data"] = tuple((str(d), float(w)) for d, w in data.get("data", ()))
         data["mesh"] = tuple(data.get("mesh", (1, -1, 1)))
+        if "eval_variants" in data:
+            data["eval_variants"] = tuple(data["eval_variants"])
         if data.get("rollout_mesh") is not None:
             data["rollout_mesh"] = tuple(data["rollout_mesh"])
         return cls(**data)

@@ -11,10 +11,20 @@ constant, a malformed thousands group, ...) the parser returns ``None`` instead 
 Answer-span priority (``extract_answer``):
   1. the LAST terminated ``\\boxed{...}`` / ``\\fbox{...}`` in the whole text ("last" = the one whose
      closing brace comes last; nested braces are balanced, ``\\{``/``\\}`` are not grouping braces,
-     unterminated boxes are ignored);
-  2. else, within the last ``FALLBACK_WINDOW`` characters, the last "Answer:" / "answer is" /
-     "final answer" phrase (case-insensitive) and the rest of its line (or the next line with
-     letters/digits when the rest of the line has none, e.g. ``**Final Answer**\\n7``);
+     unterminated boxes are ignored) -- but only when it ENDS the response: the tail after its closing
+     brace must be harmless, i.e. at most ``MAX_BOX_TAIL_CHARS`` characters (raw length, whitespace
+     included) holding no digit (ASCII or any other numeric character: "²", "½", "٣"), no brace ``{``/``}``
+     and no backslash except in the math-mode closers ``\\)`` / ``\\]`` -- so no further box opener and
+     no escaped ``\\{``/``\\}``. Whitespace, punctuation and a short digit-free sentence are harmless:
+     ``\\boxed{7}.``, ``$\\boxed{7}$.``, ``**\\boxed{7}**``, ``\\(\\boxed{7}\\)``, ``\\[\\boxed{7}\\]``,
+     ``\\boxed{7}\\nI hope this helps!``, ``$\\boxed{7}$ </s>`` (an end marker left in the text; "<", "/",
+     ">" and letters are harmless). When the text HAS a terminated box but the tail after the last one
+     is not harmless, the response has NO answer (``None``, reward 0) and rules 2-3 are NOT tried: the
+     model boxed something and then kept writing (the reward hack ``\\boxed{1}4}4}4}...`` up to the
+     length cap, ``\\boxed{7} and then 8``, ``\\boxed{7}\\n\\boxed{8`` cut off by the cap);
+  2. else (no terminated box at all), within the last ``FALLBACK_WINDOW`` characters, the last
+     "Answer:" / "answer is" / "final answer" phrase (case-insensitive) and the rest of its line (or
+     the next line with letters/digits when the rest of the line has none, e.g. ``**Final Answer**\\n7``);
   3. else, within the same window, the last number-like token (with the chunks an operator ties to
      it: "3/ 4", "722- 88") together with one neighbouring
      whitespace-delimited chunk on each side, extended across operator/connector chunks ("-", "/",
@@ -43,8 +53,9 @@ strings, spans over ``MAX_SPAN_CHARS`` characters, more than ``MAX_DIGITS`` digi
 ``MAX_EXPONENT``.
 
 Robustness: the public functions never raise for any response string, use only linear-time regexes
-and cap their work (the box scan is linear in the text; the phrase/number fallback looks only at the
-last ``FALLBACK_WINDOW`` characters; parsing refuses spans longer than ``MAX_SPAN_CHARS``).
+and cap their work (the box scan is linear in the text; the box-tail check refuses tails longer than
+``MAX_BOX_TAIL_CHARS`` before reading them; the phrase/number fallback looks only at the last
+``FALLBACK_WINDOW`` characters; parsing refuses spans longer than ``MAX_SPAN_CHARS``).
 
 Pure Python + numpy; no JAX import.
 """
@@ -59,9 +70,10 @@ from fractions import Fraction
 import numpy as np
 
 __all__ = ["extract_answer", "parse_number", "is_equivalent", "reward", "group_advantages",
-           "FALLBACK_WINDOW", "MAX_SPAN_CHARS", "MAX_DIGITS", "MAX_EXPONENT"]
+           "FALLBACK_WINDOW", "MAX_BOX_TAIL_CHARS", "MAX_SPAN_CHARS", "MAX_DIGITS", "MAX_EXPONENT"]
 
 FALLBACK_WINDOW = 4000   # characters at the end of a response searched by the phrase/number fallback
+MAX_BOX_TAIL_CHARS = 200  # the last box counts only if at most this many (harmless) characters follow it
 MAX_SPAN_CHARS = 2000    # longer answer spans are refused by parse_number
 MAX_DIGITS = 1000        # digits in one number (well below CPython's 4300-digit int/str limit)
 MAX_EXPONENT = 1000      # |e| in scientific notation
@@ -70,6 +82,9 @@ MAX_EXPONENT = 1000      # |e| in scientific notation
 
 _BOX_START_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOX_TOKEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|\\[{}]|[{}]")
+# a digit, a brace, or a backslash other than the math-mode closers "\)" / "\]" ("\\)" is rejected:
+# its first backslash is followed by a backslash)
+_BOX_TAIL_BAD_RE = re.compile(r"[0-9{}]|\\(?![)\]])")
 _PHRASE_RE = re.compile(r"\b(?:final\s+answer(?:\s+is\b|\s*:)?|answer\s+is\b|answer\s*:)\s*:?",
                         re.IGNORECASE)
 _ALNUM_RE = re.compile(r"[^\W_]")
@@ -84,8 +99,9 @@ _OPERATOR_CHUNK_RE = re.compile(
     r"|or|to|and|minus|plus|times|over|by|x|until|through", re.IGNORECASE)
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the terminated box whose closing brace comes last, or None (linear scan)."""
+def _last_boxed(text: str) -> tuple[int, int] | None:
+    """(content start, closing-brace index) of the terminated box whose closing brace comes last, or
+    None (linear scan)."""
     first = _BOX_START_RE.search(text)
     if first is None:
         return None
@@ -101,7 +117,16 @@ def _last_boxed(text: str) -> str | None:
             start = stack.pop()
             if start >= 0:
                 best = (start, tok.start())        # later closers always come later: last wins
-    return None if best is None else text[best[0]:best[1]]
+    return best
+
+
+def _harmless_box_tail(tail: str) -> bool:
+    """The text after the last box's closing brace leaves that box the final answer (module docstring)."""
+    if len(tail) > MAX_BOX_TAIL_CHARS:
+        return False
+    if _BOX_TAIL_BAD_RE.search(tail):
+        return False
+    return not _has_numeric(tail)
 
 
 def _phrase_span(tail: str) -> str | None:
@@ -197,8 +222,12 @@ def _number_span(tail: str, truncated: bool) -> str | None:
 def _extract_answer(text: str) -> str | None:
     if not isinstance(text, str):
         return None
-    span = _last_boxed(text)
-    if span is None:
+    box = _last_boxed(text)
+    if box is not None:
+        if not _harmless_box_tail(text[box[1] + 1:]):
+            return None                      # boxed, then kept writing: no answer, and no fallback
+        span = text[box[0]:box[1]]
+    else:
         truncated = len(text) > FALLBACK_WINDOW
         tail = text[-FALLBACK_WINDOW:] if truncated else text
         span = _phrase_span(tail)
@@ -213,10 +242,15 @@ def _extract_answer(text: str) -> str | None:
 def extract_answer(text: str) -> str | None:
     """The model's final answer span (stripped), or None when nothing is found.
 
-    Priority: the last terminated ``\\boxed{...}``/``\\fbox{...}`` (whole text); else the last
-    "Answer:"/"answer is"/"final answer" phrase and the rest of its line; else the last number-like
-    token with a little context (both fallbacks only look at the last ``FALLBACK_WINDOW`` chars).
-    Never raises.
+    Priority: the last terminated ``\\boxed{...}``/``\\fbox{...}`` (whole text), provided what follows
+    its closing brace is a harmless tail: at most ``MAX_BOX_TAIL_CHARS`` characters with no digit (any
+    numeric character), no brace and no backslash other than ``\\)``/``\\]`` -- whitespace, punctuation,
+    ``$``, ``**``, a short digit-free sentence ("\\boxed{7}. I hope this helps!") or an end marker
+    ("</s>"). If the text has a terminated box but that tail is not harmless ("\\boxed{1}4}4}4}",
+    "\\boxed{7} and then 8", "\\boxed{7}\\n\\boxed{8"), the answer is None -- the fallbacks are not
+    tried. Only when there is no terminated box at all: the last "Answer:"/"answer is"/"final answer"
+    phrase and the rest of its line; else the last number-like token with a little context (both
+    fallbacks only look at the last ``FALLBACK_WINDOW`` chars). Never raises.
     """
     try:
         return _extract_answer(text)

@@ -73,6 +73,12 @@ def pack(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], responses: Seq
     """Rows r = prompts[prompt_of_row[r]] + responses[r]. Only prompts some row uses are encoded.
     num_patches: the images' pad target (default their own bucket; see vision.prepare_vision_inputs)."""
     rows = len(responses)
+    vision_ids = np.asarray(config.vision_token_ids, np.int64)
+    bad = [r for r, resp in enumerate(responses) if np.isin(np.asarray(resp, np.int64), vision_ids).any()]
+    if bad:   # packing would read them as an image run (a crash in rope_index, or wrong features)
+        raise ValueError(f"responses of rows {bad[:8]} hold vision placeholder ids {config.vision_token_ids}; a "
+                         "response must be text: drop such responses first (the trainer does, and the engine "
+                         "never samples these ids)")
     lengths = [len(prompts[p].prompt_ids) + len(resp) for p, resp in zip(prompt_of_row, responses)]
     t = length_bucket_for(max(max(lengths) + 1, min_length), length_bucket)
     ids = np.full((rows, t), pad_id, np.int32)

@@ -11,7 +11,11 @@ One RL step:
   3. reward 1/0 per sample (numeric answer check), group-normalised advantages; all-equal groups counted;
   4. old log-probs recomputed by the trainer's forward (the sampler's are only compared: logprob_gap);
   5. `minibatches` SAPO optimizer steps over shuffled slices of the rollout batch.
+A response that reaches max_new_tokens without EOS earns 0 (TrainConfig.zero_reward_truncated); one
+holding a vision placeholder id (the engine never samples them) is dropped from the step and counted.
 SFT mode replaces 2-5 with one cross-entropy step on prompt + gold rationale.
+With eval_every > 0 a held-out part of the images (data/split.py) is never trained on; greedy accuracy on
+it is measured before the first step, every eval_every steps and at the end (eval_* metrics).
 Everything random derives from (seed, step), so a resumed run repeats the uninterrupted one exactly.
 """
 from __future__ import annotations
@@ -28,7 +32,9 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from hopchain_jax.data.mixture import make_mixture
-from hopchain_jax.data.prompts import PromptConfig, prompt_transforms
+from hopchain_jax.data.prompts import BuildPrompt, PromptConfig, prompt_transforms
+from hopchain_jax.data.split import SplitSource
+from hopchain_jax.eval.scoring import score_response
 from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams
 from hopchain_jax.models.sharding import to_host
 from hopchain_jax.models import image_processor as improc
@@ -120,7 +126,8 @@ class Trainer:
         self.prompt_config = PromptConfig(processor=processor.replace(max_pixels=cfg.max_pixels),
                                           max_prompt_tokens=cfg.max_prompt_tokens, on_over_budget="skip")
         self.sources = default_data(cfg)
-        self.data = make_mixture(self.sources, seed=cfg.seed, batch_size=cfg.prompts_per_step,
+        self.train_sources, heldout = self._split(self.sources)
+        self.data = make_mixture(self.train_sources, seed=cfg.seed, batch_size=cfg.prompts_per_step,
                                  transforms=prompt_transforms(self.tokenizer, self.prompt_config,
                                                               model.config.vision.spatial_merge_size))
         self.data_iter = iter(self.data)
@@ -136,6 +143,76 @@ class Trainer:
         self.step = 0
         self.pad_id = model.config.pad_token_id or 0
         self._peak = flops.peak_flops(jax.devices()[0].device_kind) if jax.default_backend() != "cpu" else None
+        self.eval_prompts = self._eval_prompts(heldout, model.config.vision.spatial_merge_size) if heldout else []
+
+    # -- held-out split and evaluation -------------------------------------------------------------------
+    def _split(self, sources: list[tuple[str, float]]):
+        """(training sources, held-out parts): with eval_every > 0 each source's held-out images are taken
+        out of training (data/split.py) and recorded in OUT/heldout.json."""
+        cfg = self.cfg
+        if not cfg.eval_every:
+            return sources, None
+        train = [(SplitSource(d, cfg.heldout_fraction, "train"), w) for d, w in sources]
+        heldout = [SplitSource(d, cfg.heldout_fraction, "heldout") for d, _ in sources]
+        overlap = set().union(*(set(t.image_hashes) for t, _ in train)) & \
+            set().union(*(set(h.image_hashes) for h in heldout))
+        if overlap:   # the same image in two sources on different sides cannot happen (the split is by hash)
+            raise AssertionError(f"held-out images also in training: {sorted(overlap)[:3]}")
+        if self.is_main:
+            (self.out / "heldout.json").write_text(json.dumps({
+                "fraction": cfg.heldout_fraction, "salt": heldout[0].salt,
+                "sources": [{"dir": d, "train_records": len(t), "heldout_records": len(h),
+                             "heldout_images": h.image_hashes}
+                            for (d, _), (t, _), h in zip(sources, train, heldout)]}, indent=1))
+        return train, heldout
+
+    def _eval_prompts(self, heldout: list[SplitSource], merge_size: int) -> list[dict]:
+        """eval_items held-out records of eval_variants (a fixed sample: the lowest id hashes), as prompts."""
+        cfg = self.cfg
+        picked = []
+        for src in heldout:
+            for i in range(len(src)):
+                rec = src.record(i)
+                if rec["variant"] in cfg.eval_variants:
+                    picked.append((hashlib.sha256(rec["id"].encode()).hexdigest(), src, i))
+        picked.sort(key=lambda x: x[0])
+        build = BuildPrompt(self.tokenizer, self.prompt_config, merge_size)
+        prompts = []
+        for _, src, i in picked:
+            el = build.map(src[i])
+            if el.get("prompt_ids") is not None:
+                prompts.append(el)
+            if len(prompts) == cfg.eval_items:
+                break
+        if not prompts:
+            raise ValueError(f"no held-out record of variants {cfg.eval_variants} fits the prompt budget: set "
+                             "TrainConfig.eval_variants to variants the data has, or raise heldout_fraction")
+        if self.is_main:
+            path = self.out / "heldout.json"
+            info = json.loads(path.read_text())
+            info["eval_ids"] = [str(p["id"]) for p in prompts]
+            path.write_text(json.dumps(info, indent=1))
+        return prompts
+
+    def evaluate(self) -> dict:
+        """Greedy accuracy of the current weights on the held-out prompts: eval_accuracy (all),
+        eval_accuracy_<variant>, eval_format_failure, eval_truncated (fractions)."""
+        cfg = self.cfg
+        self.engine.update_weights(self.updater.model())
+        outs = self.engine.generate(
+            [Request(p["prompt_ids"], p["pixel_values"], p["image_grid_thw"]) for p in self.eval_prompts],
+            SamplingParams(temperature=0.0, max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, n=1))
+        self.engine.release_weights()
+        scores = [score_response(o.text or "", self.eval_prompts[o.prompt_index]["answer"], o.finish_reason,
+                                 count_truncated=not cfg.zero_reward_truncated) for o in outs]
+        m = {"eval_accuracy": float(np.mean([s.correct for s in scores])),
+             "eval_format_failure": float(np.mean([s.format_failure for s in scores])),
+             "eval_truncated": float(np.mean([s.truncated for s in scores])),
+             "eval_response_length": float(np.mean([len(o.token_ids) for o in outs]))}
+        for variant in sorted({str(p["variant"]) for p in self.eval_prompts}):
+            mine = [s.correct for o, s in zip(outs, scores) if str(self.eval_prompts[o.prompt_index]["variant"]) == variant]
+            m[f"eval_accuracy_{variant}"] = float(np.mean(mine))
+        return m
 
     # -- checkpoints -------------------------------------------------------------------------------------
     # The trainable parameters and their optimizer state are saved; frozen ones (TrainConfig.freeze_vision)
@@ -181,11 +258,20 @@ class Trainer:
         self.engine.release_weights()   # the rollout copy is not needed (nor kept in memory) during the updates
         roll = self.engine.last_stats
         t_roll = time.perf_counter() - t0
-        rewards = np.asarray([reward(o.text or "", elements[o.prompt_index]["answer"]) for o in outs],
+        # A response holding a vision id (the engine masks them; a custom engine or sampler may not) would be
+        # read as an image by packing: it is dropped from the step (empty, reward 0, advantage 0) and counted.
+        vision_ids = set(self.model_config.vision_token_ids)
+        dropped = np.asarray([bool(vision_ids.intersection(o.token_ids)) for o in outs])
+        truncated = np.asarray([o.finish_reason == "length" for o in outs])
+        rewards = np.asarray([0.0 if drop or (cut and cfg.zero_reward_truncated) else
+                              reward(o.text or "", elements[o.prompt_index]["answer"])
+                              for o, drop, cut in zip(outs, dropped, truncated)],
                              np.float32).reshape(len(prompts), cfg.group_size)
         adv, zero_var = group_advantages(rewards)
+        adv = np.where(dropped.reshape(adv.shape), 0.0, adv).astype(np.float32)
         rows = [o.prompt_index for o in outs]
-        responses = [o.token_ids for o in outs]
+        responses = [[] if drop else o.token_ids for o, drop in zip(outs, dropped)]
+        sampler_logprobs = [[] if drop else o.logprobs for o, drop in zip(outs, dropped)]
         # Minibatches over a seeded shuffle of the rows. Old log-probs of every minibatch are scored
         # before the first update (they must come from the weights that sampled).
         order = np.random.default_rng([cfg.seed, self.step]).permutation(len(outs))
@@ -205,7 +291,7 @@ class Trainer:
             sampler = np.zeros_like(old_np)
             for j, i in enumerate(idx):
                 start = len(prompts[rows[i]].prompt_ids) - 1
-                sampler[j, start:start + len(outs[i].logprobs)] = outs[i].logprobs
+                sampler[j, start:start + len(sampler_logprobs[i])] = sampler_logprobs[i]
             gaps.append(np.abs(sampler - old_np)[mask])
             entropies.append(ent_np[mask])
             tokens += sub_np.num_tokens
@@ -222,6 +308,7 @@ class Trainer:
         lengths = np.asarray([len(r) for r in responses])
         m = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
         m.update(reward_mean=float(rewards.mean()), accuracy=float((rewards > 0).mean()),
+                 truncation_rate=float(truncated.mean()), dropped_responses=float(dropped.sum()),
                  zero_variance_groups=float(zero_var.mean()), response_length=float(lengths.mean()),
                  entropy=float(entropies.mean()) if entropies.size else 0.0,
                  logprob_gap=float(gaps.mean()) if gaps.size else 0.0,
@@ -274,16 +361,27 @@ class Trainer:
         history = []
         bar = tqdm.tqdm(total=self.cfg.steps, initial=self.step, desc=f"{self.cfg.mode} {self.cfg.name}",
                         disable=not self.progress)
+        every = self.cfg.eval_every
+        self.eval_history: list[dict] = []
         try:
+            if every and self.step == 0 and self.step < end:   # the starting point (a resumed run has it logged)
+                first = self.evaluate()
+                self.eval_history.append({"step": 0, **first})
+                self.metrics.write(0, first)
             while self.step < end:
                 m = self.rl_step() if self.cfg.mode == "rl" else self.sft_step()
                 self.step += 1
+                if every and (self.step % every == 0 or self.step == end):
+                    m.update(self.evaluate())
+                    self.eval_history.append({"step": self.step, **{k: v for k, v in m.items()
+                                                                    if k.startswith("eval_")}})
                 history.append(m)
                 if self.step % self.cfg.log_every == 0 or self.step == end:
                     self.metrics.write(self.step, m)
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.4f}", **({"reward": f"{m['reward_mean']:.2f}"}
-                                                             if "reward_mean" in m else {}))
+                                                             if "reward_mean" in m else {}),
+                                **({"eval": f"{m['eval_accuracy']:.2f}"} if "eval_accuracy" in m else {}))
                 if self.step % self.cfg.save_every == 0 or self.step == end:
                     self.save()  # the NaN guard kept the last finite state, so what is saved is always good
         finally:
@@ -293,9 +391,14 @@ class Trainer:
 
     def export_hf(self) -> Path:
         """Current weights as a Hugging Face checkpoint in OUT/hf (+ tokenizer): loadable by transformers,
-        vLLM, `hopchain generate`, or `--model OUT/hf` of a next run (e.g. RL after SFT)."""
+        vLLM, `hopchain generate / eval / serve`, or `--model OUT/hf` of a next run (e.g. RL after SFT). With
+        preprocessor_config.json (the training image size: min/max_pixels) and generation_config.json (the
+        rollout sampling settings), so every consumer sees the images and settings the model was trained on."""
         from hopchain_jax.models.checkpoint import save_pretrained
-        path = save_pretrained(self.updater.model(), self.out / "hf")
+        cfg = self.cfg
+        path = save_pretrained(self.updater.model(), self.out / "hf", processor=self.prompt_config.processor,
+                               generation={"temperature": cfg.temperature, "top_p": cfg.top_p,
+                                           "top_k": cfg.top_k or None, "max_new_tokens": cfg.max_new_tokens})
         if self.is_main:
             self.tokenizer.save_pretrained(path)
         return path

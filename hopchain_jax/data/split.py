@@ -1,0 +1,70 @@
+"""Held-out splits by whole image: every record of an image (its full chain and its half / single variants,
+every query written over it) lands on the same side, so a held-out score measures images the model never
+trained on.
+
+An image is held out when a salted SHA-256 of its content hash (the record's ``image.sha256``) falls below
+``fraction``: the split depends on nothing but the image and the salt, so it is the same on every host,
+for every seed, and when the dataset grows (an image never changes side).
+
+    train = SplitSource("data/hop", fraction=0.1, part="train")      # a HopChainSource for make_mixture
+    heldout = SplitSource("data/hop", fraction=0.1, part="heldout")
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from hopchain_jax.data.grain_source import HopChainSource
+
+__all__ = ["DEFAULT_SALT", "heldout_image", "SplitSource"]
+
+DEFAULT_SALT = "hopchain-heldout-v1"
+PARTS = ("train", "heldout")
+
+
+def heldout_image(sha256: str, fraction: float, salt: str = DEFAULT_SALT) -> bool:
+    """True when the image with this content hash is in the held-out part of a `fraction` split."""
+    digest = hashlib.sha256(f"{salt}:{sha256}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2 ** 64
+
+
+class SplitSource(HopChainSource):
+    """The records of one part ("train" or "heldout") of a dataset directory, as a Grain random-access
+    source (``make_mixture`` takes it in place of a directory). ``indices``: the dataset rows it holds;
+    ``image_hashes``: the distinct image hashes of those rows (sorted)."""
+
+    def __init__(self, root: str | os.PathLike, fraction: float, part: str, salt: str = DEFAULT_SALT):
+        if part not in PARTS:
+            raise ValueError(f"SplitSource(part={part!r}): use one of {PARTS}")
+        if not 0 < fraction < 1:
+            raise ValueError(f"SplitSource(fraction={fraction!r}): the held-out fraction must lie in (0, 1), e.g. "
+                             "0.1 (TrainConfig.heldout_fraction)")
+        super().__init__(root)
+        self.fraction, self.part, self.salt = float(fraction), part, salt
+        want = part == "heldout"
+        indices, hashes = [], set()
+        for i in range(len(self._ds)):
+            sha = json.loads(self._ds.record_bytes(i))["image"]["sha256"]
+            if heldout_image(sha, self.fraction, salt) == want:
+                indices.append(i)
+                hashes.add(sha)
+        if not indices:
+            raise ValueError(f"{root}: the {part} part of a {fraction} held-out split is empty ({len(self._ds)} "
+                             f"records); use a larger dataset or change TrainConfig.heldout_fraction")
+        self.indices = indices
+        self.image_hashes = sorted(hashes)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict:
+        return super().__getitem__(self.indices[int(index)])
+
+    def record(self, index: int) -> dict:
+        """The full record of row `index` of this part."""
+        return self._ds.record(self.indices[int(index)])
+
+    def __repr__(self) -> str:
+        return (f"HopChainSource(root={self._root!r}, records={len(self.indices)}, "
+                f"split={self.part}:{self.fraction:g}:{self.salt})")
