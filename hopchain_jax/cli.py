@@ -29,10 +29,16 @@ def _synth(args: argparse.Namespace) -> int:
         print("hopchain synth: --out DIR is required (where the dataset is written)", file=sys.stderr)
         return 2
     from hopchain_jax.synth.composer import ComposerConfig
-    from hopchain_jax.synth.pipeline import SynthConfig, format_summary, run_synthesis
-    config = SynthConfig(seed=args.seed, num_images=args.num_images, images_per_shard=args.images_per_shard or 48,
-                         composer=ComposerConfig() if args.queries_per_image is None else
-                         dataclasses.replace(ComposerConfig(), queries_per_image=args.queries_per_image))
+    from hopchain_jax.synth.pipeline import format_summary, run_synthesis
+    from hopchain_jax.synth.presets import preset
+    config = preset(args.preset, seed=args.seed, num_images=args.num_images, images_per_shard=args.images_per_shard or 48)
+    if args.queries_per_image is not None:
+        if args.preset != "default":
+            print("hopchain synth: --queries-per-image sets the multi-hop composer's count; the learnable preset "
+                  "has its own (LearnableConfig)", file=sys.stderr)
+            return 2
+        config = dataclasses.replace(config, composer=dataclasses.replace(ComposerConfig(),
+                                                                          queries_per_image=args.queries_per_image))
     try:
         summary = run_synthesis(args.out, config, workers=args.workers, progress=not args.no_progress)
     except ValueError as e:
@@ -107,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", help="a folder of photos: run the paper's model-driven stages on them "
                                      "(needs --vlm and --sam3, see below)")
     s.add_argument("--num-images", type=int, default=240, help="procedural scenes to render (default 240)")
+    s.add_argument("--preset", choices=["default", "learnable"], default="default",
+                   help="default: the paper's world, 3-6 hop chains with half/single variants; learnable: 2-5 large "
+                        "objects, 1-2 hop questions with answers 1..5 (half/single records) that a tiny model can "
+                        "learn from (benchmarks/learning.py)")
     s.add_argument("--queries-per-image", type=int,
                    help="most full chains kept per scene (default: ComposerConfig.queries_per_image, 14)")
     s.add_argument("--images-per-shard", type=int,

@@ -17,7 +17,7 @@ class TrainConfig:
 
     model: a model preset name (configs/models.py, random init) or a checkpoint directory.
     data: (dataset directory, mixture weight) pairs; an empty directory list with synth_images > 0 makes the
-      default procedural dataset under out_dir/data first.
+      procedural dataset of synth_preset ("default" or "learnable", synth/presets.py) under out_dir/data first.
     mode: "rl" (SAPO over sampled groups) or "sft" (cross-entropy on gold rationales).
     Batch: prompts_per_step prompts x group_size samples per rollout; the rollout batch is split into
       minibatches optimizer steps (SPEC §4: several updates per rollout batch; 2 in the paper's VL runs).
@@ -62,6 +62,7 @@ class TrainConfig:
     param_dtype: str = "float32"
     data: tuple[tuple[str, float], ...] = ()
     synth_images: int = 48
+    synth_preset: str = "default"
     mode: str = "rl"
     steps: int = 8
     prompts_per_step: int = 4

@@ -66,10 +66,12 @@ def default_data(cfg: TrainConfig) -> list[tuple[str, float]]:
     """cfg.data, or the procedural HopChain dataset synthesized under out_dir/data (resumable)."""
     if cfg.data:
         return [(d, w) for d, w in cfg.data]
-    from hopchain_jax.synth.pipeline import SynthConfig, run_synthesis
+    from hopchain_jax.synth.pipeline import run_synthesis
+    from hopchain_jax.synth.presets import preset
     root = Path(cfg.out_dir) / "data"
     if jax.process_index() == 0:
-        run_synthesis(root, SynthConfig(seed=cfg.seed, num_images=cfg.synth_images), workers=1, progress=False)
+        run_synthesis(root, preset(cfg.synth_preset, seed=cfg.seed, num_images=cfg.synth_images), workers=1,
+                      progress=False)
     multihost_utils.sync_global_devices("synth data ready")
     return [(str(root), 1.0)]
 

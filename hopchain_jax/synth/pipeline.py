@@ -22,6 +22,8 @@ import hopchain_jax
 from hopchain_jax.data import store
 from hopchain_jax.data.store import HopChainDataset
 from hopchain_jax.synth.composer import AnswerBalance, ComposerConfig
+from hopchain_jax.synth.learnable import (LearnableConfig, format_variant_report, synthesize_learnable_shard,
+                                          variant_report)
 from hopchain_jax.synth.record import build_record
 from hopchain_jax.synth.stats import blind_baselines
 from hopchain_jax.synth.stages import (ChainQueryComposer, ImageInput, OracleCategoryIdentifier, OracleSegmenter,
@@ -30,6 +32,7 @@ from hopchain_jax.world.render import render_scene
 from hopchain_jax.world.scene import SceneConfig, sample_scene
 
 MIN_INSTANCES = 3
+CHAINS = ("multi_hop", "learnable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,9 @@ class SynthConfig:
     seed: base seed; num_images: scenes to render; images_per_shard: scenes per atomic shard, which is
     also the window over which answers are balanced (composer.AnswerBalance): larger shards balance
     better, smaller ones spread over more workers.
+    chains: "multi_hop" (the paper's chains, composer.py) or "learnable" (learnable.py: few large
+    objects, 1-2 hop questions with small balanced answers, as "single"/"half" records; its scenes take
+    their population from `scene` and the rest from `learnable`; presets.learnable_config builds one).
     Run: `hopchain synth --out DIR [--num-images N] [--seed S] [--workers W]`.
     """
 
@@ -47,21 +53,29 @@ class SynthConfig:
     images_per_shard: int = 48
     scene: SceneConfig = SceneConfig()
     composer: ComposerConfig = ComposerConfig()
+    chains: str = "multi_hop"
+    learnable: LearnableConfig = LearnableConfig()
 
     def __post_init__(self):
         if self.num_images < 1 or self.images_per_shard < 1:
             raise ValueError("SynthConfig: num_images and images_per_shard must be >= 1")
+        if self.chains not in CHAINS:
+            raise ValueError(f"SynthConfig: chains must be one of {CHAINS}, got {self.chains!r}")
 
     @property
     def num_shards(self) -> int:
         return -(-self.num_images // self.images_per_shard)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.chains == "multi_hop" and self.learnable == LearnableConfig():
+            del data["chains"], data["learnable"]  # default runs keep the config.json they always had
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "SynthConfig":
-        return cls(**{**data, "scene": SceneConfig(**data["scene"]), "composer": ComposerConfig(**data["composer"])})
+        return cls(**{**data, "scene": SceneConfig(**data["scene"]), "composer": ComposerConfig(**data["composer"]),
+                      "learnable": LearnableConfig(**data.get("learnable", {}))})
 
 
 def scene_seed(config: SynthConfig, image_index: int) -> int:
@@ -75,6 +89,8 @@ def _provenance(config: SynthConfig, seed: int, stages: dict) -> dict:
 
 def synthesize_shard(config: SynthConfig, shard_index: int) -> tuple[list, list, list, dict]:
     """Images, label maps, records and stats of one shard: a pure function of (config, shard_index)."""
+    if config.chains == "learnable":
+        return synthesize_learnable_shard(config, shard_index)
     identify, segment = OracleCategoryIdentifier(), OracleSegmenter()
     compose, verify = ChainQueryComposer(config.composer), ProgramVerifier()
     stages = {"categories": identify.name, "segmentation": segment.name, "composition": compose.name,
@@ -200,7 +216,7 @@ def run_synthesis(root: str | os.PathLike, config: SynthConfig, workers: int = 0
     answers = all_stats["answers"]
     full_total = sum(answers.values())
     top = answers.most_common(1)[0] if answers else (None, 0)
-    return {
+    summary = {
         "out": str(root), "shards": config.num_shards, "shards_resumed": len(done), "partial_shards_removed": cleaned,
         "images_seen": all_stats["images_seen"], "skipped": dict(all_stats["skipped"]),
         "rejected": dict(all_stats["rejected"]), "queries": dict(all_stats["queries"]),
@@ -215,6 +231,10 @@ def run_synthesis(root: str | os.PathLike, config: SynthConfig, workers: int = 0
                      "records_per_s": round(sum(made["queries"].values()) / elapsed, 1) if elapsed else None,
                      "workers": workers},
     }
+    if config.chains != "multi_hop":  # hops and answers above then count every record, not full chains
+        summary["chains"] = config.chains
+        summary["variants"] = variant_report(HopChainDataset(root).records())
+    return summary
 
 
 def _histogram_line(answers: dict) -> str:
@@ -231,16 +251,21 @@ def _histogram_line(answers: dict) -> str:
 
 def format_summary(summary: dict) -> str:
     run = summary["this_run"]
+    every = "chains" in summary  # a learnable-world run: no full chains, stats over every record
     lines = [
         f"dataset: {summary['out']}  ({summary['shards']} shards, {summary['shards_resumed']} already done"
         + (f", {summary['partial_shards_removed']} partial shards redone" if summary["partial_shards_removed"] else "") + ")",
         f"images seen: {summary['images_seen']}   skipped: {sum(summary['skipped'].values())}"
         + "".join(f"\n  - {why}: {n}" for why, n in summary["skipped"].items()),
         "queries per variant: " + ", ".join(f"{v}={summary['queries'].get(v, 0)}" for v in ("full", "half", "single")),
-        "hops per full chain: " + ", ".join(f"{k} hops: {v}" for k, v in summary["hops"].items()),
-        "program ops (full chains): " + ", ".join(f"{k}={v}" for k, v in summary["ops"].items()),
-        "full-chain answers: " + _histogram_line(summary["answers"]),
+        ("hops per question: " if every else "hops per full chain: ")
+        + ", ".join(f"{k} hops: {v}" for k, v in summary["hops"].items()),
+        ("program ops (all records): " if every else "program ops (full chains): ")
+        + ", ".join(f"{k}={v}" for k, v in summary["ops"].items()),
+        ("answers (all records): " if every else "full-chain answers: ") + _histogram_line(summary["answers"]),
     ]
+    if every:
+        lines += format_variant_report(summary["variants"])
     blind = summary["blind"]
     if blind["queries"]:
         top = summary["most_common_answer"]
