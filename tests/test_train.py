@@ -66,6 +66,26 @@ def test_sapo_step_nan_guard_and_frozen_vision():
     assert all(np.array_equal(snapshot[k], now[k]) for k in snapshot)  # a non-finite step changes nothing
 
 
+def test_lm_head_on_the_loss_columns_only_equals_every_column():
+    """pack's loss_cols let the head run on the response positions only: same log-probs, entropies, loss and
+    gradients as the head over every position (tested on the (2, 2, 2) mesh)."""
+    up, batch = _updater(TrainConfig(prompts_per_step=2, group_size=4))
+    cols = batch["loss_cols"]
+    assert cols is not None and cols.shape[-1] < batch["input_ids"].shape[-1]
+    every = dict(batch, loss_cols=None)
+    (a, ea), (b, eb) = up.score(batch), up.score(every)
+    assert np.abs(np.asarray(a)).sum() > 0
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ea), np.asarray(eb), atol=1e-5)
+    adv = jax.numpy.asarray(np.array([1, -1, .5, -.5, 1, 0, -1, 0], np.float32))
+    old = a + 0.05 * batch["loss_mask"][0]   # off-policy: r != 1, so the gate's weights matter
+    (la, _, ga), (lb, _, gb) = (jax.jit(lambda p, bt: up._accumulate(up._rl_loss, p, up.frozen, bt, old, adv, None))(
+        up.params, bt) for bt in (batch, every))
+    assert float(la) == pytest.approx(float(lb), rel=1e-5)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
 def test_kl_penalty_and_sft_step():
     up, batch = _updater(TrainConfig(kl_coef=0.1, prompts_per_step=2, group_size=4))
     old, _ = up.score(batch)

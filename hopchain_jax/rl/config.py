@@ -43,7 +43,9 @@ class TrainConfig:
       compute dtype, in place; "float32": half the rounding error for a [D, V] float32 buffer).
     Rewards: zero_reward_truncated -- a response that reaches max_new_tokens without EOS earns 0 whatever it
       says (a policy that stops emitting EOS and keeps writing boxes is not rewarded); logged as
-      truncation_rate. Responses holding a vision placeholder id (never sampled: the engine masks them) would
+      truncation_rate. shuffle_rewards: a control for benchmarks -- each step's rewards are permuted over
+      the whole rollout batch (seeded) before the advantages, so the updates carry no signal about which
+      response was right while every other statistic stays the same. Responses holding a vision placeholder id (never sampled: the engine masks them) would
       be dropped from the step and counted (dropped_responses).
     Held-out evaluation: eval_every > 0 holds out heldout_fraction of the images of every data source (by
       image hash, data/split.py; recorded in OUT/heldout.json), never trains on them, and scores greedy
@@ -102,6 +104,7 @@ class TrainConfig:
     pad_to_tokens: int = 0
     pad_to_patches: int = 0
     zero_reward_truncated: bool = True
+    shuffle_rewards: bool = False
     eval_every: int = 0
     eval_items: int = 32
     eval_variants: tuple[str, ...] = ("full", "external")

@@ -8,6 +8,10 @@ A training row is one sequence `prompt_ids + response_ids`, right-padded to a le
   loss_mask      bool  [N, T]   True where targets[t] is a response token (what the loss trains)
   image_index    int32 [N, T]   feature row of each image token (rows of one prompt share its image)
   vision         dict           packed images of the batch's distinct prompts (vision.prepare_vision_inputs)
+  loss_cols      int32 [N, R]   the positions t of each row's loss tokens, padded with T - 1 (never a loss
+                                position); R = loss_cols_bucket(most loss tokens of a row), so the LM head
+                                and its log-softmax run on N x R positions instead of N x T (prompt tokens
+                                and padding need no logits). None when R would not be below T.
 Shapes are bucketed so a run compiles a handful of step shapes: the length to the next of
 LENGTH_BUCKETS (or a multiple of `length_bucket` when one is given), patches to a power of two.
 `pack_micro` stacks K micro-batches ([K, N, T], images padded to one patch count) for gradient
@@ -27,6 +31,24 @@ from hopchain_jax.models.vision import (fill_image_index, pack_images, padded_pa
 
 # Training sequence lengths (prompt + response + 1), in tokens. Past the last: multiples of it.
 LENGTH_BUCKETS = (128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+
+
+def loss_cols_bucket(n: int, minimum: int = 0) -> int:
+    """Columns of loss_cols for rows of at most n loss tokens: the next power of two >= max(n, minimum, 16)."""
+    return 1 << (max(n, minimum, 16) - 1).bit_length()
+
+
+def _loss_cols(loss: np.ndarray, minimum: int = 0) -> np.ndarray | None:
+    """loss_cols of a [N, T] loss mask (see the module docstring), or None when R >= T."""
+    rows, t = loss.shape
+    r = loss_cols_bucket(int(loss.sum(1).max(initial=0)), minimum)
+    if r >= t:
+        return None
+    cols = np.full((rows, r), t - 1, np.int32)
+    for i in range(rows):
+        where = np.flatnonzero(loss[i])
+        cols[i, :len(where)] = where
+    return cols
 
 
 def length_bucket_for(n: int, length_bucket: int | None = None) -> int:
@@ -57,6 +79,7 @@ class SequenceBatch:
     loss_mask: np.ndarray
     image_index: np.ndarray
     vision: dict[str, np.ndarray] | None
+    loss_cols: np.ndarray | None = None
 
     def arrays(self) -> dict:
         # Not dataclasses.asdict: that deep-copies every array (pixel patches included) per minibatch.
@@ -69,9 +92,11 @@ class SequenceBatch:
 
 def pack(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], responses: Sequence[Sequence[int]],
          config: QwenVLConfig, *, pad_id: int = 0, length_bucket: int | None = None, min_length: int = 0,
-         num_patches: int | None = None) -> SequenceBatch:
+         num_patches: int | None = None, min_loss_cols: int = 0) -> SequenceBatch:
     """Rows r = prompts[prompt_of_row[r]] + responses[r]. Only prompts some row uses are encoded.
-    num_patches: the images' pad target (default their own bucket; see vision.prepare_vision_inputs)."""
+    num_patches: the images' pad target (default their own bucket; see vision.prepare_vision_inputs).
+    min_loss_cols: loss_cols has at least this many columns (e.g. the longest response allowed, so every
+    step has one shape)."""
     rows = len(responses)
     vision_ids = np.asarray(config.vision_token_ids, np.int64)
     bad = [r for r, resp in enumerate(responses) if np.isin(np.asarray(resp, np.int64), vision_ids).any()]
@@ -103,7 +128,8 @@ def pack(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], responses: Seq
     if vis is None and num_patches:   # a text-only micro-batch among image ones: an all-padding tower input
         vis = prepare_vision_inputs(np.zeros((0, config.vision.patch_dim), np.float32), np.zeros((0, 3), np.int64),
                                     config, num_patches)
-    return SequenceBatch(ids, attn, pos, targets, loss, image_index, vis.arrays() if vis is not None else None)
+    return SequenceBatch(ids, attn, pos, targets, loss, image_index, vis.arrays() if vis is not None else None,
+                         _loss_cols(loss, min_loss_cols))
 
 
 def micro_groups(rows: int, micro_batches: int) -> list[range]:
@@ -120,7 +146,7 @@ def encoded_grids(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], micro
 
 def pack_micro(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], responses: Sequence[Sequence[int]],
                config: QwenVLConfig, micro_batches: int, *, pad_id: int = 0, length_bucket: int | None = None,
-               min_length: int = 0, min_patches: int = 0) -> SequenceBatch:
+               min_length: int = 0, min_patches: int = 0, min_loss_cols: int = 0) -> SequenceBatch:
     """The rows split into `micro_batches` consecutive groups, each packed with its own images, stacked:
     every array gains a leading [K] axis (same T and patch count in every micro-batch). min_length /
     min_patches: pad to at least this many tokens per row / patches per micro-batch (rounded up to their
@@ -137,8 +163,12 @@ def pack_micro(prompts: Sequence[Prompt], prompt_of_row: Sequence[int], response
     if min_patches:
         patches.append(patch_bucket(min_patches, config))
     num_patches = max(patches) if any(grids) or min_patches else None
+    most_loss = max((len(r) for r in responses), default=0)   # every micro-batch gets the same loss_cols width
     parts = [pack(prompts, [prompt_of_row[r] for r in g], [responses[r] for r in g], config, pad_id=pad_id,
-                  length_bucket=length_bucket, min_length=t, num_patches=num_patches) for g in groups]
+                  length_bucket=length_bucket, min_length=t, num_patches=num_patches,
+                  min_loss_cols=max(min_loss_cols, most_loss)) for g in groups]
+    if any(b.loss_cols is None for b in parts):   # one micro-batch would not gain: none uses the gather
+        parts = [dataclasses.replace(b, loss_cols=None) for b in parts]
     stacked = {f.name: None if getattr(parts[0], f.name) is None else np.stack([getattr(b, f.name) for b in parts])
                for f in dataclasses.fields(SequenceBatch) if f.name != "vision"}
     vision = None if parts[0].vision is None else {k: np.stack([b.vision[k] for b in parts]) for k in parts[0].vision}

@@ -269,6 +269,9 @@ class Trainer:
                               reward(o.text or "", elements[o.prompt_index]["answer"])
                               for o, drop, cut in zip(outs, dropped, truncated)],
                              np.float32).reshape(len(prompts), cfg.group_size)
+        if cfg.shuffle_rewards:   # the control: which response earned which reward is forgotten
+            rewards = np.random.default_rng([cfg.seed, self.step, 7]).permutation(rewards.reshape(-1)).reshape(
+                rewards.shape)
         adv, zero_var = group_advantages(rewards)
         adv = np.where(dropped.reshape(adv.shape), 0.0, adv).astype(np.float32)
         rows = [o.prompt_index for o in outs]
@@ -286,7 +289,7 @@ class Trainer:
             idx = np.sort(order[k * per:(k + 1) * per])
             sub_np = pack_micro(prompts, [rows[i] for i in idx], [responses[i] for i in idx], self.model_config,
                                 cfg.grad_accum, pad_id=self.pad_id, min_length=max(length, cfg.pad_to_tokens),
-                                min_patches=cfg.pad_to_patches)
+                                min_patches=cfg.pad_to_patches, min_loss_cols=cfg.max_new_tokens)
             sub = self.updater.put_batch(sub_np.arrays())
             old, ent = self.updater.score(sub)
             (old_np, ent_np), mask = to_host((old, ent)), sub_np.loss_mask.reshape(old.shape)

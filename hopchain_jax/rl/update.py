@@ -113,7 +113,7 @@ class Updater:
             if k == "vision":
                 out[k] = None if v is None else {n: self._put(a, "micro_vision") for n, a in v.items()}
             else:
-                out[k] = self._put(v, "micro_positions" if k == "position_ids" else "micro_tokens")
+                out[k] = None if v is None else self._put(v, "micro_positions" if k == "position_ids" else "micro_tokens")
         return out
 
     def _put(self, x, kind):
@@ -130,12 +130,18 @@ class Updater:
         return out.hidden / jnp.asarray(self.cfg.temperature, out.hidden.dtype), model.head_weight()
 
     def _logprobs(self, params, frozen, batch):
-        """Log-probs and entropies [N, T] of the targets. On a multi-device mesh the LM-head kernel runs
+        """Log-probs and entropies [N, T] of the targets (0 outside the loss positions when the batch has
+        loss_cols: the head then runs on those columns only, rl.sequences). On a multi-device mesh the LM-head kernel runs
         under shard_map (tokens over the batch axes, the vocabulary over "tensor" when it divides):
         pallas_call is not partitioned by GSPMD, and the chunked path would otherwise be replicated."""
         h, w = self._hidden(params, frozen, batch)
         n, t, d = h.shape
-        h, targets = h.reshape(n * t, d), batch["targets"].reshape(-1)
+        targets, cols = batch["targets"], batch.get("loss_cols")
+        if cols is not None:   # only the loss positions need logits: [N, R] of them instead of [N, T]
+            h = jnp.take_along_axis(h, cols[..., None], axis=1)
+            targets = jnp.take_along_axis(targets, cols, axis=1)
+        r = h.shape[1]
+        h, targets = h.reshape(n * r, d), targets.reshape(-1)
         if self.mesh.size == 1:
             logp, ent = fused_logprob_entropy(h, w, targets, impl=self.impl)
         else:
@@ -143,7 +149,13 @@ class Updater:
             vocab_axis = "tensor" if tensor > 1 and w.shape[1] % tensor == 0 else None
             logp, ent = sharded_fused_logprob_entropy(h, w, targets, self.mesh, token_axis=("data", "fsdp"),
                                                       vocab_axis=vocab_axis, impl=self.impl)
-        return logp.reshape(n, t), ent.reshape(n, t)
+        logp, ent = logp.reshape(n, r), ent.reshape(n, r)
+        if cols is None:
+            return logp, ent
+        valid = jnp.take_along_axis(batch["loss_mask"], cols, axis=1)   # the padding columns point at T - 1
+        rows = jnp.arange(n)[:, None]
+        back = lambda x: jnp.zeros((n, t), x.dtype).at[rows, cols].add(jnp.where(valid, x, 0))   # noqa: E731
+        return back(logp), back(ent)
 
     def _fused_head_kwargs(self, w) -> dict:
         """kernels/fused_head.py's options (TrainConfig.head_impl="fused_forward"): the chunking of
