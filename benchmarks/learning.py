@@ -1,7 +1,11 @@
 """Does training make a model better? SFT, then SAPO, against controls, on held-out images.
 
-  python benchmarks/learning.py --out runs/learning                  # 3 seeds, CPU (2 cores: ~30 min)
-  python benchmarks/learning.py --out runs/learning --seeds 0 --sft-steps 60 --rl-steps 8   # a quick look
+  python benchmarks/learning.py --out runs/learning --seeds 1,2,3     # 3 seeds, CPU (2 cores: ~45 min)
+  python benchmarks/learning.py --out runs/learning --seeds 0 --rl-steps 4   # a quick look
+
+The settings (Plan) were fixed from one pilot run on seed 0 (its SFT loss curve and step times) and one
+look at seed 1 after 40 SFT steps (greedy answers did not yet end within 100 tokens: no RL signal), hence
+60; the reported seeds are 1-3 and nothing else was tuned on their test sets.
 
 Per seed, on the project's own learnable world (`hopchain synth --preset learnable`: 2-5 large objects,
 1-2 hop questions with answers 1..5; synth/learnable.py), with a tiny Qwen2.5-VL (configs/models.py
@@ -42,24 +46,25 @@ VARIANTS = ("half", "single")
 class Plan:
     """The benchmark's fixed settings (all phases share image size and step shapes: one compile each)."""
 
-    train_images: int = 480
-    test_images: int = 120
-    sft_steps: int = 150
-    rl_steps: int = 20
+    train_images: int = 240
+    test_images: int = 60
+    sft_steps: int = 60
+    rl_steps: int = 10
     sft_batch: int = 16
-    sft_lr: float = 3e-3
+    sft_lr: float = 1e-2
     rl_prompts: int = 8
     rl_group: int = 8
     rl_lr: float = 5e-4
-    max_new_tokens: int = 48
+    max_new_tokens: int = 100
     max_pixels: int = 112 * 112
-    eval_items: int = 48
+    eval_items: int = 32
     eval_points: int = 5
 
 
 def _base(plan: Plan, seed: int, data: Path, out: Path, **kw):
     from hopchain_jax.rl.config import TrainConfig
-    return TrainConfig(name="learning", model="tiny", data=((str(data), 1.0),), seed=seed, out_dir=str(out),
+    kw.setdefault("model", "tiny")
+    return TrainConfig(name="learning", data=((str(data), 1.0),), seed=seed, out_dir=str(out),
                        max_pixels=plan.max_pixels, max_prompt_tokens=256, max_new_tokens=plan.max_new_tokens,
                        pad_to_tokens=256, pad_to_patches=64, eval_items=plan.eval_items,
                        eval_variants=VARIANTS, heldout_fraction=0.15, save_every=10 ** 6, keep_checkpoints=1,
@@ -192,7 +197,7 @@ def plot(results: list[dict], path: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/learning")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="1,2,3")
     for f in dataclasses.fields(Plan):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     p.add_argument("--no-progress", action="store_true")
