@@ -21,7 +21,8 @@ Held-out accuracy is `hopchain eval`'s (greedy, mean@1 with its 95% interval) on
 with another seed (whole images never trained on): before training (random init), after SFT and after
 each of the three branches, beside the test set's blind baseline (most common answer). During each phase
 the trainer also logs greedy accuracy on its own held-out split of the training images (eval_every), which
-gives the curves. Writes OUT/results.json, OUT/results.md (the table) and OUT/curves.png (matplotlib).
+gives the curves. Writes OUT/results.json, OUT/results.md (the table) and OUT/curves.png (matplotlib:
+`pip install -e '.[bench]'`).
 Goal (issue 27): SAPO raises held-out accuracy by >= 10 points over its SFT start on every seed while the
 shuffled control stays within noise.
 """
