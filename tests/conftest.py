@@ -57,3 +57,16 @@ def small_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds") / "small"
     summary = run_synthesis(root, SynthConfig(seed=7, num_images=12, images_per_shard=4), workers=1, progress=False)
     return root, summary
+
+
+@pytest.fixture(scope="session")
+def two_scene_dataset(tmp_path_factory):
+    """Two small procedural scenes (400x300, so requests encode fast), read-only for the tests that share it
+    (test_calibrate keeps its own: calibration writes sidecars into the dataset folder)."""
+    from hopchain_jax.data.store import HopChainDataset
+    from hopchain_jax.synth.pipeline import SynthConfig, run_synthesis
+    from hopchain_jax.world.scene import SceneConfig
+    root = tmp_path_factory.mktemp("two_scenes") / "ds"
+    run_synthesis(root, SynthConfig(num_images=2, images_per_shard=2, scene=SceneConfig(resolutions=((400, 300),))),
+                  workers=1, progress=False)
+    return HopChainDataset(root)

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from hopchain_jax.data.export import export_dataset, format_export_summary
-from hopchain_jax.data.store import HopChainDataset
 from hopchain_jax.vlm.annotation import (apply_verdict, export_sheet, format_import, import_sheet, load_verdicts,
                                          write_verdicts)
 from hopchain_jax.vlm.annotation_cli import add_annotate_parser
@@ -20,13 +19,8 @@ HEADER = ["item", "record_id", "image_file", "question", "answer_1", "answer_2",
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    from hopchain_jax.synth.pipeline import SynthConfig, run_synthesis
-    from hopchain_jax.world.scene import SceneConfig
-    root = tmp_path_factory.mktemp("annot") / "ds"
-    run_synthesis(root, SynthConfig(num_images=2, images_per_shard=2, scene=SceneConfig(resolutions=((400, 300),))),
-                  workers=1, progress=False)
-    return HopChainDataset(root)
+def ds(two_scene_dataset):
+    return two_scene_dataset
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from hopchain_jax.data.store import HopChainDataset
 from hopchain_jax.eval.cli import add_eval_parser, settings_from_args
 from hopchain_jax.eval.run import EvalSettings, breakdown_keys, evaluate_dataset, select_records
 from hopchain_jax.eval.scoring import (ResponseScore, answer_range, item_metrics, length_bucket, mean_interval,
@@ -18,13 +17,8 @@ K = 4
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    from hopchain_jax.synth.pipeline import SynthConfig, run_synthesis
-    from hopchain_jax.world.scene import SceneConfig
-    root = tmp_path_factory.mktemp("eval") / "ds"
-    run_synthesis(root, SynthConfig(num_images=2, images_per_shard=2, scene=SceneConfig(resolutions=((400, 300),))),
-                  workers=1, progress=False)
-    return HopChainDataset(root)
+def ds(two_scene_dataset):
+    return two_scene_dataset
 
 
 class Scripted:

@@ -6,8 +6,7 @@ An image is held out when a salted SHA-256 of its content hash (the record's ``i
 ``fraction``: the split depends on nothing but the image and the salt, so it is the same on every host,
 for every seed, and when the dataset grows (an image never changes side).
 
-    train = SplitSource("data/hop", fraction=0.1, part="train")      # a HopChainSource for make_mixture
-    heldout = SplitSource("data/hop", fraction=0.1, part="heldout")
+    train, heldout = split_sources("data/hop", fraction=0.1)   # HopChainSources for make_mixture / evaluation
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import os
 
 from hopchain_jax.data.grain_source import HopChainSource
 
-__all__ = ["DEFAULT_SALT", "heldout_image", "SplitSource"]
+__all__ = ["DEFAULT_SALT", "heldout_image", "SplitSource", "split_sources"]
 
 DEFAULT_SALT = "hopchain-heldout-v1"
 PARTS = ("train", "heldout")
@@ -34,7 +33,8 @@ class SplitSource(HopChainSource):
     source (``make_mixture`` takes it in place of a directory). ``indices``: the dataset rows it holds;
     ``image_hashes``: the distinct image hashes of those rows (sorted)."""
 
-    def __init__(self, root: str | os.PathLike, fraction: float, part: str, salt: str = DEFAULT_SALT):
+    def __init__(self, root: str | os.PathLike, fraction: float, part: str, salt: str = DEFAULT_SALT,
+                 _rows: tuple[list[int], list[str]] | None = None):
         if part not in PARTS:
             raise ValueError(f"SplitSource(part={part!r}): use one of {PARTS}")
         if not 0 < fraction < 1:
@@ -42,18 +42,12 @@ class SplitSource(HopChainSource):
                              "0.1 (TrainConfig.heldout_fraction)")
         super().__init__(root)
         self.fraction, self.part, self.salt = float(fraction), part, salt
-        want = part == "heldout"
-        indices, hashes = [], set()
-        for i in range(len(self._ds)):
-            sha = json.loads(self._ds.record_bytes(i))["image"]["sha256"]
-            if heldout_image(sha, self.fraction, salt) == want:
-                indices.append(i)
-                hashes.add(sha)
+        indices, hashes = _rows if _rows is not None else _partition(self._ds, self.fraction, salt)[part]
         if not indices:
             raise ValueError(f"{root}: the {part} part of a {fraction} held-out split is empty ({len(self._ds)} "
                              f"records); use a larger dataset or change TrainConfig.heldout_fraction")
         self.indices = indices
-        self.image_hashes = sorted(hashes)
+        self.image_hashes = hashes
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -68,3 +62,24 @@ class SplitSource(HopChainSource):
     def __repr__(self) -> str:
         return (f"HopChainSource(root={self._root!r}, records={len(self.indices)}, "
                 f"split={self.part}:{self.fraction:g}:{self.salt})")
+
+
+def _partition(ds, fraction: float, salt: str) -> dict[str, tuple[list[int], list[str]]]:
+    """part -> (dataset rows, sorted distinct image hashes), from one read of every record."""
+    rows: dict[str, list[int]] = {part: [] for part in PARTS}
+    hashes: dict[str, set[str]] = {part: set() for part in PARTS}
+    for i in range(len(ds)):
+        sha = json.loads(ds.record_bytes(i))["image"]["sha256"]
+        part = "heldout" if heldout_image(sha, fraction, salt) else "train"
+        rows[part].append(i)
+        hashes[part].add(sha)
+    return {part: (rows[part], sorted(hashes[part])) for part in PARTS}
+
+
+def split_sources(root: str | os.PathLike, fraction: float, salt: str = DEFAULT_SALT
+                  ) -> tuple[SplitSource, SplitSource]:
+    """(train part, held-out part) of a dataset directory, reading its records once."""
+    from hopchain_jax.data.store import HopChainDataset
+    parts = _partition(HopChainDataset(root), float(fraction), salt)
+    return tuple(SplitSource(root, fraction, part, salt, _rows=parts[part]) for part in PARTS)
+

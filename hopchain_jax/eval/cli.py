@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from hopchain_jax.vlm.backends import add_local_model_args
+
 VARIANT_CHOICES = ["full", "half", "single", "external"]
 
 
@@ -42,11 +44,7 @@ def add_eval_parser(subparsers) -> None:
                    "wrong, as the RL reward)")
     e.add_argument("--batch-size", type=int, default=32, help="records per backend call and per fsync (default 32)")
     e.add_argument("--cache-dir", help="response cache (default OUT/cache)")
-    e.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="local model: compute dtype")
-    e.add_argument("--mesh", help="local model: data,fsdp,tensor device counts")
-    e.add_argument("--decode-mesh", help="local model: the decode layout, e.g. =-1,1,1 (a copy per device)")
-    e.add_argument("--max-pixels", type=int, help="local model: cap on resized image pixels (default: the "
-                   "checkpoint's preprocessor_config.json)")
+    add_local_model_args(e)
     e.add_argument("--localize", action="store_true", help="for every wrong full chain, ask each hop again with the "
                    "earlier hops solved, and report the first hop it gets wrong (by kind, op and level)")
     e.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -91,7 +89,7 @@ def _dataset(args: argparse.Namespace):
 def run_eval(args: argparse.Namespace) -> int:
     """Exit 0 when every record was evaluated, 1 when some items failed (rerun to retry them), 2 on a usage
     error or a failed run (what it finished is kept)."""
-    from hopchain_jax.vlm.backends import BackendPool, describe_spec
+    from hopchain_jax.vlm.backends import BackendPool, describe_spec, engine_options
     try:
         settings = settings_from_args(args)
         describe_spec(args.model, "--model")
@@ -101,12 +99,8 @@ def run_eval(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         return _fail(str(e))
     from hopchain_jax.eval.run import evaluate_dataset, format_markdown
-    from hopchain_jax.models.sharding import parse_mesh_shape
     try:
-        pool = BackendPool(args.cache_dir or Path(args.out) / "cache", dtype=args.dtype,
-                           mesh_shape=parse_mesh_shape(args.mesh),
-                           decode_mesh_shape=parse_mesh_shape(args.decode_mesh, "--decode-mesh"),
-                           max_pixels=args.max_pixels)
+        pool = BackendPool(args.cache_dir or Path(args.out) / "cache", **engine_options(args))
         backend = pool.get(args.model, "--model")
     except ImportError as e:
         return _fail(f"--model needs the local engine backend, which could not be loaded ({e}); serve the model with "

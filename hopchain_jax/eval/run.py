@@ -307,6 +307,7 @@ def evaluate_dataset(root, backend, out: str | os.PathLike, settings: EvalSettin
     with SidecarWriter(out / "items.jsonl") as writer:
         latest = _latest(writer.entries)
         todo = [r for r in records if latest.get(r["id"], {}).get("error", "missing") is not None]
+        scored, correct = 0, 0.0
         bar = tqdm.tqdm(total=len(records), initial=len(records) - len(todo), unit="item",
                         desc=f"eval {backend.model}", disable=not progress)
         try:
@@ -329,8 +330,9 @@ def evaluate_dataset(root, backend, out: str | os.PathLike, settings: EvalSettin
                 for line in ordered:
                     latest[line["id"]] = line
                 bar.update(sum(line.get("error") is None for line in ordered))
-                good = [latest[r["id"]] for r in records if latest.get(r["id"], {}).get("error", 1) is None]
-                bar.set_postfix(acc=f"{sum(i['metrics']['mean'] for i in good) / max(len(good), 1):.3f}")
+                done = [line["metrics"]["mean"] for line in ordered if line.get("error") is None]
+                scored, correct = scored + len(done), correct + sum(done)
+                bar.set_postfix(acc=f"{correct / max(scored, 1):.3f}")   # this run's items
         finally:
             bar.close()
         writer.compact()

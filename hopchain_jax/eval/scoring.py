@@ -20,7 +20,7 @@ import math
 from fractions import Fraction
 from typing import Any, Iterable, Mapping, Sequence
 
-from hopchain_jax.rl.reward import extract_answer, parse_number
+from hopchain_jax.rl.reward import answer_to_fraction, extract_answer, parse_number
 
 __all__ = ["ResponseScore", "score_response", "item_metrics", "wilson_interval", "mean_interval",
            "accuracy_table", "LENGTH_BUCKETS", "length_bucket", "answer_range"]
@@ -45,10 +45,6 @@ class ResponseScore:
     counted: bool = True
 
 
-def _answer_fraction(answer: Any) -> Fraction:
-    return Fraction(str(answer)) if not isinstance(answer, float) else Fraction(answer).limit_denominator(10 ** 12)
-
-
 def score_response(text: str, answer: Any, finish_reason: str = "stop", *, count_truncated: bool = False
                    ) -> ResponseScore:
     """Score one response against the record's numeric answer (exact rational equality, as the reward)."""
@@ -56,7 +52,7 @@ def score_response(text: str, answer: Any, finish_reason: str = "stop", *, count
     span = extract_answer(text or "")
     value = parse_number(span) if span is not None else None
     parsed = None if value is None else str(value)
-    right = value is not None and value == _answer_fraction(answer)
+    right = value is not None and value == answer_to_fraction(answer)
     counted = count_truncated or not truncated
     return ResponseScore(parsed, bool(right and counted), value is None, truncated, counted)
 
@@ -70,7 +66,7 @@ def item_metrics(scores: Sequence[ResponseScore], answer: Any) -> dict[str, floa
     votes = collections.Counter(voters)
     majority = max(votes, key=lambda v: (votes[v], -voters.index(v)), default=None)
     return {"mean": sum(s.correct for s in scores) / k, "pass": float(any(s.correct for s in scores)),
-            "maj": float(majority is not None and Fraction(majority) == _answer_fraction(answer)),
+            "maj": float(majority is not None and Fraction(majority) == answer_to_fraction(answer)),
             "format_failure": sum(s.format_failure for s in scores) / k,
             "truncated": sum(s.truncated for s in scores) / k}
 
@@ -124,7 +120,7 @@ def length_bucket(tokens: int) -> str:
 
 def answer_range(answer: Any) -> str:
     """The breakdown bucket of a numeric answer: "<0", "0-4", "5-9", ..., "100+", or "non-integer"."""
-    value = _answer_fraction(answer)
+    value = answer_to_fraction(answer)
     if value.denominator != 1:
         return "non-integer"
     if value < 0:

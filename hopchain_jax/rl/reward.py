@@ -69,7 +69,7 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["extract_answer", "parse_number", "is_equivalent", "reward", "group_advantages",
+__all__ = ["extract_answer", "parse_number", "answer_to_fraction", "is_equivalent", "reward", "group_advantages",
            "FALLBACK_WINDOW", "MAX_BOX_TAIL_CHARS", "MAX_SPAN_CHARS", "MAX_DIGITS", "MAX_EXPONENT"]
 
 FALLBACK_WINDOW = 4000   # characters at the end of a response searched by the phrase/number fallback
@@ -512,6 +512,9 @@ def _answer_to_fraction(answer) -> Fraction:
             raise ValueError(f"answer string is not one number: {answer[:80]!r}")
         return value
     raise TypeError(f"unsupported answer type {type(answer).__name__}")
+
+
+answer_to_fraction = _answer_to_fraction   # public: the gold answer as the reward compares it (eval/scoring.py)
 
 
 def is_equivalent(response: str, answer) -> bool:

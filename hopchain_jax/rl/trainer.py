@@ -33,7 +33,8 @@ from jax.experimental import multihost_utils
 
 from hopchain_jax.data.mixture import make_mixture
 from hopchain_jax.data.prompts import BuildPrompt, PromptConfig, prompt_transforms
-from hopchain_jax.data.split import SplitSource
+from hopchain_jax.data.split import SplitSource, split_sources
+from hopchain_jax.eval.run import select_records
 from hopchain_jax.eval.scoring import score_response
 from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams
 from hopchain_jax.models.sharding import to_host
@@ -150,37 +151,24 @@ class Trainer:
     # -- held-out split and evaluation -------------------------------------------------------------------
     def _split(self, sources: list[tuple[str, float]]):
         """(training sources, held-out parts): with eval_every > 0 each source's held-out images are taken
-        out of training (data/split.py) and recorded in OUT/heldout.json."""
-        cfg = self.cfg
-        if not cfg.eval_every:
+        out of training (data/split.py); _eval_prompts records the split in OUT/heldout.json."""
+        if not self.cfg.eval_every:
             return sources, None
-        train = [(SplitSource(d, cfg.heldout_fraction, "train"), w) for d, w in sources]
-        heldout = [SplitSource(d, cfg.heldout_fraction, "heldout") for d, _ in sources]
-        overlap = set().union(*(set(t.image_hashes) for t, _ in train)) & \
-            set().union(*(set(h.image_hashes) for h in heldout))
-        if overlap:   # the same image in two sources on different sides cannot happen (the split is by hash)
-            raise AssertionError(f"held-out images also in training: {sorted(overlap)[:3]}")
-        if self.is_main:
-            (self.out / "heldout.json").write_text(json.dumps({
-                "fraction": cfg.heldout_fraction, "salt": heldout[0].salt,
-                "sources": [{"dir": d, "train_records": len(t), "heldout_records": len(h),
-                             "heldout_images": h.image_hashes}
-                            for (d, _), (t, _), h in zip(sources, train, heldout)]}, indent=1))
-        return train, heldout
+        parts = [split_sources(d, self.cfg.heldout_fraction) for d, _ in sources]
+        return [(train, w) for (train, _), (_, w) in zip(parts, sources)], [heldout for _, heldout in parts]
 
     def _eval_prompts(self, heldout: list[SplitSource], merge_size: int) -> list[dict]:
         """eval_items held-out records of eval_variants (a fixed sample: the lowest id hashes), as prompts."""
         cfg = self.cfg
-        picked = []
+        where, records = {}, []
         for src in heldout:
             for i in range(len(src)):
-                rec = src.record(i)
-                if rec["variant"] in cfg.eval_variants:
-                    picked.append((hashlib.sha256(rec["id"].encode()).hexdigest(), src, i))
-        picked.sort(key=lambda x: x[0])
+                records.append(src.record(i))
+                where.setdefault(records[-1]["id"], (src, i))
         build = BuildPrompt(self.tokenizer, self.prompt_config, merge_size)
         prompts = []
-        for _, src, i in picked:
+        for rec in select_records(records, cfg.eval_variants):   # hopchain eval's fixed order
+            src, i = where[rec["id"]]
             el = build.map(src[i])
             if el.get("prompt_ids") is not None:
                 prompts.append(el)
@@ -190,10 +178,12 @@ class Trainer:
             raise ValueError(f"no held-out record of variants {cfg.eval_variants} fits the prompt budget: set "
                              "TrainConfig.eval_variants to variants the data has, or raise heldout_fraction")
         if self.is_main:
-            path = self.out / "heldout.json"
-            info = json.loads(path.read_text())
-            info["eval_ids"] = [str(p["id"]) for p in prompts]
-            path.write_text(json.dumps(info, indent=1))
+            (self.out / "heldout.json").write_text(json.dumps({
+                "fraction": cfg.heldout_fraction, "salt": heldout[0].salt,
+                "sources": [{"dir": d, "train_records": len(train), "heldout_records": len(held),
+                             "heldout_images": held.image_hashes}
+                            for (d, _), (train, _), held in zip(self.sources, self.train_sources, heldout)],
+                "eval_ids": [str(p["id"]) for p in prompts]}, indent=1))
         return prompts
 
     def evaluate(self) -> dict:

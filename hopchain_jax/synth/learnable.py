@@ -570,7 +570,7 @@ def synthesize_learnable_shard(config, shard_index: int) -> tuple[list, list, li
     contract as pipeline.synthesize_shard. Stats count hops, ops and answers of every record (there
     are no full chains here)."""
     from hopchain_jax.data import store
-    from hopchain_jax.synth.pipeline import _empty_stats, _provenance, scene_seed
+    from hopchain_jax.synth.pipeline import _empty_stats, _provenance, count_record, scene_seed
     from hopchain_jax.synth.stages import ImageInput, OracleCategoryIdentifier, OracleSegmenter, ProgramVerifier
     from hopchain_jax.world.render import render_scene
 
@@ -609,11 +609,7 @@ def synthesize_learnable_shard(config, shard_index: int) -> tuple[list, list, li
             rec["verification"] = verdict.record_field
             records.append(rec)
             n_ok += 1
-            stats["queries"][rec["variant"]] += 1
-            stats["hops"][str(len(rec["hops"]))] += 1
-            stats["answers"][str(rec["answer"])] += 1
-            for step in rec["program"]["steps"]:
-                stats["ops"][step["op"]] += 1
+            count_record(stats, rec)
         if n_ok:
             images.append(rendered.image)
             labels.append(seg.labels)

@@ -130,18 +130,22 @@ def synthesize_shard(config: SynthConfig, shard_index: int) -> tuple[list, list,
                 records.extend(chain_records)
                 kept += 1
                 for rec in chain_records:
-                    stats["queries"][rec["variant"]] += 1
-                    if rec["variant"] == "full":
-                        stats["hops"][str(len(rec["hops"]))] += 1
-                        stats["answers"][str(rec["answer"])] += 1
-                        for step in rec["program"]["steps"]:
-                            stats["ops"][step["op"]] += 1
+                    count_record(stats, rec, shape=rec["variant"] == "full")
         if kept:
             images.append(rendered.image)
             labels.append(seg.labels)
         else:
             stats["skipped"]["every chain failed verification"] += 1
     return images, labels, records, stats
+
+
+def count_record(stats: dict, rec: dict, shape: bool = True) -> None:
+    """Count a kept record in a shard's stats: its variant, and with `shape` its hops, answer and ops."""
+    stats["queries"][rec["variant"]] += 1
+    if shape:
+        stats["hops"][str(len(rec["hops"]))] += 1
+        stats["answers"][str(rec["answer"])] += 1
+        stats["ops"].update(step["op"] for step in rec["program"]["steps"])
 
 
 def _empty_stats() -> dict:

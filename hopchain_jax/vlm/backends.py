@@ -34,6 +34,26 @@ def describe_spec(spec: str, flag: str) -> tuple[str, str]:
     raise ValueError(f"{flag} {spec!r}: not a directory and not MODEL@URL; give {SPEC_HELP}")
 
 
+def add_local_model_args(parser) -> None:
+    """The flags that load a local checkpoint on our engine (--dtype, --mesh, --decode-mesh, --max-pixels);
+    engine_options(args) turns them into EngineChatBackend / BackendPool keyword arguments."""
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="local checkpoint: compute dtype (default: float32 on CPU, else bfloat16)")
+    parser.add_argument("--mesh", help="local checkpoint: data,fsdp,tensor device counts")
+    parser.add_argument("--decode-mesh", help="local checkpoint: data,fsdp,tensor device counts to decode on, the "
+                        "weights resharded to it once (e.g. --decode-mesh=-1,1,1: a whole copy per device; "
+                        "default: --mesh)")
+    parser.add_argument("--max-pixels", type=int, help="local checkpoint: cap on resized image pixels (default: the "
+                        "checkpoint's preprocessor_config.json)")
+
+
+def engine_options(args) -> dict:
+    """EngineChatBackend keyword arguments from add_local_model_args' flags (ValueError naming a bad mesh)."""
+    from hopchain_jax.models.sharding import parse_mesh_shape
+    return {"dtype": args.dtype, "mesh_shape": parse_mesh_shape(args.mesh),
+            "decode_mesh_shape": parse_mesh_shape(args.decode_mesh, "--decode-mesh"), "max_pixels": args.max_pixels}
+
+
 class BackendPool:
     """Opens each distinct spec once. cache_dir: every backend's response cache lives under it (one
     sub-folder per model), so a rerun after a crash repeats no model call."""

@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 
+from hopchain_jax.vlm.backends import add_local_model_args, engine_options
+
 # = calibrate.DEFAULT_VARIANTS; not imported so that building the parser stays cheap (no JAX, no I/O)
 DEFAULT_VARIANTS = ("full", "external")
 
@@ -39,11 +41,7 @@ def add_calibrate_parser(subparsers) -> None:
     c.add_argument("--batch-size", type=int, default=64, help="queries per backend call and per fsync (default 64)")
     c.add_argument("--concurrency", type=int, default=8, help="parallel HTTP requests with --endpoint (default 8)")
     c.add_argument("--cache-dir", help="response cache folder: a rerun repeats no finished call")
-    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="with --model (default: per device)")
-    c.add_argument("--mesh", help="with --model: data,fsdp,tensor device counts")
-    c.add_argument("--decode-mesh", help="with --model: data,fsdp,tensor device counts to decode on, the weights "
-                   "resharded to it once (e.g. --decode-mesh=-1,1,1: a whole copy per device; default: --mesh)")
-    c.add_argument("--max-pixels", type=int, help="with --model: cap on resized image pixels")
+    add_local_model_args(c)
     c.add_argument("--out", help="results file (default DIR/calibration-<model>.jsonl)")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.add_argument("--no-progress", action="store_true")
@@ -58,10 +56,7 @@ def _fail(message: str) -> int:
 def _backend(args: argparse.Namespace):
     if args.model:
         from hopchain_jax.vlm.engine_backend import EngineChatBackend  # JAX + weights: only when asked
-        from hopchain_jax.models.sharding import parse_mesh_shape
-        return EngineChatBackend(args.model, dtype=args.dtype, mesh_shape=parse_mesh_shape(args.mesh),
-                                 decode_mesh_shape=parse_mesh_shape(args.decode_mesh, "--decode-mesh"),
-                                 max_pixels=args.max_pixels, cache_dir=args.cache_dir)
+        return EngineChatBackend(args.model, cache_dir=args.cache_dir, **engine_options(args))
     from hopchain_jax.vlm.openai_backend import OpenAIChatBackend
     return OpenAIChatBackend(args.endpoint, model=args.endpoint_model, cache_dir=args.cache_dir,
                              max_concurrency=args.concurrency)
