@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +93,26 @@ def test_kill_midway_then_rerun_loses_and_duplicates_nothing(tmp_path):
     assert got_ids == ref_ids  # nothing lost
     assert list(store.HopChainDataset(crashed).records()) == list(store.HopChainDataset(reference).records())
     assert not list((crashed / "shards").glob(".tmp-*"))
+
+
+def test_two_worker_processes_write_what_one_does_and_a_script_without_a_main_guard_fails_fast(tmp_path):
+    """The spawned worker pool (run_synthesis workers > 1) gives the records one process gives; a caller's
+    script without `if __name__ == "__main__":` (its spawned children re-run it and die) gets an error naming
+    the fix within seconds -- multiprocessing.Pool replaced the dying workers forever (a silent hang)."""
+    config = SynthConfig(seed=3, num_images=4, images_per_shard=2)
+    run_synthesis(tmp_path / "one", config, workers=1, progress=False)
+    script = (f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+              "from hopchain_jax.synth.pipeline import SynthConfig, run_synthesis\n"
+              f"config = SynthConfig(seed=3, num_images=4, images_per_shard=2)\n"
+              "def main(root):\n    run_synthesis(root, config, workers=2, progress=False)\n")
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text(script + f"if __name__ == '__main__':\n    main({str(tmp_path / 'two')!r})\n")
+    subprocess.run([sys.executable, str(guarded)], check=True, capture_output=True, timeout=120)
+    assert list(store.HopChainDataset(tmp_path / "two").records()) == \
+        list(store.HopChainDataset(tmp_path / "one").records())
+
+    bare = tmp_path / "bare.py"
+    bare.write_text(script + f"main({str(tmp_path / 'bare')!r})\n")
+    out = subprocess.run([sys.executable, str(bare)], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "if __name__ == \"__main__\":" in out.stderr and "workers=1" in out.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import concurrent.futures
 import multiprocessing as mp
 import os
 import time
@@ -201,18 +202,26 @@ def run_synthesis(root: str | os.PathLike, config: SynthConfig, workers: int = 0
         results = map(_run_shard, jobs)
         pool = None
     else:
-        pool = mp.get_context("spawn").Pool(workers)
-        results = pool.imap_unordered(_run_shard, jobs)
+        # concurrent.futures (not multiprocessing.Pool): a worker that dies -- e.g. a caller's script without an
+        # `if __name__ == "__main__":` guard, whose spawned children re-run it -- breaks the pool with an error
+        # instead of being replaced forever (a silent hang).
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        results = (f.result() for f in concurrent.futures.as_completed([pool.submit(_run_shard, j) for j in jobs]))
     try:
         for stats in results:
             new_stats.append(stats)
             bar.update(stats["images_seen"])
             bar.set_postfix(queries=sum(sum(s["queries"].values()) for s in new_stats))
+    except concurrent.futures.process.BrokenProcessPool as e:
+        raise RuntimeError(
+            f"synthesis worker processes died before finishing ({len(new_stats)} of {len(jobs)} shards written to "
+            f"{root}; they are kept and a rerun resumes). Worker processes are spawned: a script that calls "
+            f"run_synthesis with workers > 1 must do so under `if __name__ == \"__main__\":`, or pass workers=1 "
+            f"(`hopchain synth --workers 1`).") from e
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
     elapsed = time.perf_counter() - start
     all_stats = merge_stats(json.loads((p / "shard.json").read_text())["stats"]
                             for _, p in sorted(store.committed_shards(root).items()))
