@@ -53,7 +53,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from configs.models import PRESETS  # noqa: E402
+from hopchain_jax.configs.models import PRESETS  # noqa: E402
 from hopchain_jax.infer.engine import BATCH_BUCKETS, InferenceEngine, Request, SamplingParams  # noqa: E402
 from hopchain_jax.models.qwen_vl import init_sharded  # noqa: E402
 from hopchain_jax.models.sharding import make_mesh  # noqa: E402

@@ -74,8 +74,8 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402  (importing jax initialises no backend; only the cases call jax.devices)
 import jax.numpy as jnp  # noqa: E402
 
-from kernels import LogprobConfig  # noqa: E402
-from kernels.dispatch import TUNED_KINDS, record_tuned  # noqa: E402
+from hopchain_jax.kernels import LogprobConfig  # noqa: E402
+from hopchain_jax.kernels.dispatch import TUNED_KINDS, record_tuned  # noqa: E402
 
 FULL = dict(ns=(4096,), d=4096, v=151_936, dtype="bfloat16")
 SMALL = dict(ns=(64,), d=64, v=1000, dtype="bfloat16")
@@ -226,7 +226,7 @@ def mem_stats() -> dict | None:
 
 def impl_fn(impl: str, cfg: LogprobConfig, interpret: bool):
     """(h, w, targets) -> (logp, entropy) for a log-prob implementation name (not fused_head)."""
-    from kernels import fused_logprob_entropy
+    from hopchain_jax.kernels import fused_logprob_entropy
     base, _ = parse_impl(impl)
     if base == "naive":
         kw = dict(impl="reference")
@@ -242,7 +242,7 @@ def impl_fn(impl: str, cfg: LogprobConfig, interpret: bool):
 def fused_head_module():
     """kernels.fused_head, or None when this checkout does not have it."""
     try:
-        from kernels import fused_head
+        from hopchain_jax.kernels import fused_head
     except ImportError:
         return None
     return fused_head if hasattr(fused_head, "sapo_loss_fused_forward") else None
@@ -257,7 +257,7 @@ def reference_config(chunk_v: int, v: int) -> LogprobConfig:
 
 def reference_fn(chunk_v: int, v: int):
     """The float32 oracle: chunked log-prob on float32 copies of h and w (made inside the jit)."""
-    from kernels import logprob_entropy_chunked
+    from hopchain_jax.kernels import logprob_entropy_chunked
     cfg = reference_config(chunk_v, v)
 
     def fn(h, w, t):
@@ -330,7 +330,7 @@ def check_impl(fn, x: dict, *, chunk_v: int = 16384, tol: dict = TOL) -> dict:
 def textbook_err(x: dict, lp_ref, en_ref) -> float:
     """The chunked reference's logp / entropy against the textbook formula (materialised float32
     logits) on the first TEXTBOOK_ROWS tokens: the oracle checked by an independent one."""
-    from kernels import logprob_entropy_reference
+    from hopchain_jax.kernels import logprob_entropy_reference
     k = min(TEXTBOOK_ROWS, x["h"].shape[0])
     def textbook(h, w, t):
         return logprob_entropy_reference(h.astype(jnp.float32), w.astype(jnp.float32), t)
@@ -357,7 +357,7 @@ def check_fused_head(x: dict, *, chunk_v: int = 16384, tol: dict = TOL,
     """kernels.fused_head.sapo_loss_fused_forward (with ``head_kwargs``: its chunking) against the
     float32 chunked SAPO path (kernels.sapo_loss.sapo_loss_fused, impl="chunked", on float32
     copies): loss, logp and entropy statistics, dh and dw."""
-    from kernels import sapo_loss_fused
+    from hopchain_jax.kernels import sapo_loss_fused
     fh = fused_head_module()
     n, d = x["h"].shape
     b, mask, adv, noise = _sapo_batch(n)
@@ -429,7 +429,7 @@ def run_env(case: Case) -> dict:
 
 def run_probe(case: Case) -> dict:
     """kernels.logprob._probe: the kernel lowers, runs and matches the reference at a tiny shape."""
-    from kernels import logprob as lpm
+    from hopchain_jax.kernels import logprob as lpm
     err = lpm._probe(case.impl, jax.default_backend(), bool(case.opts.get("interpret")))
     return case.row(status="ok" if err <= 5e-2 else "fail", rel_err=err, **_device_row())
 

@@ -106,7 +106,7 @@ def evaluate(ckpt: str, test: Path, out: Path, plan: Plan) -> dict:
 
 def random_init_checkpoint(out: Path, seed: int, plan: Plan) -> str:
     """The tiny model at its random init, as a checkpoint (the 'before training' point)."""
-    from configs.models import tiny
+    from hopchain_jax.configs.models import tiny
     from hopchain_jax.models.checkpoint import save_pretrained
     from hopchain_jax.models.image_processor import QWEN2_5_VL
     from hopchain_jax.models.qwen_vl import init_sharded

@@ -87,8 +87,8 @@ from jax.sharding import Mesh  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configs import models as model_presets  # noqa: E402
-from configs import train as train_presets  # noqa: E402
+from hopchain_jax.configs import models as model_presets  # noqa: E402
+from hopchain_jax.configs import train as train_presets  # noqa: E402
 from hopchain_jax.infer.engine import BATCH_BUCKETS, ROW_FIELDS, InferenceEngine  # noqa: E402
 from hopchain_jax.infer.sampling import SamplerWork  # noqa: E402
 from hopchain_jax.models import image_processor as improc  # noqa: E402

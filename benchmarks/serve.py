@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def build_checkpoint(preset: str, root: Path) -> Path:
-    from configs.models import PRESETS
+    from hopchain_jax.configs.models import PRESETS
     from hf_tiny import hf_model_from_config
     from hopchain_jax.models.tokenizer import load_tokenizer
     path = root / preset

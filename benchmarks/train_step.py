@@ -28,7 +28,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configs.models import PRESETS  # noqa: E402
+from hopchain_jax.configs.models import PRESETS  # noqa: E402
 from hopchain_jax.models.qwen_vl import init_sharded  # noqa: E402
 from hopchain_jax.models.sharding import make_mesh  # noqa: E402
 from hopchain_jax.rl.config import TrainConfig  # noqa: E402

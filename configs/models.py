@@ -1,6 +1,6 @@
 """Model presets: the public Qwen-VL shapes, and tiny ones for tests and CPU runs.
 
-    from configs.models import PRESETS
+    from hopchain_jax.configs.models import PRESETS
     config = PRESETS["qwen2_5_vl_3b"]()          # a QwenVLConfig; random init is fine for benchmarks
 
 Real checkpoints carry their own config.json (`QwenVLConfig.from_pretrained_dir`); these presets exist

@@ -1,6 +1,6 @@
 """Synthesis presets (typed SynthConfig); the definitions live in hopchain_jax.synth.presets.
 
-    from configs.synth import PRESETS, learnable_config
+    from hopchain_jax.configs.synth import PRESETS, learnable_config
     from hopchain_jax.synth.pipeline import run_synthesis
     run_synthesis("data/learnable", learnable_config(seed=0, num_images=480))   # or PRESETS["learnable"]
 

@@ -137,7 +137,7 @@ term (the trainer's ``kl_coef`` needs the recompute path).
 
 CPU timing harness (a sanity check, not the GPU goal)::
 
-    python -c "from kernels.fused_head import compare_cpu; print(compare_cpu())"  # N=1024 D=512 V=8192
+    python -c "from hopchain_jax.kernels.fused_head import compare_cpu; print(compare_cpu())"  # N=1024 D=512 V=8192
 """
 from __future__ import annotations
 
@@ -150,10 +150,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from kernels import tile_math
-from kernels.logprob import _finalize, _merge_across, _round_up
-from kernels.manual_axes import cast_varying, psum_to, union_vary
-from kernels.sapo_loss import _token_terms_xla, sapo_stats
+from hopchain_jax.kernels import tile_math
+from hopchain_jax.kernels.logprob import _finalize, _merge_across, _round_up
+from hopchain_jax.kernels.manual_axes import cast_varying, psum_to, union_vary
+from hopchain_jax.kernels.sapo_loss import _token_terms_xla, sapo_stats
 
 __all__ = ["sapo_loss_fused_forward", "ce_loss_fused_forward", "auto_chunk_tokens",
            "auto_chunk_vocab", "compare_cpu"]
@@ -580,7 +580,7 @@ def compare_cpu(n: int = 1024, d: int = 512, v: int = 8192, *, seq_len: int = 64
     [N, V] slabs) and with chunk_v ~ V / 16 (bounded memory, like this op's default). Also reports
     XLA's compiled temp bytes of each and the naive [N, V] float32 logits' size. Example::
 
-        >>> from kernels.fused_head import compare_cpu
+        >>> from hopchain_jax.kernels.fused_head import compare_cpu
         >>> compare_cpu(1024, 512, 8192)        # doctest: +SKIP
 
     One run on a shared 2-core CPU (float32, median of 7; noisy): recompute 145-150 ms (temp
@@ -594,7 +594,7 @@ def compare_cpu(n: int = 1024, d: int = 512, v: int = 8192, *, seq_len: int = 64
 
     import numpy as np
 
-    from kernels.sapo_loss import sapo_loss_fused
+    from hopchain_jax.kernels.sapo_loss import sapo_loss_fused
 
     rng = np.random.default_rng(0)
     b = n // seq_len
@@ -605,7 +605,7 @@ def compare_cpu(n: int = 1024, d: int = 512, v: int = 8192, *, seq_len: int = 64
     adv = jnp.asarray(rng.standard_normal(b), jnp.float32)
     mask = jnp.asarray(rng.random((b, seq_len)) < 0.9)
 
-    from kernels.logprob import LogprobConfig
+    from hopchain_jax.kernels.logprob import LogprobConfig
 
     cv = max(128, _round_up(v // 16, 128))
     fns = {

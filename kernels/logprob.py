@@ -110,10 +110,10 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.experimental import pallas as pl
 
-from kernels import logprob_mosaic, tile_math
-from kernels.dispatch import ACCELERATORS, current_platform, resolve_impl, tuned_order
-from kernels.manual_axes import cast_varying, out_struct, psum_to, union_vary, vary
-from kernels.reference import logprob_entropy_reference
+from hopchain_jax.kernels import logprob_mosaic, tile_math
+from hopchain_jax.kernels.dispatch import ACCELERATORS, current_platform, resolve_impl, tuned_order
+from hopchain_jax.kernels.manual_axes import cast_varying, out_struct, psum_to, union_vary, vary
+from hopchain_jax.kernels.reference import logprob_entropy_reference
 
 try:  # Triton lowering (GPU). Present in JAX 0.10/0.11; may disappear in a later release.
     from jax.experimental.pallas import triton as _pl_triton

@@ -50,8 +50,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from kernels import tile_math
-from kernels.manual_axes import out_struct
+from hopchain_jax.kernels import tile_math
+from hopchain_jax.kernels.manual_axes import out_struct
 
 try:
     from jax.experimental.pallas import mosaic_gpu as plgpu

@@ -41,11 +41,11 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from kernels.dispatch import resolve_impl
-from kernels.logprob import (LogprobConfig, _compiler_params, _pad_axis, _round_up,
-                             fused_logprob_entropy)
-from kernels.manual_axes import out_struct, vary
-from kernels.reference import (SAPO_LOG_RATIO_CLAMP, sapo_loss_reference, sapo_token_terms)
+from hopchain_jax.kernels.dispatch import resolve_impl
+from hopchain_jax.kernels.logprob import (LogprobConfig, _compiler_params, _pad_axis, _round_up,
+                                          fused_logprob_entropy)
+from hopchain_jax.kernels.manual_axes import out_struct, vary
+from hopchain_jax.kernels.reference import (SAPO_LOG_RATIO_CLAMP, sapo_loss_reference, sapo_token_terms)
 
 __all__ = ["SapoConfig", "sapo_loss", "sapo_loss_and_stats", "sapo_stats", "sapo_loss_fused",
            "sapo_loss_reference"]

@@ -19,7 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:   # run as a script from a checkout (python launch/train.py): the checkout's library
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     from absl import flags
     flags.FLAGS.mark_as_parsed()  # Grain's multiprocessing reads absl flags (SPEC §7)
 
-    from configs.train import PRESETS
+    from hopchain_jax.configs.train import PRESETS
     from hopchain_jax.rl.config import TrainConfig
     from hopchain_jax.rl.trainer import Trainer
     if args.config in PRESETS:

@@ -20,7 +20,7 @@ _BUILT: dict = {}
 def tiny_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint dir, a 56x56 RGB PNG): made with transformers like tests/test_generate_cli.py."""
     if "ckpt" not in _BUILT:
-        from configs.models import PRESETS
+        from hopchain_jax.configs.models import PRESETS
         from hf_tiny import hf_model_from_config
         from hopchain_jax.models.tokenizer import load_tokenizer
         root = tmp_path_factory.mktemp("engine_tiny")

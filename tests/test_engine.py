@@ -10,7 +10,7 @@ import pytest
 import torch
 from flax import nnx
 
-from configs.models import PRESETS
+from hopchain_jax.configs.models import PRESETS
 from hf_tiny import IMAGE, VEND, VIDEO, VSTART, image_prompt, random_patches, tiny_hf_model
 from hopchain_jax.infer.engine import ROW_FIELDS, InferenceEngine, Request, SamplingParams
 from hopchain_jax.infer import sampling
@@ -135,7 +135,7 @@ def test_image_token_mismatch_is_reported(tiny):
 
 
 def test_stop_strings_cut_text_and_tokens():
-    from configs.models import PRESETS
+    from hopchain_jax.configs.models import PRESETS
     from flax import nnx
 
     from hopchain_jax.models.qwen_vl import QwenVL

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.models import tiny
+from hopchain_jax.configs.models import tiny
 from hopchain_jax.models.checkpoint import save_generation_config, save_pretrained
 from hopchain_jax.models.image_processor import (QWEN2_5_VL, QWEN3_VL, from_pretrained_dir, preprocess,
                                                  save_preprocessor_config)

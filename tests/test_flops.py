@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.models import qwen2_5_vl_7b, tiny
+from hopchain_jax.configs.models import qwen2_5_vl_7b, tiny
 from hopchain_jax.models.qwen_vl import QwenVL
 from hopchain_jax.models.vision import prepare_vision_inputs
 from hopchain_jax.rl import flops

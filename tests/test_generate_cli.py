@@ -9,7 +9,7 @@ import torch
 from flax import nnx
 from PIL import Image
 
-from configs.models import PRESETS
+from hopchain_jax.configs.models import PRESETS
 from hf_tiny import hf_model_from_config
 from hopchain_jax.cli import main
 from hopchain_jax.models.tokenizer import load_tokenizer

@@ -126,7 +126,7 @@ def test_suite_budgets_fit_one_device_call():
 def _drop_softmax_term(h, w, t):
     """logp with the log-normaliser's gradient cut (stop_gradient): the values are right, the
     gradient lacks the -p (softmax) term. Entropy is the reference's."""
-    from kernels import logprob_entropy_reference
+    from hopchain_jax.kernels import logprob_entropy_reference
     z = jnp.dot(h, w, preferred_element_type=jnp.float32)
     lse = jax.lax.stop_gradient(jax.nn.logsumexp(z, axis=-1))
     logp = jnp.take_along_axis(z, t[:, None], axis=-1)[:, 0] - lse
@@ -242,7 +242,7 @@ def test_suite_kernel_plan(small):
 
 def test_fused_head_variant_reaches_the_op(monkeypatch):
     """A fused_head:CxTxACC case runs sapo_loss_fused_forward with that chunking (check and time)."""
-    from kernels import fused_head
+    from hopchain_jax.kernels import fused_head
     seen = []
     real = fused_head.sapo_loss_fused_forward
 

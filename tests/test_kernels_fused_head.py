@@ -15,9 +15,9 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from kernels import (LogprobConfig, ce_loss_fused_forward, sapo_loss_fused,
-                     sapo_loss_fused_forward, sapo_loss_reference)
-from kernels.fused_head import auto_chunk_tokens, auto_chunk_vocab
+from hopchain_jax.kernels import (LogprobConfig, ce_loss_fused_forward, sapo_loss_fused,
+                                  sapo_loss_fused_forward, sapo_loss_reference)
+from hopchain_jax.kernels.fused_head import auto_chunk_tokens, auto_chunk_vocab
 
 CHUNK = 16          # rows per token chunk in the small tests
 LCFG = LogprobConfig(block_n=16, block_v=64, block_k=16, chunk_v=128)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType
 
-from kernels import (LogprobConfig, fused_logprob_entropy, logprob_entropy_chunked,
-                     logprob_entropy_pallas, logprob_entropy_reference, resolve_impl,
-                     sharded_fused_logprob_entropy)
+from hopchain_jax.kernels import (LogprobConfig, fused_logprob_entropy, logprob_entropy_chunked,
+                                  logprob_entropy_pallas, logprob_entropy_reference, resolve_impl,
+                                  sharded_fused_logprob_entropy)
 
 CFG = LogprobConfig(block_n=16, block_v=64, block_k=16, tiles_per_program=3, chunk_v=128)
 IMPLS = ["chunked", "pallas_interpret"]
@@ -218,7 +218,7 @@ def test_auto_probe_and_fallback(monkeypatch):
     """On an accelerator 'auto' probes the kernels once; if none lowers (here: a CPU pretending to
     be a GPU, so the Triton lowering is refused) it warns and uses 'chunked' -- also when called
     inside jit."""
-    import kernels.logprob as lpm
+    import hopchain_jax.kernels.logprob as lpm
     assert lpm._kernel_usable("pallas", "cpu", interpret=True)  # the probe passes in interpret mode
     lpm._kernel_usable.cache_clear()
     monkeypatch.setattr(lpm, "current_platform", lambda: "gpu")

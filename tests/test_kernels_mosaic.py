@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType
 
-from kernels import (DEFAULT_CONFIG, LogprobConfig, fused_logprob_entropy, logprob_entropy_mosaic,
-                     logprob_entropy_pallas, logprob_entropy_reference, resolve_impl,
-                     sapo_loss_fused, sharded_fused_logprob_entropy)
+from hopchain_jax.kernels import (DEFAULT_CONFIG, LogprobConfig, fused_logprob_entropy, logprob_entropy_mosaic,
+                                  logprob_entropy_pallas, logprob_entropy_reference, resolve_impl,
+                                  sapo_loss_fused, sharded_fused_logprob_entropy)
 
 # block_v=64 so V=250 has 4 tiles: 2 splits of 3 -> 2 surplus (masked) tiles; chunk_v=128 gives the
 # backward one full chunk plus a 122-wide tail. block_n=64 (one warpgroup), block_k=64 (128-B swizzle).
@@ -186,7 +186,7 @@ def test_shard_map_vocab_sharded_lowers_for_cuda(monkeypatch):
     other kernels and tested in test_kernels_logprob.py; Mosaic GPU's interpreter cannot run
     under shard_map on simulated CPU devices: it models a multi-GPU kernel with a barrier across
     all devices, which XLA:CPU's serialized callbacks never reach.)"""
-    import kernels.logprob as lpm
+    import hopchain_jax.kernels.logprob as lpm
     monkeypatch.setattr(lpm, "current_platform", lambda: "gpu")
     mesh = jax.make_mesh((2, 4), ("data", "vocab"), axis_types=(AxisType.Explicit,) * 2)
     calls = _lowered_custom_calls(
@@ -224,7 +224,7 @@ def test_errors_and_dispatch():
 
 
 def test_auto_probe_passes_in_interpreter():
-    import kernels.logprob as lpm
+    import hopchain_jax.kernels.logprob as lpm
     try:
         assert lpm._kernel_usable("mosaic", "cpu", interpret=True)
     finally:
@@ -233,7 +233,7 @@ def test_auto_probe_passes_in_interpreter():
 
 def test_auto_order_on_a_hopper(monkeypatch):
     """'auto' tries Mosaic GPU first on a Hopper for one 16-bit dtype, Triton otherwise, then chunked."""
-    import kernels.logprob as lpm
+    import hopchain_jax.kernels.logprob as lpm
     tried = []
     monkeypatch.setattr(lpm, "_is_hopper", lambda: True)
     monkeypatch.setattr(lpm, "_kernel_usable", lambda kind, platform: tried.append(kind) or False)

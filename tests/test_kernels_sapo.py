@@ -7,8 +7,8 @@ import pytest
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from kernels import (LogprobConfig, SapoConfig, logprob_entropy_reference, sapo_loss,
-                     sapo_loss_and_stats, sapo_loss_fused, sapo_loss_reference)
+from hopchain_jax.kernels import (LogprobConfig, SapoConfig, logprob_entropy_reference, sapo_loss,
+                                  sapo_loss_and_stats, sapo_loss_fused, sapo_loss_reference)
 
 SCFG = SapoConfig(block_b=8, block_t=16)
 LCFG = LogprobConfig(block_n=16, block_v=64, block_k=16, tiles_per_program=2, chunk_v=128)

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import kernels.logprob as lpm
-from kernels import LogprobConfig, logprob_entropy_mosaic, logprob_entropy_reference
-from kernels import dispatch
+import hopchain_jax.kernels.logprob as lpm
+from hopchain_jax.kernels import LogprobConfig, logprob_entropy_mosaic, logprob_entropy_reference
+from hopchain_jax.kernels import dispatch
 
 KIND = str(jax.devices()[0].device_kind)
 

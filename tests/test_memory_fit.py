@@ -73,7 +73,7 @@ def test_small_table(mf, small_rows):
 
 def test_against_real_arrays(mf, small_rows):
     """memory_analysis argument bytes vs per-device bytes of real arrays the library places itself."""
-    from configs.models import tiny
+    from hopchain_jax.configs.models import tiny
     from hopchain_jax.infer.engine import InferenceEngine
     from hopchain_jax.models.qwen_vl import init_sharded
     from hopchain_jax.models.sharding import make_mesh

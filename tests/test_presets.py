@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from configs.models import PRESETS
+from hopchain_jax.configs.models import PRESETS
 from hopchain_jax.models.config import QwenVLConfig
 from hopchain_jax.models.qwen_vl import QwenVL
 

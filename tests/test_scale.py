@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.models import PRESETS, tiny
-from configs.train import PRESETS as TRAIN_PRESETS
+from hopchain_jax.configs.models import PRESETS, tiny
+from hopchain_jax.configs.train import PRESETS as TRAIN_PRESETS
 from hopchain_jax.models.qwen_vl import QwenVL, init_sharded
 from hopchain_jax.models.sharding import make_mesh, per_device_bytes, sharded_fraction, state_shardings
 from hopchain_jax.rl.config import TrainConfig

@@ -14,7 +14,7 @@ import portpicker
 import pytest
 from flax import nnx
 
-from configs.models import tiny
+from hopchain_jax.configs.models import tiny
 from hopchain_jax.models.qwen_vl import QwenVL
 from hopchain_jax.models.sharding import make_mesh, shard_model
 from hopchain_jax.rl.config import TrainConfig

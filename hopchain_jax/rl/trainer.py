@@ -53,7 +53,7 @@ from hopchain_jax.rl.update import Updater
 
 def build_model(cfg: TrainConfig, mesh) -> QwenVL:
     """A preset name (random init, jit-created on the mesh) or a checkpoint directory."""
-    from configs.models import PRESETS
+    from hopchain_jax.configs.models import PRESETS
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     if cfg.model in PRESETS:
         return init_sharded(PRESETS[cfg.model](), dtype=dtype, param_dtype=param_dtype, mesh=mesh, seed=cfg.seed)

@@ -24,9 +24,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hopchain_jax.models.qwen_vl import QwenVL, trainable_filter
 from hopchain_jax.models.sharding import activation_sharding, param_sharding, path_str
 from hopchain_jax.rl.config import TrainConfig
-from kernels.fused_head import ce_loss_fused_forward, sapo_loss_fused_forward
-from kernels.logprob import fused_logprob_entropy, sharded_fused_logprob_entropy
-from kernels.sapo_loss import sapo_loss_and_stats
+from hopchain_jax.kernels.fused_head import ce_loss_fused_forward, sapo_loss_fused_forward
+from hopchain_jax.kernels.logprob import fused_logprob_entropy, sharded_fused_logprob_entropy
+from hopchain_jax.kernels.sapo_loss import sapo_loss_and_stats
 
 
 def kernel_impl(requested: str) -> str:
