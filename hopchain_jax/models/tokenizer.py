@@ -196,7 +196,10 @@ def build_qwen_tokenizer(vocab_file=None):
     from transformers import PreTrainedTokenizerFast
 
     vocab_file = Path(vocab_file) if vocab_file is not None else qwen_tiktoken_path()
-    backend = _tiktoken_converter_cls()(vocab_file=str(vocab_file), pattern=QWEN2_PRETOKENIZE_REGEX).converted()
+    # no special tokens from the converter (ADDED_TOKENS below); transformers 4.x iterates
+    # additional_special_tokens (None by default), 5.x names it extra_special_tokens: both are given
+    backend = _tiktoken_converter_cls()(vocab_file=str(vocab_file), pattern=QWEN2_PRETOKENIZE_REGEX,
+                                        additional_special_tokens=[], extra_special_tokens=[]).converted()
     if backend.get_vocab_size(with_added_tokens=False) != NUM_BASE_TOKENS:
         raise ValueError(f"{vocab_file}: expected {NUM_BASE_TOKENS:,} BPE ranks, got "
                          f"{backend.get_vocab_size(with_added_tokens=False):,}")
