@@ -19,7 +19,9 @@ Per seed, on the project's own learnable world (`hopchain synth --preset learnab
               better than more SFT?).
 Held-out accuracy is `hopchain eval`'s (greedy, mean@1 with its 95% interval) on a test set synthesized
 with another seed (whole images never trained on): before training (random init), after SFT and after
-each of the three branches, beside the test set's blind baseline (most common answer). During each phase
+each of the three branches, beside the test set's blind baseline (most common answer), and after training
+with `--image-control`'s "needs the image" (accuracy with the true image minus with another record's: an
+accuracy made of answer priors shows ~0 there). During each phase
 the trainer also logs greedy accuracy on its own held-out split of the training images (eval_every), which
 gives the curves. Writes OUT/results.json, OUT/results.md (the table) and OUT/curves.png (matplotlib:
 `pip install -e '.[bench]'`).
@@ -90,18 +92,21 @@ def run_phase(name: str, cfg, progress: bool) -> dict:
             "curve": trainer.eval_history, "log": [{k: h[k] for k in keys if k in h} for h in history]}
 
 
-def evaluate(ckpt: str, test: Path, out: Path, plan: Plan) -> dict:
-    """hopchain eval of a checkpoint on the test set: greedy mean@1 with its interval, per variant too."""
+def evaluate(ckpt: str, test: Path, out: Path, plan: Plan, image_control: bool = True) -> dict:
+    """hopchain eval of a checkpoint on the test set: greedy mean@1 with its interval, per variant too, and
+    (image_control) the same questions with each image swapped for another record's: "needs_image" is the
+    accuracy the true image adds (eval/run.py), so an accuracy made of answer priors shows as ~0 there."""
     from hopchain_jax.eval.run import EvalSettings, evaluate_dataset
     from hopchain_jax.vlm.engine_backend import EngineChatBackend
     backend = EngineChatBackend(ckpt, max_slots=64, cache_dir=out / "cache")
-    s = evaluate_dataset(test, backend, out, EvalSettings(max_tokens=plan.max_new_tokens, variants=VARIANTS),
-                         progress=False)
+    s = evaluate_dataset(test, backend, out, EvalSettings(max_tokens=plan.max_new_tokens, variants=VARIANTS,
+                                                          image_control=image_control), progress=False)
     acc = s["overall"]["mean@1"]
     return {"accuracy": acc["value"], "low": acc["low"], "high": acc["high"], "items": s["overall"]["items"],
             "format_failure": s["overall"]["format_failure"], "truncated": s["overall"]["truncated"],
             "by_variant": {v: g["mean@1"]["value"] for v, g in s["by"]["variant"].items()},
-            "blind_most_common": {v: b["accuracy"] for v, b in s["blind"]["most_common"].items()}}
+            "blind_most_common": {v: b["accuracy"] for v, b in s["blind"]["most_common"].items()},
+            "needs_image": s["image_control"]["needs_image"] if image_control else None}
 
 
 def random_init_checkpoint(out: Path, seed: int, plan: Plan) -> str:
@@ -129,7 +134,8 @@ def one_seed(seed: int, root: Path, plan: Plan, progress: bool) -> dict:
     run_synthesis(data, learnable_config(seed=seed, num_images=plan.train_images), workers=1, progress=False)
     run_synthesis(test, learnable_config(seed=10_000 + seed, num_images=plan.test_images), workers=1, progress=False)
     result = {"seed": seed, "phases": {}, "eval": {}}
-    result["eval"]["init"] = evaluate(random_init_checkpoint(root, seed, plan), test, root / "eval-init", plan)
+    result["eval"]["init"] = evaluate(random_init_checkpoint(root, seed, plan), test, root / "eval-init", plan,
+                                      image_control=False)   # a random model reads nothing
     every = lambda steps: max(1, steps // plan.eval_points)   # noqa: E731
     sft = run_phase("sft", _base(plan, seed, data, root / "sft", mode="sft", steps=plan.sft_steps,
                                  prompts_per_step=plan.sft_batch, lr=plan.sft_lr,
@@ -155,17 +161,18 @@ def one_seed(seed: int, root: Path, plan: Plan, progress: bool) -> dict:
 def table(results: list[dict]) -> str:
     """The Markdown table: held-out accuracy (%) per seed and phase, with intervals and the deltas."""
     lines = ["| seed | blind (most common) | random init | SFT | SAPO | SAPO − SFT | shuffled − SFT | SFT+ − SFT |"
-             " SAPO steps / s | SFT+ steps |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             " SAPO steps / s | SFT+ steps | needs the image: SFT / SAPO |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         e = r["eval"]
         cell = lambda x: f"{100 * x['accuracy']:.1f} [{100 * x['low']:.0f}, {100 * x['high']:.0f}]"   # noqa: E731
         blind = max(e["sft"]["blind_most_common"].values())
         delta = lambda k: f"{100 * (e[k]['accuracy'] - e['sft']['accuracy']):+.1f}"   # noqa: E731
+        need = lambda x: "-" if x.get("needs_image") is None else f"{100 * x['needs_image']['value']:+.1f}"   # noqa: E731
         lines.append(f"| {r['seed']} | {100 * blind:.1f} | {cell(e['init'])} | {cell(e['sft'])} | {cell(e['sapo'])} | "
                      f"{delta('sapo')} | {delta('shuffled')} | {delta('sft+')} | "
                      f"{r['phases']['sapo']['steps']} / {r['phases']['sapo']['train_seconds']:.0f} | "
-                     f"{r['phases']['sft+']['steps']} |")
+                     f"{r['phases']['sft+']['steps']} | {need(e['sft'])} / {need(e['sapo'])} |")
     return "\n".join(lines) + "\n"
 
 

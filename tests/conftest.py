@@ -25,9 +25,9 @@ import pytest  # noqa: E402
 # So every slice starts with its share of the long modules (split by their rough CPU seconds, whole
 # modules so that module fixtures are built once) and is filled up with short tests: no worker is left
 # running long tests alone at the end while the other has nothing to steal.
-_LONG_MODULE_SECONDS = {"test_train.py": 800, "test_engine.py": 520, "test_scale.py": 300, "test_gpu_suite.py": 160,
+_LONG_MODULE_SECONDS = {"test_train.py": 840, "test_engine.py": 520, "test_scale.py": 300, "test_gpu_suite.py": 160,
                         "test_memory_fit.py": 120, "test_reward.py": 90, "test_photo_pipeline.py": 80,
-                        "test_eval.py": 60, "test_packaging.py": 100, "test_photo_e2e.py": 50, "test_store.py": 45}
+                        "test_eval.py": 70, "test_packaging.py": 100, "test_photo_e2e.py": 50, "test_store.py": 45}
 
 
 def pytest_collection_modifyitems(items):

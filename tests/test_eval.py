@@ -2,16 +2,17 @@
 truncation and format failures, crash-safe resume, refused setting changes, the CLI's flag checks."""
 import argparse
 import collections
+import dataclasses
 import json
 import math
 
 import pytest
 
 from hopchain_jax.eval.cli import add_eval_parser, settings_from_args
-from hopchain_jax.eval.run import EvalSettings, breakdown_keys, evaluate_dataset, select_records
+from hopchain_jax.eval.run import EvalSettings, breakdown_keys, evaluate_dataset, select_records, swapped_images
 from hopchain_jax.eval.scoring import (ResponseScore, answer_range, item_metrics, length_bucket, mean_interval,
                                        score_response, wilson_interval)
-from hopchain_jax.vlm.openai_backend import ChatResult
+from hopchain_jax.vlm.openai_backend import ChatResult, image_part
 
 K = 4
 
@@ -124,6 +125,54 @@ def test_eval_exact_accuracies_breakdowns_and_resume(ds, tmp_path):
         evaluate_dataset(ds, again, out, EvalSettings(samples=2, temperature=1.0, variants=("full",)), progress=False)
 
 
+class ReadsImage:
+    """Answers every sample right when the request shows the record's own image, else gold + 1: a model
+    whose accuracy comes from the image."""
+
+    def __init__(self, ds, records):
+        self.model, self.calls = "reads-image", 0
+        self.by_question = {r["question"]: r for r in records}
+        self.url = {r["id"]: image_part(ds.image_of(r))["image_url"]["url"] for r in records}
+
+    def complete(self, requests):
+        self.calls += 1
+        out = []
+        for req in requests:
+            parts = req.messages[0]["content"]
+            rec = next(r for q, r in self.by_question.items() if parts[-1]["text"].startswith(q))
+            own = parts[0]["image_url"]["url"] == self.url[rec["id"]]
+            out.append(ChatResult([f"\\boxed{{{rec['answer'] + (0 if own else 1)}}}"] * req.n, ["stop"] * req.n, {}))
+        return out
+
+
+def test_image_control_tells_a_model_that_reads_the_image_from_one_that_does_not(ds, tmp_path):
+    records = select_records(ds.records(), ("full",))
+    swap = swapped_images(records)
+    assert all(swap[r["id"]]["image"]["sha256"] != r["image"]["sha256"] for r in records)   # always another image
+    settings = EvalSettings(samples=2, temperature=1.0, max_tokens=64, variants=("full",), image_control=True)
+    s = evaluate_dataset(ds, ReadsImage(ds, records), tmp_path / "reads", settings, batch_size=8, progress=False)
+    c = s["image_control"]
+    assert s["overall"]["mean@2"]["value"] == 1.0 and c["mean@2"]["value"] == 0.0 and c["items"] == len(records)
+    assert c["needs_image"] == {"value": 1.0, "low": 1.0, "high": 1.0}
+    assert c["by_variant"]["full"]["needs_image"]["value"] == 1.0
+    lines = [json.loads(x) for x in (tmp_path / "reads" / "control.jsonl").read_text().splitlines()]
+    assert {x["image_from"] for x in lines} == {swap[r["id"]]["id"] for r in records}
+    assert "image control" in (tmp_path / "reads" / "summary.md").read_text()
+    # a model that answers from the question alone scores the same with either image: nothing needs it
+    plan = {r["id"]: i % 3 for i, r in enumerate(records)}
+    blind = evaluate_dataset(ds, Scripted(records, plan), tmp_path / "blind",
+                             dataclasses.replace(settings, samples=K), batch_size=8, progress=False)
+    assert blind["image_control"]["needs_image"]["value"] == 0.0
+    assert blind["image_control"]["mean@4"] == {k: v for k, v in blind["overall"]["mean@4"].items()}
+    # resumed: nothing is asked again; without the flag, a run made with it is refused
+    again = ReadsImage(ds, records)
+    evaluate_dataset(ds, again, tmp_path / "reads", settings, batch_size=8, progress=False)
+    assert again.calls == 0
+    with pytest.raises(ValueError, match="image_control"):
+        evaluate_dataset(ds, again, tmp_path / "reads", dataclasses.replace(settings, image_control=False),
+                         progress=False)
+
+
 def test_limit_is_a_fixed_prefix_and_cli_flags(ds):
     records = list(ds.records())
     small, large = select_records(records, ("full",), 3), select_records(records, ("full",), 6)
@@ -132,6 +181,7 @@ def test_limit_is_a_fixed_prefix_and_cli_flags(ds):
     add_eval_parser(parser.add_subparsers())
     parse = lambda *a: settings_from_args(parser.parse_args(["eval", "d", "--model", "m", "--out", "o", *a]))
     assert parse().temperature == 0 and parse().samples == 1                         # greedy by default
+    assert parse("--image-control").image_control and not parse().image_control
     assert parse("--samples", "8").temperature == 1.0
     with pytest.raises(ValueError, match="--greedy"):
         parse("--greedy", "--samples", "4")

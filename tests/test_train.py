@@ -86,6 +86,57 @@ def test_lm_head_on_the_loss_columns_only_equals_every_column():
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
+def test_training_loss_and_gradients_read_each_rows_own_image_as_a_plain_jax_reference_does():
+    """The training path (packed rows of several images, flash attention, the LM head on the loss columns,
+    the (2, 2, 2) mesh) against a plain one: each row scored alone, and the SFT gradient of every parameter,
+    vision tower included, against the reference attention with a full log-softmax. A row's loss must change
+    when its image is swapped (the image reaches the loss)."""
+    up, _ = _updater(TrainConfig(prompts_per_step=2, group_size=4))
+    mc = tiny(vocab_size=512)
+    rng = np.random.default_rng(1)
+    grid = np.array([[1, 4, 6]])
+    ids = np.array([1, 5, mc.vision_start_token_id] + [mc.image_token_id] * 6 + [mc.vision_end_token_id, 9])
+    images = [rng.normal(size=(24, mc.vision.patch_dim)).astype(np.float32) for _ in range(2)]
+    prompts = [Prompt(ids, images[0], grid), Prompt(ids, images[1], grid), Prompt(np.array([1, 7, 8, 9, 10]), None, None),
+               Prompt(ids, images[1], grid)]
+    rows = [0, 1, 2, 0, 1, 2, 0, 1]
+    responses = [list(rng.integers(10, 500, size=rng.integers(3, 12))) for _ in rows]
+
+    def score(prompt_of_row, resp):
+        batch = pack(prompts, prompt_of_row, resp, mc, length_bucket=16, min_length=32, num_patches=64)
+        return np.asarray(up.score(up.put_batch(batch.arrays()))[0])
+    packed = score(rows, responses)
+    for r in (0, 7):
+        np.testing.assert_allclose(packed[r], score([rows[r]], [responses[r]])[0], atol=2e-5)
+    swapped = score([3], [responses[0]])[0]   # row 0's tokens with prompt 1's image
+    assert np.abs(swapped - packed[0]).sum() > 1e-3
+
+    batch = up.put_batch(pack(prompts, rows, responses, mc, length_bucket=16).arrays())
+    micro = jax.tree.map(lambda x: x[0], batch)
+    model = up.model()
+    model.attention_impl = "reference"
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def plain_loss(p):
+        m = nnx.merge(graphdef, p, rest)
+        out = m(micro["input_ids"], micro["position_ids"], micro["attention_mask"],
+                image_features=m.encode_images(micro["vision"]), image_index=micro["image_index"], return_logits=True)
+        # targets off the loss positions may be ids past this 512-token vocabulary (the image pads): clipped
+        logp = jax.numpy.take_along_axis(jax.nn.log_softmax(out.logits.astype(np.float32), -1),
+                                         micro["targets"][..., None], -1, mode="clip")[..., 0]
+        mask = micro["loss_mask"]
+        return -jax.numpy.where(mask, logp, 0.0).sum() / mask.sum()
+    want_loss, want = jax.jit(jax.value_and_grad(plain_loss))(params)
+    got_loss, got = jax.jit(jax.value_and_grad(lambda p: up._sft_loss(p, up.frozen, micro)[0]))(up.params)
+    assert float(got_loss) == pytest.approx(float(want_loss), rel=1e-5)
+    want, got = dict(nnx.to_flat_state(want)), dict(nnx.to_flat_state(got))
+    assert set(got) == set(want) and any(path[0] == "visual" for path in got)
+    for path in want:
+        w, g = np.asarray(want[path][...]), np.asarray(got[path][...])
+        assert np.abs(w).max() > 0, path
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-6 * np.abs(w).max(), err_msg=str(path))
+
+
 def test_kl_penalty_and_sft_step():
     up, batch = _updater(TrainConfig(kl_coef=0.1, prompts_per_step=2, group_size=4))
     old, _ = up.score(batch)

@@ -4,12 +4,13 @@
   hopchain eval data/hop --model Qwen/Qwen2.5-VL-7B-Instruct@http://localhost:8000/v1 --samples 8 \\
       --temperature 1.0 --out runs/eval-7b                                         any OpenAI-compatible endpoint
   hopchain eval mine.jsonl --model CKPT --out runs/eval-mine                       your JSONL (imported first)
-      [--localize --variant full half single external --limit N --max-tokens 1024 --count-truncated --batch-size 32
+      [--localize --image-control --variant full half single external --limit N --max-tokens 1024 --count-truncated --batch-size 32
        --cache-dir DIR --dtype --mesh --decode-mesh --max-pixels --json --no-progress]
 
 DATASET: a `hopchain synth` / `hopchain import` directory, or a JSONL file of {"image", "question",
 "answer"} lines (imported into OUT/dataset first). Prints overall mean@k / pass@k / maj@k with 95%
-intervals and the breakdowns; writes OUT/summary.json, OUT/summary.md and OUT/items.jsonl. Kill it and
+intervals and the breakdowns (--image-control: also the accuracy with every image swapped for another
+record's, and the difference: how much of it needs the image); writes OUT/summary.json, OUT/summary.md and OUT/items.jsonl. Kill it and
 rerun the same command: finished items are kept, the response cache (OUT/cache) repeats no model call.
 """
 from __future__ import annotations
@@ -47,6 +48,8 @@ def add_eval_parser(subparsers) -> None:
     add_local_model_args(e)
     e.add_argument("--localize", action="store_true", help="for every wrong full chain, ask each hop again with the "
                    "earlier hops solved, and report the first hop it gets wrong (by kind, op and level)")
+    e.add_argument("--image-control", action="store_true", help="also ask every record with another record's image "
+                   "and report how much of the accuracy needs the true image (OUT/control.jsonl)")
     e.add_argument("--json", action="store_true", help="print the summary as JSON")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=run_eval)
@@ -67,7 +70,8 @@ def settings_from_args(args: argparse.Namespace):
     temperature = 0.0 if args.greedy else (args.temperature if args.temperature is not None
                                            else (1.0 if samples > 1 else 0.0))
     return EvalSettings(samples=samples, temperature=temperature, max_tokens=args.max_tokens,
-                        variants=tuple(args.variant), limit=args.limit, count_truncated=args.count_truncated)
+                        variants=tuple(args.variant), limit=args.limit, count_truncated=args.count_truncated,
+                        image_control=getattr(args, "image_control", False))
 
 
 def _dataset(args: argparse.Namespace):

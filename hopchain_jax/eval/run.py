@@ -18,6 +18,15 @@ Files in OUT:
                     count, program op, perception level, answer range, source and response length, format
                     failures and truncations, and the split's blind baselines
   summary.md        the same as Markdown tables
+  control.jsonl     with image_control: the same records asked with another record's image (below)
+
+Image control (`EvalSettings.image_control`, `hopchain eval --image-control`): does the accuracy come from
+the image? Every record is asked a second time with the image of another record (the next one in the
+fixed order whose image differs, so the images are a derangement of the evaluated ones) and scored
+against its own gold answer. summary.json's "image_control" holds that accuracy and the paired
+difference "needs_image" = accuracy with the true image - accuracy with the swapped one, with a 95%
+interval, overall and by variant: a model that ignores the image (answer priors, question-text rules)
+scores the same both ways, a model that reads it loses the difference. Resumable like items.jsonl.
 """
 from __future__ import annotations
 
@@ -31,8 +40,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import tqdm
 
-from hopchain_jax.eval.scoring import (accuracy_table, answer_range, item_metrics, length_bucket, score_response,
-                                       wilson_interval)
+from hopchain_jax.eval.scoring import (accuracy_table, answer_range, item_metrics, length_bucket, paired_difference,
+                                       score_response, wilson_interval)
 
 __all__ = ["EvalSettings", "select_records", "breakdown_keys", "evaluate_dataset", "summarize", "format_markdown",
            "BREAKDOWNS"]
@@ -49,7 +58,8 @@ BREAKDOWNS = {"variant": "record variant (full / half / single / external)",
 class EvalSettings:
     """samples: responses per record (k); temperature: 0 = greedy (then samples must be 1); max_tokens:
     token limit per response; variants: record variants evaluated; limit: most records (0: all);
-    count_truncated: score responses that hit max_tokens (default: wrong, as the RL reward)."""
+    count_truncated: score responses that hit max_tokens (default: wrong, as the RL reward); image_control:
+    also ask every record with another record's image (the module docstring)."""
 
     samples: int = 1
     temperature: float = 0.0
@@ -57,6 +67,7 @@ class EvalSettings:
     variants: tuple[str, ...] = ("full", "external")
     limit: int = 0
     count_truncated: bool = False
+    image_control: bool = False
 
     def __post_init__(self):
         if self.samples < 1 or self.max_tokens < 1 or self.limit < 0:
@@ -238,6 +249,18 @@ def format_markdown(summary: dict, title: str = "hopchain eval") -> str:
         lines += ["", "| probe kind | probes | error rate |", "| --- | --- | --- |"]
         lines += [f"| {g} | {v['probes']} | {100 * v['error_rate']:.1f} [{100 * v['low']:.1f}, {100 * v['high']:.1f}] |"
                   for g, v in loc["probe_error_rate"]["kind"].items()]
+    control = summary.get("image_control")
+    if control:
+        mean, need = control[f"mean@{k}"], control["needs_image"]
+        lines += ["", "## image control: each question asked with another record's image", "",
+                  "| group | items | mean@{k} with a swapped image | true - swapped (needs the image) |".format(k=k),
+                  "| --- | --- | --- | --- |",
+                  f"| **overall** | {control['items']} | {cell(mean)} | {100 * need['value']:+.1f} "
+                  f"[{100 * need['low']:+.1f}, {100 * need['high']:+.1f}] |"]
+        for variant, v in control["by_variant"].items():
+            m, d = v[f"mean@{k}"], v["needs_image"]
+            lines.append(f"| {variant} | {v['items']} | {cell(m)} | {100 * d['value']:+.1f} "
+                         f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] |")
     blind = summary.get("blind")
     if blind:
         lines += ["", "## blind baselines of this split (no image)", ""]
@@ -283,33 +306,19 @@ def _localize(ds, backend, out: Path, settings: EvalSettings, items: list[dict],
     return localization_summary([latest[it["id"]] for it in wrong if it["id"] in latest])
 
 
-def evaluate_dataset(root, backend, out: str | os.PathLike, settings: EvalSettings = EvalSettings(), *,
-                     batch_size: int = 32, progress: bool = True, dataset_name: str | None = None,
-                     localize: bool = False) -> dict:
-    """Evaluate `backend` (a vlm ChatBackend: .model and .complete(requests)) on the dataset at `root` (or a
-    HopChainDataset); writes OUT/{eval_config.json, items.jsonl, summary.json, summary.md} and returns the
-    summary. Resumable: items already in items.jsonl without an error are not asked again. localize: also
-    find the first wrong hop of every wrong full chain (eval/localize.py; OUT/localize.jsonl)."""
-    from hopchain_jax.data.store import HopChainDataset
+def _ask_all(ds, backend, path: Path, records: list[dict], image_record: dict[str, dict], settings: EvalSettings,
+             salt: str, desc: str, batch_size: int, progress: bool) -> list[dict]:
+    """Ask every record (with the image of image_record[id]) that `path` (a sidecar JSONL) does not hold
+    without an error, appending and fsyncing per batch; returns the items of `records` in order."""
     from hopchain_jax.vlm.calibrate import SidecarWriter, _latest
     from hopchain_jax.vlm.solvers import solver_request
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ds = root if isinstance(root, HopChainDataset) else HopChainDataset(root)
-    out = Path(out)
-    _claim(out, {"dataset": dataset_name or str(ds.root), "model": backend.model,
-                 **dataclasses.asdict(settings), "variants": list(settings.variants)})
-    records = select_records(ds.records(), settings.variants, settings.limit)
-    if not records:
-        raise ValueError(f"{ds.root} has no records of variants {list(settings.variants)}; pass --variant with the "
-                         "variants it holds")
     count_tokens = _token_counter()
-    with SidecarWriter(out / "items.jsonl") as writer:
+    with SidecarWriter(path) as writer:
         latest = _latest(writer.entries)
         todo = [r for r in records if latest.get(r["id"], {}).get("error", "missing") is not None]
         scored, correct = 0, 0.0
-        bar = tqdm.tqdm(total=len(records), initial=len(records) - len(todo), unit="item",
-                        desc=f"eval {backend.model}", disable=not progress)
+        bar = tqdm.tqdm(total=len(records), initial=len(records) - len(todo), unit="item", desc=desc,
+                        disable=not progress)
         try:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
@@ -317,14 +326,17 @@ def evaluate_dataset(root, backend, out: str | os.PathLike, settings: EvalSettin
                 lines: dict[str, dict] = {}
                 for rec in batch:
                     try:
-                        requests.append(solver_request(ds.image_of(rec), rec["question"], settings.samples,
-                                                       settings.temperature, settings.max_tokens, salt="eval"))
+                        requests.append(solver_request(ds.image_of(image_record[rec["id"]]), rec["question"],
+                                                       settings.samples, settings.temperature, settings.max_tokens,
+                                                       salt=salt))
                         built.append(rec)
                     except Exception as err:  # noqa: BLE001 - an unreadable image fails its item only
                         lines[rec["id"]] = {"id": rec["id"], "error": f"could not build the request: {err}"}
                 results = list(backend.complete(requests)) if requests else []
                 for rec, res in zip(built, results):
                     lines[rec["id"]] = _evaluate_item(rec, res, settings, count_tokens)
+                    if image_record[rec["id"]] is not rec:   # the image control: whose image was shown
+                        lines[rec["id"]]["image_from"] = image_record[rec["id"]]["id"]
                 ordered = [lines[r["id"]] for r in batch]
                 writer.append(ordered)
                 for line in ordered:
@@ -336,10 +348,70 @@ def evaluate_dataset(root, backend, out: str | os.PathLike, settings: EvalSettin
         finally:
             bar.close()
         writer.compact()
-    items = [latest[r["id"]] for r in records if r["id"] in latest]
+    return [latest[r["id"]] for r in records if r["id"] in latest]
+
+
+def swapped_images(records: list[dict]) -> dict[str, dict]:
+    """record id -> the record whose image the image control shows instead: the next record in `records`
+    (cyclically) whose image differs (by its sha256). Raises ValueError when all records share one image."""
+    shas = [r["image"].get("sha256") or json.dumps(r["image"], sort_keys=True) for r in records]
+    if len(set(shas)) < 2:
+        raise ValueError("the image control needs records of at least two different images; evaluate more records "
+                         "(--limit) or drop --image-control")
+    out = {}
+    for i, rec in enumerate(records):
+        j = (i + 1) % len(records)
+        while shas[j] == shas[i]:
+            j = (j + 1) % len(records)
+        out[rec["id"]] = records[j]
+    return out
+
+
+def image_control_summary(items: list[dict], control: list[dict], k: int) -> dict[str, Any]:
+    """summary.json's "image_control": accuracy with swapped images and the paired difference to the true
+    images ("needs_image"), over the items answered both ways, overall and by variant."""
+    by_id = {c["id"]: c for c in control if c.get("error") is None}
+    pairs = [(it, by_id[it["id"]]) for it in items if it.get("error") is None and it["id"] in by_id]
+
+    def table(ps):
+        return {**accuracy_table([c for _, c in ps], k),
+                "needs_image": paired_difference([it["metrics"]["mean"] for it, _ in ps],
+                                                 [c["metrics"]["mean"] for _, c in ps])}
+    variants = sorted({it["variant"] for it, _ in pairs})
+    return {**table(pairs), "by_variant": {v: table([p for p in pairs if p[0]["variant"] == v]) for v in variants}}
+
+
+def evaluate_dataset(root, backend, out: str | os.PathLike, settings: EvalSettings = EvalSettings(), *,
+                     batch_size: int = 32, progress: bool = True, dataset_name: str | None = None,
+                     localize: bool = False) -> dict:
+    """Evaluate `backend` (a vlm ChatBackend: .model and .complete(requests)) on the dataset at `root` (or a
+    HopChainDataset); writes OUT/{eval_config.json, items.jsonl, summary.json, summary.md} and returns the
+    summary. Resumable: items already in items.jsonl without an error are not asked again. localize: also
+    find the first wrong hop of every wrong full chain (eval/localize.py; OUT/localize.jsonl)."""
+    from hopchain_jax.data.store import HopChainDataset
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ds = root if isinstance(root, HopChainDataset) else HopChainDataset(root)
+    out = Path(out)
+    config = {"dataset": dataset_name or str(ds.root), "model": backend.model, **dataclasses.asdict(settings),
+              "variants": list(settings.variants)}
+    if not settings.image_control:   # runs made before the image control resume as they were
+        del config["image_control"]
+    records = select_records(ds.records(), settings.variants, settings.limit)
+    if not records:
+        raise ValueError(f"{ds.root} has no records of variants {list(settings.variants)}; pass --variant with the "
+                         "variants it holds")
+    swap = swapped_images(records) if settings.image_control else None
+    _claim(out, config)
+    items = _ask_all(ds, backend, out / "items.jsonl", records, {r["id"]: r for r in records}, settings, "eval",
+                     f"eval {backend.model}", batch_size, progress)
+    control = _ask_all(ds, backend, out / "control.jsonl", records, swap, settings, "eval-image-control",
+                       "image control", batch_size, progress) if swap is not None else None
     if localize:
         summary_loc = _localize(ds, backend, out, settings, items, records, batch_size, progress)
     summary = summarize(items, settings, _blind(records))
+    if control is not None:
+        summary["image_control"] = image_control_summary(items, control, settings.samples)
     if localize:
         summary["localize"] = summary_loc
     summary.update(dataset=dataset_name or str(ds.root), model=backend.model, variants=list(settings.variants),

@@ -93,6 +93,20 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     return max(0.0, mean - half), min(1.0, mean + half)
 
 
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Mean of a[i] - b[i] over paired per-item values in [0, 1], with its 95% normal interval (in [-1, 1]):
+    {"value", "low", "high"}."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference: {len(a)} values against {len(b)}")
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    if n == 0:
+        return {"value": 0.0, "low": -1.0, "high": 1.0}
+    mean = sum(d) / n
+    half = Z95 * math.sqrt(sum((v - mean) ** 2 for v in d) / max(n - 1, 1) / n)
+    return {"value": round(mean, 4), "low": round(max(-1.0, mean - half), 4), "high": round(min(1.0, mean + half), 4)}
+
+
 def accuracy_table(items: Iterable[Mapping[str, Any]], k: int) -> dict[str, Any]:
     """Aggregate items (each with "metrics" from item_metrics) into
     {"items", "mean@k": {"value", "low", "high"}, "pass@k": ..., "maj@k": ..., "format_failure", "truncated"}."""
