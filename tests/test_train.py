@@ -26,10 +26,15 @@ FAST = dict(name="test", model="tiny", synth_images=8, prompts_per_step=2, group
             max_new_tokens=8, max_pixels=12544, steps=4, save_every=1, lr=3e-3, warmup_steps=1)
 
 
-def _updater(cfg: TrainConfig):
+def _tiny_updater(cfg: TrainConfig):
+    """An Updater of the tiny model (512-token vocabulary) on the (2, 2, 2) mesh, and its config."""
     mc = tiny(vocab_size=512)
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
-    up = Updater(shard_model(QwenVL(mc, rngs=nnx.Rngs(0)), mesh), cfg, mesh)
+    return Updater(shard_model(QwenVL(mc, rngs=nnx.Rngs(0)), mesh), cfg, mesh), mc
+
+
+def _updater(cfg: TrainConfig):
+    up, mc = _tiny_updater(cfg)
     rng = np.random.default_rng(0)
     grid = np.array([[1, 4, 6]])
     img = [1, 5, mc.vision_start_token_id] + [mc.image_token_id] * 6 + [mc.vision_end_token_id, 9]
@@ -91,8 +96,7 @@ def test_training_loss_and_gradients_read_each_rows_own_image_as_a_plain_jax_ref
     the (2, 2, 2) mesh) against a plain one: each row scored alone, and the SFT gradient of every parameter,
     vision tower included, against the reference attention with a full log-softmax. A row's loss must change
     when its image is swapped (the image reaches the loss)."""
-    up, _ = _updater(TrainConfig(prompts_per_step=2, group_size=4))
-    mc = tiny(vocab_size=512)
+    up, mc = _tiny_updater(TrainConfig(prompts_per_step=2, group_size=4))
     rng = np.random.default_rng(1)
     grid = np.array([[1, 4, 6]])
     ids = np.array([1, 5, mc.vision_start_token_id] + [mc.image_token_id] * 6 + [mc.vision_end_token_id, 9])

@@ -71,7 +71,7 @@ def settings_from_args(args: argparse.Namespace):
                                            else (1.0 if samples > 1 else 0.0))
     return EvalSettings(samples=samples, temperature=temperature, max_tokens=args.max_tokens,
                         variants=tuple(args.variant), limit=args.limit, count_truncated=args.count_truncated,
-                        image_control=getattr(args, "image_control", False))
+                        image_control=args.image_control)
 
 
 def _dataset(args: argparse.Namespace):

@@ -253,7 +253,7 @@ def format_markdown(summary: dict, title: str = "hopchain eval") -> str:
     if control:
         mean, need = control[f"mean@{k}"], control["needs_image"]
         lines += ["", "## image control: each question asked with another record's image", "",
-                  "| group | items | mean@{k} with a swapped image | true - swapped (needs the image) |".format(k=k),
+                  f"| group | items | mean@{k} with a swapped image | true - swapped (needs the image) |",
                   "| --- | --- | --- | --- |",
                   f"| **overall** | {control['items']} | {cell(mean)} | {100 * need['value']:+.1f} "
                   f"[{100 * need['low']:+.1f}, {100 * need['high']:+.1f}] |"]
@@ -306,10 +306,11 @@ def _localize(ds, backend, out: Path, settings: EvalSettings, items: list[dict],
     return localization_summary([latest[it["id"]] for it in wrong if it["id"] in latest])
 
 
-def _ask_all(ds, backend, path: Path, records: list[dict], image_record: dict[str, dict], settings: EvalSettings,
-             salt: str, desc: str, batch_size: int, progress: bool) -> list[dict]:
-    """Ask every record (with the image of image_record[id]) that `path` (a sidecar JSONL) does not hold
-    without an error, appending and fsyncing per batch; returns the items of `records` in order."""
+def _ask_all(ds, backend, path: Path, records: list[dict], settings: EvalSettings, salt: str, desc: str,
+             batch_size: int, progress: bool, shown: dict[str, dict] | None = None) -> list[dict]:
+    """Ask every record that `path` (a sidecar JSONL) does not hold without an error, with its own image or,
+    given `shown` (the image control), the image of record shown[id] (noted as "image_from"); appends and
+    fsyncs per batch; returns the items of `records` in order."""
     from hopchain_jax.vlm.calibrate import SidecarWriter, _latest
     from hopchain_jax.vlm.solvers import solver_request
     count_tokens = _token_counter()
@@ -326,7 +327,8 @@ def _ask_all(ds, backend, path: Path, records: list[dict], image_record: dict[st
                 lines: dict[str, dict] = {}
                 for rec in batch:
                     try:
-                        requests.append(solver_request(ds.image_of(image_record[rec["id"]]), rec["question"],
+                        image_rec = rec if shown is None else shown[rec["id"]]
+                        requests.append(solver_request(ds.image_of(image_rec), rec["question"],
                                                        settings.samples, settings.temperature, settings.max_tokens,
                                                        salt=salt))
                         built.append(rec)
@@ -335,8 +337,8 @@ def _ask_all(ds, backend, path: Path, records: list[dict], image_record: dict[st
                 results = list(backend.complete(requests)) if requests else []
                 for rec, res in zip(built, results):
                     lines[rec["id"]] = _evaluate_item(rec, res, settings, count_tokens)
-                    if image_record[rec["id"]] is not rec:   # the image control: whose image was shown
-                        lines[rec["id"]]["image_from"] = image_record[rec["id"]]["id"]
+                    if shown is not None:
+                        lines[rec["id"]]["image_from"] = shown[rec["id"]]["id"]
                 ordered = [lines[r["id"]] for r in batch]
                 writer.append(ordered)
                 for line in ordered:
@@ -403,10 +405,10 @@ def evaluate_dataset(root, backend, out: str | os.PathLike, settings: EvalSettin
                          "variants it holds")
     swap = swapped_images(records) if settings.image_control else None
     _claim(out, config)
-    items = _ask_all(ds, backend, out / "items.jsonl", records, {r["id"]: r for r in records}, settings, "eval",
-                     f"eval {backend.model}", batch_size, progress)
-    control = _ask_all(ds, backend, out / "control.jsonl", records, swap, settings, "eval-image-control",
-                       "image control", batch_size, progress) if swap is not None else None
+    items = _ask_all(ds, backend, out / "items.jsonl", records, settings, "eval", f"eval {backend.model}",
+                     batch_size, progress)
+    control = None if swap is None else _ask_all(ds, backend, out / "control.jsonl", records, settings,
+                                                 "eval-image-control", "image control", batch_size, progress, swap)
     if localize:
         summary_loc = _localize(ds, backend, out, settings, items, records, batch_size, progress)
     summary = summarize(items, settings, _blind(records))

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from hopchain_jax.rl.reward import answer_to_fraction, extract_answer, parse_number
 
 __all__ = ["ResponseScore", "score_response", "item_metrics", "wilson_interval", "mean_interval",
+           "paired_difference",
            "accuracy_table", "LENGTH_BUCKETS", "length_bucket", "answer_range"]
 
 Z95 = 1.959963984540054
@@ -82,15 +83,15 @@ def wilson_interval(successes: float, n: int) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def mean_interval(values: Sequence[float]) -> tuple[float, float]:
-    """95% normal interval of a mean of per-item values in [0, 1] (clipped to [0, 1])."""
+def mean_interval(values: Sequence[float], bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
+    """95% normal interval of a mean of per-item values, clipped to `bounds` (the values' range)."""
     n = len(values)
     if n == 0:
-        return 0.0, 1.0
+        return bounds
     mean = sum(values) / n
     var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
     half = Z95 * math.sqrt(var / n)
-    return max(0.0, mean - half), min(1.0, mean + half)
+    return max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
@@ -99,12 +100,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     if len(a) != len(b):
         raise ValueError(f"paired_difference: {len(a)} values against {len(b)}")
     d = [x - y for x, y in zip(a, b)]
-    n = len(d)
-    if n == 0:
-        return {"value": 0.0, "low": -1.0, "high": 1.0}
-    mean = sum(d) / n
-    half = Z95 * math.sqrt(sum((v - mean) ** 2 for v in d) / max(n - 1, 1) / n)
-    return {"value": round(mean, 4), "low": round(max(-1.0, mean - half), 4), "high": round(min(1.0, mean + half), 4)}
+    low, high = mean_interval(d, (-1.0, 1.0))
+    return {"value": round(sum(d) / len(d), 4) if d else 0.0, "low": round(low, 4), "high": round(high, 4)}
 
 
 def accuracy_table(items: Iterable[Mapping[str, Any]], k: int) -> dict[str, Any]:
