@@ -10,6 +10,10 @@ look at seed 1 after 40 SFT steps (greedy answers did not yet end within 100 tok
 Per seed, on the project's own learnable world (`hopchain synth --preset learnable`: 2-5 large objects,
 1-2 hop questions with answers 1..5; synth/learnable.py), with a tiny Qwen2.5-VL (configs/models.py
 `tiny`: 2 layers, 64 wide, the real tokenizer) from random init:
+  0. vision   perception warm-up of the vision tower for --vision-steps (`--mode vision`, rl/vision_warmup.py:
+              per-token targets from the training images' instance masks; the language model untouched);
+              every later phase keeps that tower frozen. --vision-steps 0: no warm-up, the tower trains
+              along from random init (the setting of the first report, where no phase read the image);
   1. sft      SFT on the gold rationales for --sft-steps (a fixed budget chosen before any run: "stopped
               early", never by looking at the test set);
   2. sapo     SAPO from the SFT checkpoint for --rl-steps;
@@ -62,6 +66,9 @@ class Plan:
     max_pixels: int = 112 * 112
     eval_items: int = 32
     eval_points: int = 5
+    vision_steps: int = 300
+    vision_batch: int = 32
+    vision_lr: float = 3e-3
 
 
 def _base(plan: Plan, seed: int, data: Path, out: Path, **kw):
@@ -86,7 +93,8 @@ def run_phase(name: str, cfg, progress: bool) -> dict:
         hf = trainer.export_hf()
     finally:
         trainer.close()
-    keys = ("loss", "reward_mean", "accuracy", "response_length", "truncation_rate", "step_seconds")
+    keys = ("loss", "reward_mean", "accuracy", "response_length", "truncation_rate", "step_seconds",
+            "category_accuracy", "color_accuracy", "cover_accuracy", "parts_accuracy", "number_accuracy")
     return {"phase": name, "hf": str(hf), "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
             "steps": len(history), "step_seconds": sum(h["step_seconds"] for h in history) / max(len(history), 1),
             "curve": trainer.eval_history, "log": [{k: h[k] for k in keys if k in h} for h in history]}
@@ -137,13 +145,20 @@ def one_seed(seed: int, root: Path, plan: Plan, progress: bool) -> dict:
     result["eval"]["init"] = evaluate(random_init_checkpoint(root, seed, plan), test, root / "eval-init", plan,
                                       image_control=False)   # a random model reads nothing
     every = lambda steps: max(1, steps // plan.eval_points)   # noqa: E731
+    start, frozen = {}, {}
+    if plan.vision_steps:
+        warm = run_phase("vision", _base(plan, seed, data, root / "vision", mode="vision", steps=plan.vision_steps,
+                                         prompts_per_step=plan.vision_batch, lr=plan.vision_lr,
+                                         eval_every=every(plan.vision_steps)), progress)
+        result["phases"]["vision"] = warm
+        start, frozen = {"model": warm["hf"]}, {"freeze_vision": True}
     sft = run_phase("sft", _base(plan, seed, data, root / "sft", mode="sft", steps=plan.sft_steps,
                                  prompts_per_step=plan.sft_batch, lr=plan.sft_lr,
-                                 eval_every=every(plan.sft_steps)), progress)
+                                 eval_every=every(plan.sft_steps), **start, **frozen), progress)
     result["phases"]["sft"] = sft
     result["eval"]["sft"] = evaluate(sft["hf"], test, root / "eval-sft", plan)
     rl = dict(mode="rl", model=sft["hf"], steps=plan.rl_steps, prompts_per_step=plan.rl_prompts,
-              group_size=plan.rl_group, minibatches=2, lr=plan.rl_lr, eval_every=every(plan.rl_steps))
+              group_size=plan.rl_group, minibatches=2, lr=plan.rl_lr, eval_every=every(plan.rl_steps), **frozen)
     for name, extra in (("sapo", {}), ("shuffled", {"shuffle_rewards": True})):
         phase = run_phase(name, _base(plan, seed, data, root / name, **rl, **extra), progress)
         result["phases"][name] = phase
@@ -151,7 +166,7 @@ def one_seed(seed: int, root: Path, plan: Plan, progress: bool) -> dict:
     # the SFT control: as many more SFT steps as fit in the SAPO phase's training wall time
     more = max(1, round(result["phases"]["sapo"]["train_seconds"] / sft["step_seconds"]))
     phase = run_phase("sft+", _base(plan, seed, data, root / "sft_more", mode="sft", model=sft["hf"], steps=more,
-                                    prompts_per_step=plan.sft_batch, lr=plan.sft_lr, eval_every=every(more)),
+                                    prompts_per_step=plan.sft_batch, lr=plan.sft_lr, eval_every=every(more), **frozen),
                       progress)
     result["phases"]["sft+"] = phase
     result["eval"]["sft+"] = evaluate(phase["hf"], test, root / "eval-sft_more", plan)

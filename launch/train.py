@@ -5,6 +5,8 @@
   python launch/train.py --config qwen2_5_vl_3b --model /ckpt/Qwen2.5-VL-3B-Instruct \
       --data /data/rlvr:1.0 --data /data/hopchain:0.3          # mixture weights as in the paper
   python launch/train.py --config tiny --resume                # continue exactly from the last checkpoint
+  python launch/train.py --config tiny --mode vision --steps 300 --out runs/warm --export-hf   # perception warm-up
+  python launch/train.py --config tiny_sft --model runs/warm/hf --freeze-vision   # SFT on the warmed-up tower
 
 Multi-host: every process runs the same command with --coordinator HOST:PORT --num-processes N
 --process-id I (or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment
@@ -28,8 +30,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--config", default="tiny", help="preset name (configs/train.py) or a config JSON file")
     p.add_argument("--model", help="override: preset name or checkpoint directory")
     p.add_argument("--data", action="append", help="DIR:WEIGHT dataset in the mixture (repeatable)")
-    p.add_argument("--mode", choices=["rl", "sft"])
+    p.add_argument("--mode", choices=["rl", "sft", "vision"])
     p.add_argument("--steps", type=int)
+    p.add_argument("--loss", help="policy loss of RL (rl/losses.py): sapo (default), grpo, dr_grpo, gspo")
+    p.add_argument("--freeze-vision", action="store_true", default=None,
+                   help="keep the vision tower fixed (e.g. after a --mode vision warm-up)")
     p.add_argument("--out", help="run directory (checkpoints, metrics, config)")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -72,7 +77,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     overrides = {k: v for k, v in (("model", args.model), ("mode", args.mode), ("steps", args.steps),
-                                   ("out_dir", args.out), ("seed", args.seed)) if v is not None}
+                                   ("out_dir", args.out), ("seed", args.seed),
+                                   ("freeze_vision", args.freeze_vision), ("loss", args.loss)) if v is not None}
     if args.data:
         try:
             overrides["data"] = tuple((d.rsplit(":", 1)[0], float(d.rsplit(":", 1)[1]) if ":" in d else 1.0)
@@ -98,7 +104,13 @@ def main(argv=None) -> int:
             if jax.process_index() == 0:
                 print(f"wrote a Hugging Face checkpoint to {path}", file=sys.stderr)
         evals = getattr(trainer, "eval_history", [])
-        if evals and jax.process_index() == 0:
+        if evals and cfg.mode == "vision" and jax.process_index() == 0:
+            first, last_eval = evals[0], evals[-1]
+            heads = " ".join(f"{k[5:-9]} {first[k]:.3f} -> {last_eval[k]:.3f}" for k in sorted(last_eval)
+                             if k.endswith("_accuracy"))
+            print(f"held-out token accuracy ({len(trainer.eval_prompts)} images, OUT/heldout.json), step "
+                  f"{first['step']} -> {last_eval['step']}: {heads}", file=sys.stderr)
+        elif evals and jax.process_index() == 0:
             first, last_eval = evals[0], evals[-1]
             print(f"held-out greedy accuracy ({len(trainer.eval_prompts)} items, OUT/heldout.json): "
                   f"{first['eval_accuracy']:.3f} at step {first['step']} -> {last_eval['eval_accuracy']:.3f} at step "
@@ -110,7 +122,8 @@ def main(argv=None) -> int:
                               "losses": [h["loss"] for h in history],
                               **{k: last[k] for k in ("reward_mean", "zero_variance_groups", "truncation_rate",
                                                       "dropped_responses") if k in last},
-                              **({"eval_accuracy": [e["eval_accuracy"] for e in evals]} if evals else {})}))
+                              **({"eval_accuracy": [e["eval_accuracy"] for e in evals]}
+                                 if evals and "eval_accuracy" in evals[0] else {})}))
     finally:
         trainer.close()
     return 0

@@ -142,9 +142,11 @@ def test_training_loss_and_gradients_read_each_rows_own_image_as_a_plain_jax_ref
 
 
 def test_kl_penalty_and_sft_step():
-    up, batch = _updater(TrainConfig(kl_coef=0.1, prompts_per_step=2, group_size=4))
+    # a registered loss other than SAPO, chosen by config alone (rl/losses.py; its numbers: test_losses.py)
+    up, batch = _updater(TrainConfig(kl_coef=0.1, prompts_per_step=2, group_size=4, loss="grpo"))
     old, _ = up.score(batch)
     m = up.rl_step(batch, old, np.zeros(8, np.float32), up.ref_score(batch))
+    assert "clip_fraction" in m and "gate_weight_mean" not in m
     assert float(m["kl"]) == pytest.approx(0.0, abs=1e-6)  # the policy starts at the reference
     first = float(up.sft_step(batch)["loss"])
     for _ in range(3):

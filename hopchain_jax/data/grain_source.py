@@ -42,6 +42,11 @@ class HopChainSource(grain.sources.RandomAccessDataSource):
             "record": raw,
         }
 
+    @property
+    def dataset(self) -> HopChainDataset:
+        """The underlying dataset (labels, images by shard)."""
+        return self._ds
+
     def __repr__(self) -> str:
         return f"HopChainSource(root={self._root!r}, records={len(self._ds)})"
 

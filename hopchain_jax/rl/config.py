@@ -18,12 +18,18 @@ class TrainConfig:
     model: a model preset name (configs/models.py, random init) or a checkpoint directory.
     data: (dataset directory, mixture weight) pairs; an empty directory list with synth_images > 0 makes the
       procedural dataset of synth_preset ("default" or "learnable", synth/presets.py) under out_dir/data first.
-    mode: "rl" (SAPO over sampled groups) or "sft" (cross-entropy on gold rationales).
+    mode: "rl" (SAPO over sampled groups), "sft" (cross-entropy on gold rationales) or "vision" (perception
+      warm-up, rl/vision_warmup.py: the vision tower and merger learn per-token targets from the datasets'
+      instance masks -- what lies under each image token, its colour, parts and number -- with the language
+      model untouched; export it and start SFT from it with freeze_vision=True).
     Batch: prompts_per_step prompts x group_size samples per rollout; the rollout batch is split into
       minibatches optimizer steps (SPEC §4: several updates per rollout batch; 2 in the paper's VL runs).
     Optimizer: AdamW, linear warmup then cosine decay to lr * min_lr_ratio over total_steps optimizer steps,
-      global-norm clipping. tau_pos / tau_neg: SAPO gate temperatures. kl_coef > 0 adds a k3 KL penalty to
-      the initial policy. Mesh: (data, fsdp, tensor) device counts, -1 = the rest.
+      global-norm clipping. kl_coef > 0 adds a k3 KL penalty to the initial policy.
+    Loss (RL): loss names a registered policy-gradient loss (rl/losses.py: "sapo" -- the default, "grpo",
+      "dr_grpo", "gspo"); loss_settings overrides its settings as (name, value) pairs, e.g.
+      (("tau_pos", 1.0), ("tau_neg", 1.05)) for SAPO's gate temperatures or (("clip_high", 0.28),) for GRPO;
+      a "max_tokens" of 0 means max_new_tokens. Mesh: (data, fsdp, tensor) device counts, -1 = the rest.
     Precision: parameters and optimizer state in param_dtype (float32 master weights), activations and
       matmuls in dtype (bfloat16 on accelerators); rollouts read a dtype copy of the weights.
     Memory: each minibatch is split into grad_accum micro-batches whose gradients are accumulated
@@ -81,8 +87,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    tau_pos: float = 1.0
-    tau_neg: float = 1.05
+    loss: str = "sapo"
+    loss_settings: tuple[tuple[str, float], ...] = ()
     kl_coef: float = 0.0
     freeze_vision: bool = False
     max_prompt_tokens: int = 2048
@@ -112,8 +118,13 @@ class TrainConfig:
     heldout_fraction: float = 0.1
 
     def __post_init__(self):
-        if self.mode not in ("rl", "sft"):
-            raise ValueError(f"mode must be 'rl' or 'sft', got {self.mode!r}")
+        settings = self.loss_settings.items() if isinstance(self.loss_settings, dict) else self.loss_settings
+        object.__setattr__(self, "loss_settings", tuple(sorted((str(k), float(v)) for k, v in settings)))
+        if self.mode not in ("rl", "sft", "vision"):
+            raise ValueError(f"mode must be 'rl', 'sft' or 'vision', got {self.mode!r}")
+        if self.mode == "vision" and (self.freeze_vision or self.grad_accum != 1):
+            raise ValueError("mode='vision' trains the vision tower in one micro-batch per step: set "
+                             f"freeze_vision=False and grad_accum=1 (got {self.freeze_vision} and {self.grad_accum})")
         if self.prompts_per_step * self.group_size % self.minibatches:
             raise ValueError(f"prompts_per_step x group_size ({self.prompts_per_step * self.group_size}) must split "
                              f"into minibatches={self.minibatches} equal parts")
@@ -121,7 +132,7 @@ class TrainConfig:
             (self.minibatches if self.mode == "rl" else 1)
         if self.grad_accum < 1 or rows % self.grad_accum:
             raise ValueError(f"grad_accum={self.grad_accum} must divide the {rows} rows of each optimizer step "
-                             "(prompts_per_step x group_size / minibatches; prompts_per_step for sft)")
+                             "(prompts_per_step x group_size / minibatches; prompts_per_step for sft and vision)")
         from hopchain_jax.models.stack import REMAT
         if self.remat not in REMAT:
             raise ValueError(f"remat must be one of {sorted(REMAT)}, got {self.remat!r}")
@@ -132,6 +143,11 @@ class TrainConfig:
             raise ValueError(f"rollout_mesh takes (data, fsdp, tensor), got {self.rollout_mesh}")
         if self.head_impl not in ("recompute", "fused_forward"):
             raise ValueError(f"head_impl must be 'recompute' or 'fused_forward', got {self.head_impl!r}")
+        from hopchain_jax.rl.losses import get_loss
+        if self.head_impl == "fused_forward" and not get_loss(self.loss).fused_head:
+            raise ValueError(f"head_impl='fused_forward' implements the 'sapo' loss only, not {self.loss!r}: use "
+                             "head_impl='recompute' with this loss")
+        self.loss_config()   # refuses unknown settings by name
         if self.head_impl == "fused_forward" and self.kl_coef > 0:
             raise ValueError("head_impl='fused_forward' has no KL term: use head_impl='recompute' with kl_coef > 0")
         if self.head_chunk_tokens < 0 or self.head_chunk_vocab < -1:
@@ -152,6 +168,14 @@ class TrainConfig:
             if weight <= 0:
                 raise ValueError(f"data source {name!r} has weight {weight}; weights must be > 0")
 
+    def loss_config(self) -> dict[str, float]:
+        """The loss's settings: its defaults (rl/losses.py), loss_settings on top, max_tokens 0 -> max_new_tokens."""
+        from hopchain_jax.rl.losses import resolve_settings
+        settings = resolve_settings(self.loss, self.loss_settings)
+        if settings.get("max_tokens") == 0:
+            settings["max_tokens"] = float(self.max_new_tokens)
+        return settings
+
     @property
     def total_optimizer_steps(self) -> int:
         return self.steps * (self.minibatches if self.mode == "rl" else 1)
@@ -164,6 +188,13 @@ class TrainConfig:
         data = dict(data)
         data["data"] = tuple((str(d), float(w)) for d, w in data.get("data", ()))
         data["mesh"] = tuple(data.get("mesh", (1, -1, 1)))
+        # configs written before the loss registry carried SAPO's temperatures as fields of their own
+        legacy = {k: float(data.pop(k)) for k in ("tau_pos", "tau_neg") if k in data}
+        settings = data.get("loss_settings", ())
+        settings = dict(settings.items() if isinstance(settings, dict) else (tuple(kv) for kv in settings))
+        if legacy and data.get("loss", "sapo") == "sapo":
+            settings = {**{k: v for k, v in legacy.items() if v != {"tau_pos": 1.0, "tau_neg": 1.05}[k]}, **settings}
+        data["loss_settings"] = tuple(sorted((str(k), float(v)) for k, v in settings.items()))
         if "eval_variants" in data:
             data["eval_variants"] = tuple(data["eval_variants"])
         if data.get("rollout_mesh") is not None:

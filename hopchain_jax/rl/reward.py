@@ -537,15 +537,16 @@ def reward(response: str, answer) -> float:
 
 # ----------------------------------------------------------------------------------------- advantages
 
-def group_advantages(rewards: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """SAPO group-normalised advantages (SPEC §4).
+def group_advantages(rewards: np.ndarray, eps: float = 1e-6, scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """SAPO group-normalised advantages (SPEC §4); scale=False: not divided by the std (Dr. GRPO).
 
     Args:
       rewards: ``[n_prompts, G]`` rewards, one row per prompt (its group of G sampled responses).
       eps: added to the per-group population std (``ddof=0``).
 
     Returns:
-      advantages: ``[n_prompts, G]`` float32, ``A = (R - mean(R)) / (std(R) + eps)`` per row; rows whose
+      advantages: ``[n_prompts, G]`` float32, ``A = (R - mean(R)) / (std(R) + eps)`` (``R - mean(R)`` with
+        scale=False) per row; rows whose
         rewards are all equal carry no signal and are exactly 0.
       zero_variance: ``[n_prompts]`` bool, True for the rows whose rewards are all equal (G == 1 or an
         empty group counts as all equal).
@@ -564,6 +565,6 @@ def group_advantages(rewards: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray
     mean = r.mean(axis=1, keepdims=True)
     std = r.std(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        adv = (r - mean) / (std + eps)
+        adv = (r - mean) / (std + eps) if scale else r - mean
     adv[zero_var] = 0.0
     return adv.astype(np.float32), zero_var

@@ -13,7 +13,8 @@ One RL step:
   5. `minibatches` SAPO optimizer steps over shuffled slices of the rollout batch.
 A response that reaches max_new_tokens without EOS earns 0 (TrainConfig.zero_reward_truncated); one
 holding a vision placeholder id (the engine never samples them) is dropped from the step and counted.
-SFT mode replaces 2-5 with one cross-entropy step on prompt + gold rationale.
+SFT mode replaces 2-5 with one cross-entropy step on prompt + gold rationale; vision mode (perception
+warm-up, rl/vision_warmup.py) with one step of the vision tower on per-token targets from instance masks.
 With eval_every > 0 a held-out part of the images (data/split.py) is never trained on; greedy accuracy on
 it is measured before the first step, every eval_every steps and at the end (eval_* metrics).
 Everything random derives from (seed, step), so a resumed run repeats the uninterrupted one exactly.
@@ -46,10 +47,12 @@ from hopchain_jax.models.tokenizer import load_tokenizer
 from hopchain_jax.rl.checkpointing import Checkpointer
 from hopchain_jax.rl.config import TrainConfig, dumps
 from hopchain_jax.rl.metrics import MetricsWriter
+from hopchain_jax.rl.losses import get_loss
 from hopchain_jax.rl.reward import group_advantages, reward
 from hopchain_jax.rl import flops
 from hopchain_jax.rl.sequences import Prompt, encoded_grids, pack_micro
 from hopchain_jax.rl.update import Updater
+from hopchain_jax.rl.vision_warmup import TokenTargets, VisionUpdater, element_targets, pack_targets
 
 def build_model(cfg: TrainConfig, mesh) -> QwenVL:
     """A preset name (random init, jit-created on the mesh) or a checkpoint directory."""
@@ -82,10 +85,16 @@ def _allgather_prompts(local: list[dict]) -> list[dict]:
     if jax.process_count() == 1:
         return local
     keys = ("prompt_ids", "pixel_values", "image_grid_thw", "target_ids")
+    from hopchain_jax.rl.vision_warmup import TARGET_KEYS
+    has_targets = "vision_targets" in local[0]
+    if has_targets:
+        local = [{**el, **{f"vision_targets/{k}": el["vision_targets"][k] for k in TARGET_KEYS}} for el in local]
+        keys += tuple(f"vision_targets/{k}" for k in TARGET_KEYS)
     arrays = {}
     for key in keys:
         arrs = [np.asarray(el[key]) for el in local]
-        flat = np.concatenate([a.reshape(-1) for a in arrs]).astype(np.float32 if key == "pixel_values" else np.int64)
+        floating = np.issubdtype(arrs[0].dtype, np.floating)
+        flat = np.concatenate([a.reshape(-1) for a in arrs]).astype(np.float32 if floating else np.int64)
         shapes = np.asarray([list(a.shape) + [0] * (2 - a.ndim) for a in arrs], np.int64)
         arrays[key] = (flat, shapes)
     answers = np.asarray([el["answer"] for el in local], np.float64)
@@ -106,6 +115,8 @@ def _allgather_prompts(local: list[dict]) -> list[dict]:
                 offset = int(sum(int(np.prod([d for d in s if d])) for s in shapes[p][:i]))
                 shape = tuple(int(d) for d in shapes[p][i] if d)
                 el[key] = flat[p][offset:offset + int(np.prod(shape))].reshape(shape)
+            if has_targets:
+                el["vision_targets"] = {k: el.pop(f"vision_targets/{k}") for k in TARGET_KEYS}
             out.append(el)
     return out
 
@@ -130,17 +141,22 @@ class Trainer:
                                           max_prompt_tokens=cfg.max_prompt_tokens, on_over_budget="skip")
         self.sources = default_data(cfg)
         self.train_sources, heldout = self._split(self.sources)
+        vis = model.config.vision
+        transforms = prompt_transforms(self.tokenizer, self.prompt_config, vis.spatial_merge_size)
+        if cfg.mode == "vision":
+            transforms.append(TokenTargets(vis.patch_size, vis.spatial_merge_size))
         self.data = make_mixture(self.train_sources, seed=cfg.seed, batch_size=cfg.prompts_per_step,
-                                 transforms=prompt_transforms(self.tokenizer, self.prompt_config,
-                                                              model.config.vision.spatial_merge_size))
+                                 transforms=transforms)
         self.data_iter = iter(self.data)
-        self.updater = Updater(model, cfg, self.mesh)
-        self.engine = InferenceEngine(
-            self.updater.model(), self.tokenizer, mesh=self.mesh,
-            rollout_mesh=make_mesh(*cfg.rollout_mesh) if cfg.rollout_mesh else None,
-            max_slots=cfg.rollout_slots or cfg.prompts_per_step * cfg.group_size,
-            decode_chunk=cfg.rollout_decode_chunk)
-        self.engine.release_weights()   # each RL step hands it the current weights (none needed for SFT)
+        self.updater = VisionUpdater(model, cfg, self.mesh) if cfg.mode == "vision" else Updater(model, cfg, self.mesh)
+        self.engine = None
+        if cfg.mode != "vision":   # the warm-up generates nothing
+            self.engine = InferenceEngine(
+                self.updater.model(), self.tokenizer, mesh=self.mesh,
+                rollout_mesh=make_mesh(*cfg.rollout_mesh) if cfg.rollout_mesh else None,
+                max_slots=cfg.rollout_slots or cfg.prompts_per_step * cfg.group_size,
+                decode_chunk=cfg.rollout_decode_chunk)
+            self.engine.release_weights()   # each RL step hands it the current weights (none needed for SFT)
         self.checkpointer = Checkpointer(self.out / "checkpoints", keep=cfg.keep_checkpoints)
         self.metrics = MetricsWriter(self.out, enabled=self.is_main)
         self.step = 0
@@ -158,7 +174,8 @@ class Trainer:
         return [(train, w) for (train, _), (_, w) in zip(parts, sources)], [heldout for _, heldout in parts]
 
     def _eval_prompts(self, heldout: list[SplitSource], merge_size: int) -> list[dict]:
-        """eval_items held-out records of eval_variants (a fixed sample: the lowest id hashes), as prompts."""
+        """eval_items held-out records of eval_variants (a fixed sample: the lowest id hashes), as prompts;
+        in vision mode eval_items held-out images (one record each) with their token targets."""
         cfg = self.cfg
         where, records = {}, []
         for src in heldout:
@@ -166,11 +183,18 @@ class Trainer:
                 records.append(src.record(i))
                 where.setdefault(records[-1]["id"], (src, i))
         build = BuildPrompt(self.tokenizer, self.prompt_config, merge_size)
-        prompts = []
+        prompts, images = [], set()
         for rec in select_records(records, cfg.eval_variants):   # hopchain eval's fixed order
             src, i = where[rec["id"]]
+            if cfg.mode == "vision":
+                if rec["image"]["sha256"] in images:
+                    continue
+                images.add(rec["image"]["sha256"])
             el = build.map(src[i])
             if el.get("prompt_ids") is not None:
+                if cfg.mode == "vision":
+                    vis = self.model_config.vision
+                    el["vision_targets"] = element_targets(src.dataset, el, vis.patch_size, vis.spatial_merge_size)
                 prompts.append(el)
             if len(prompts) == cfg.eval_items:
                 break
@@ -188,8 +212,13 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Greedy accuracy of the current weights on the held-out prompts: eval_accuracy (all),
-        eval_accuracy_<variant>, eval_format_failure, eval_truncated (fractions)."""
+        eval_accuracy_<variant>, eval_format_failure, eval_truncated (fractions). Vision mode: the warm-up's
+        loss and per-head token accuracies on the held-out images (eval_loss, eval_<head>_accuracy)."""
         cfg = self.cfg
+        if cfg.mode == "vision":
+            vision, targets = pack_targets(self.eval_prompts, self.model_config, cfg.pad_to_patches)
+            stats = to_host(self.updater.metrics(*self.updater.put(vision, targets)))
+            return {f"eval_{k}": float(v) for k, v in stats.items() if k == "loss" or k.endswith("_accuracy")}
         self.engine.update_weights(self.updater.model())
         outs = self.engine.generate(
             [Request(p["prompt_ids"], p["pixel_values"], p["image_grid_thw"]) for p in self.eval_prompts],
@@ -219,8 +248,9 @@ class Trainer:
             return False
         params, opt_state, meta = self.checkpointer.restore(step, self.updater.params, self.updater.opt_state,
                                                             self.data_iter)
-        if meta["config"] != json.loads(dumps(self.cfg)):
-            diff = sorted(k for k in meta["config"] if meta["config"][k] != json.loads(dumps(self.cfg)).get(k))
+        saved = json.loads(dumps(TrainConfig.from_json(meta["config"])))   # older configs in today's fields
+        if saved != json.loads(dumps(self.cfg)):
+            diff = sorted(k for k in saved if saved[k] != json.loads(dumps(self.cfg)).get(k))
             raise ValueError(f"{self.out}: the checkpoint was made with a different config (differs in {diff}); "
                              "resume with the same config or use a new --out")
         self.updater.params, self.updater.opt_state = params, opt_state
@@ -262,7 +292,7 @@ class Trainer:
         if cfg.shuffle_rewards:   # the control: which response earned which reward is forgotten
             rewards = np.random.default_rng([cfg.seed, self.step, 7]).permutation(rewards.reshape(-1)).reshape(
                 rewards.shape)
-        adv, zero_var = group_advantages(rewards)
+        adv, zero_var = group_advantages(rewards, scale=get_loss(cfg.loss).std_advantages)
         adv = np.where(dropped.reshape(adv.shape), 0.0, adv).astype(np.float32)
         rows = [o.prompt_index for o in outs]
         responses = [[] if drop else o.token_ids for o, drop in zip(outs, dropped)]
@@ -339,6 +369,16 @@ class Trainer:
         m["data"] = self._data_fingerprint
         return m
 
+    def vision_step(self) -> dict:
+        """One perception warm-up step (rl/vision_warmup.py) on the next prompts_per_step records' images."""
+        t0 = time.perf_counter()
+        elements = self._prompts()
+        vision, targets = pack_targets(elements, self.model_config, self.cfg.pad_to_patches)
+        m = {k: float(v) for k, v in to_host(self.updater.step(*self.updater.put(vision, targets))).items()}
+        m.update(step_seconds=time.perf_counter() - t0, learning_rate=self.updater.learning_rate(self.step),
+                 data=self._data_fingerprint)
+        return m
+
     def _micro_grids(self, prompts: list[Prompt], prompt_of_row: list[int]) -> list:
         """Image grids the tower encodes for these rows (as pack_micro packs them), for the FLOP count."""
         return [g for gs in encoded_grids(prompts, prompt_of_row, self.cfg.grad_accum) for g in gs]
@@ -364,7 +404,7 @@ class Trainer:
                 self.eval_history.append({"step": 0, **first})
                 self.metrics.write(0, first)
             while self.step < end:
-                m = self.rl_step() if self.cfg.mode == "rl" else self.sft_step()
+                m = {"rl": self.rl_step, "sft": self.sft_step, "vision": self.vision_step}[self.cfg.mode]()
                 self.step += 1
                 if every and (self.step % every == 0 or self.step == end):
                     m.update(self.evaluate())
@@ -376,7 +416,8 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.4f}", **({"reward": f"{m['reward_mean']:.2f}"}
                                                              if "reward_mean" in m else {}),
-                                **({"eval": f"{m['eval_accuracy']:.2f}"} if "eval_accuracy" in m else {}))
+                                **({"eval": f"{m['eval_accuracy']:.2f}"} if "eval_accuracy" in m else {}),
+                                **({"category": f"{m['category_accuracy']:.2f}"} if "category_accuracy" in m else {}))
                 if self.step % self.cfg.save_every == 0 or self.step == end:
                     self.save()  # the NaN guard kept the last finite state, so what is saved is always good
         finally:

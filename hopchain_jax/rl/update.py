@@ -1,4 +1,5 @@
-"""Sharded, jit-compiled parameter updates: SAPO (RL), cross-entropy (SFT), and scoring.
+"""Sharded, jit-compiled parameter updates: the policy loss TrainConfig.loss names (RL; SAPO by default,
+rl/losses.py), cross-entropy (SFT), and scoring.
 
 Parameters and optimizer state live on the mesh with the same rules as inference
 (models/sharding.py: FSDP over "fsdp", tensor parallelism over "tensor"); every step is `jax.jit` with
@@ -26,7 +27,7 @@ from hopchain_jax.models.sharding import activation_sharding, param_sharding, pa
 from hopchain_jax.rl.config import TrainConfig
 from hopchain_jax.kernels.fused_head import ce_loss_fused_forward, sapo_loss_fused_forward
 from hopchain_jax.kernels.logprob import fused_logprob_entropy, sharded_fused_logprob_entropy
-from hopchain_jax.kernels.sapo_loss import sapo_loss_and_stats
+from hopchain_jax.rl.losses import get_loss
 
 
 def kernel_impl(requested: str) -> str:
@@ -206,17 +207,18 @@ class Updater:
         return keep(new_params, params), keep(new_opt, opt_state), metrics
 
     def _rl_loss(self, params, frozen, batch, old_logp, advantages, ref_logp):
+        """The policy loss TrainConfig.loss names (rl/losses.py) on the batch, + the KL term (kl_coef)."""
         cfg = self.cfg
         mask = batch["loss_mask"]
-        if cfg.head_impl == "fused_forward":   # ref_logp is None: TrainConfig forbids kl_coef > 0 here
+        settings = cfg.loss_config()
+        if cfg.head_impl == "fused_forward":   # SAPO only, ref_logp None: TrainConfig refuses anything else here
             h, w = self._hidden(params, frozen, batch)
-            loss, stats = sapo_loss_fused_forward(h, w, batch["targets"], old_logp, advantages, mask, cfg.tau_pos,
-                                                  cfg.tau_neg, **self._fused_head_kwargs(w))
+            loss, stats = sapo_loss_fused_forward(h, w, batch["targets"], old_logp, advantages, mask,
+                                                  settings["tau_pos"], settings["tau_neg"], **self._fused_head_kwargs(w))
             stats.pop("logp"), stats.pop("entropy")
             return loss, stats
         logp, ent = self._logprobs(params, frozen, batch)
-        loss, stats = sapo_loss_and_stats(logp, old_logp, advantages, mask.astype(jnp.float32),
-                                          cfg.tau_pos, cfg.tau_neg, impl="chunked")
+        loss, stats = get_loss(cfg.loss).loss(logp, old_logp, advantages, mask.astype(jnp.float32), settings)
         n = jnp.maximum(jnp.sum(mask), 1)
         stats = dict(stats, entropy_mean=jnp.sum(jnp.where(mask, lax.stop_gradient(ent), 0.0)) / n,
                      logp_mean=jnp.sum(jnp.where(mask, lax.stop_gradient(logp), 0.0)) / n)
