@@ -206,7 +206,7 @@ def abstract_batch(config: QwenVLConfig, mesh: Mesh, shapes: Shapes, max_pixels:
 
 
 def rl_step_args(upd: Updater, batch: dict, mesh: Mesh) -> tuple:
-    """(params, opt_state, frozen, batch, old_logp, advantages, ref_logp) as Trainer.rl_step passes them:
+    """(params, opt_state, frozen, batch, old_logp, advantages, ref_logp) as Trainer.rl_iteration passes them:
     old log-probs [K * N, T] (Updater.score's output; placed here with the token rule), advantages [K * N]
     placed as Updater.rl_step does ("rows"), no reference log-probs (kl_coef = 0)."""
     k, n, t = batch["input_ids"].shape

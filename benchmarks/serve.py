@@ -37,7 +37,7 @@ def build_checkpoint(preset: str, root: Path) -> Path:
 
 def run_clients(url: str, model: str, requests: int, clients: int, max_tokens: int, n: int, image) -> dict:
     import openai
-    from hopchain_jax.vlm.openai_backend import user_message
+    from hopchain_jax.vlm.chat import user_message
     client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=600)
 
     def one(k: int):

@@ -19,6 +19,8 @@ import dataclasses
 import json
 import sys
 
+from hopchain_jax.variants import ALL_VARIANTS, CHAIN_VARIANTS
+
 
 def _synth(args: argparse.Namespace) -> int:
     if args.images:
@@ -71,11 +73,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from hopchain_jax.infer.generate import Generator
-    from hopchain_jax.models.sharding import parse_mesh_shape
+    from hopchain_jax.vlm.backends import engine_options
     try:
-        gen = Generator(args.model, dtype=args.dtype, mesh_shape=parse_mesh_shape(args.mesh),
-                        decode_mesh_shape=parse_mesh_shape(args.decode_mesh, "--decode-mesh"),
-                        max_pixels=args.max_pixels, progress=not args.json)
+        gen = Generator(args.model, **engine_options(args), progress=not args.json)
         result = gen(args.prompt, args.image or [], greedy=args.greedy, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, n=args.n,
                      stop=args.stop or (), seed=args.seed)
@@ -130,8 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_photo_args(s)
     s.set_defaults(fn=_synth)
 
-    variants = dict(nargs="+", choices=["full", "half", "single", "external"],
-                    default=["full", "half", "single", "external"])
+    variants = dict(nargs="+", choices=list(ALL_VARIANTS), default=list(ALL_VARIANTS))
     e = sub.add_parser("export", help="write a dataset as schema-v2 JSON Lines")
     e.add_argument("dir")
     e.add_argument("--jsonl", required=True)
@@ -149,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--html", required=True)
     i.add_argument("--limit", type=int, default=60, help="cards: a random sample of the matching records (default 60)")
     i.add_argument("--seed", type=int, default=0, help="seed of the random sample (default 0)")
-    i.add_argument("--variant", action="extend", nargs="+", choices=["full", "half", "single"],
+    i.add_argument("--variant", action="extend", nargs="+", choices=list(CHAIN_VARIANTS),
                    help="only these variants (repeatable; default: all)")
     i.add_argument("--op", action="append", help="only records whose program uses this op (repeatable: any of them)")
     i.add_argument("--answer", action="append", type=int, help="only records with this answer (repeatable)")
@@ -162,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(fn=_import)
 
-    from hopchain_jax.serve.cli import DECODE_MESH_HELP, add_serve_parser
+    from hopchain_jax.serve.cli import add_serve_parser
+    from hopchain_jax.vlm.backends import add_model_args
     g = sub.add_parser("generate", help="generate with a Qwen2.5-VL / Qwen3-VL checkpoint directory")
     g.add_argument("--model", required=True, help="Hugging Face checkpoint directory (config.json + safetensors)")
     g.add_argument("--image", action="append", help="image file (repeat for several)")
@@ -175,10 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=int, default=1, help="samples per prompt")
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU, else bfloat16")
-    g.add_argument("--mesh", help="data,fsdp,tensor device counts (default: all devices on fsdp)")
-    g.add_argument("--decode-mesh", help=DECODE_MESH_HELP)
-    g.add_argument("--max-pixels", type=int, help="cap on resized image pixels (fewer image tokens)")
+    add_model_args(g)
     g.add_argument("--json", action="store_true", help="print one JSON object: input_ids, image_grid_thw, output_ids, text")
     g.set_defaults(fn=_generate)
 

@@ -27,7 +27,7 @@ from PIL import Image
 from hopchain_jax.synth.composer import ChainComposer, ComposerConfig
 from hopchain_jax.synth.stages import ImageInput, OracleSegmenter, Segmentation
 from hopchain_jax.vlm.categories import CATEGORY_PROMPT
-from hopchain_jax.vlm.openai_backend import ChatResult
+from hopchain_jax.vlm.chat import ChatResult
 from hopchain_jax.world.render import render_scene
 from hopchain_jax.world.scene import sample_scene
 

@@ -18,7 +18,7 @@ from hopchain_jax.synth.record import validate_record
 from hopchain_jax.vlm.calibrate import (apply_calibration, calibrate_dataset, default_sidecar, load_calibration,
                                         model_slug)
 from hopchain_jax.vlm.calibrate_cli import add_calibrate_parser
-from hopchain_jax.vlm.openai_backend import ChatResult
+from hopchain_jax.vlm.chat import ChatResult
 from hopchain_jax.vlm.solvers import solver_request
 
 SAMPLES = 4
@@ -160,7 +160,7 @@ def test_a_crash_mid_run_then_a_rerun_loses_and_repeats_nothing(ds, full, tmp_pa
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from hopchain_jax.vlm.calibrate import calibrate_dataset
-    from hopchain_jax.vlm.openai_backend import ChatResult
+    from hopchain_jax.vlm.chat import ChatResult
 
     class Killer:  # answers 0 every time; the third call kills the whole process, as kill -9 would
         model, calls = "small-vlm", 0

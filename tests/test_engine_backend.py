@@ -9,7 +9,7 @@ from PIL import Image
 from engine_tiny import tiny_backend, tiny_checkpoint
 from hopchain_jax.vlm.cache import ResponseCache
 from hopchain_jax.vlm.engine_backend import load_image_url, to_template_messages
-from hopchain_jax.vlm.openai_backend import ChatRequest, image_part, user_message
+from hopchain_jax.vlm.chat import ChatRequest, image_part, user_message
 
 
 @pytest.fixture(scope="module")

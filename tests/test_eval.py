@@ -12,7 +12,7 @@ from hopchain_jax.eval.cli import add_eval_parser, settings_from_args
 from hopchain_jax.eval.run import EvalSettings, breakdown_keys, evaluate_dataset, select_records, swapped_images
 from hopchain_jax.eval.scoring import (ResponseScore, answer_range, item_metrics, length_bucket, mean_interval,
                                        score_response, wilson_interval)
-from hopchain_jax.vlm.openai_backend import ChatResult, image_part
+from hopchain_jax.vlm.chat import ChatResult, image_part
 
 K = 4
 

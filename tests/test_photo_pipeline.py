@@ -150,7 +150,7 @@ class FailingBackend:
     model = "down"
 
     def complete(self, requests):
-        from hopchain_jax.vlm.openai_backend import ChatResult
+        from hopchain_jax.vlm.chat import ChatResult
         return [ChatResult([], [], {}, error="InternalServerError: 500 upstream down") for _ in requests]
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from engine_tiny import live_server, tiny_backend, tiny_checkpoint
 from hopchain_jax.serve.app import build_app
 from hopchain_jax.serve.cli import add_serve_parser
-from hopchain_jax.vlm.openai_backend import image_part
+from hopchain_jax.vlm.chat import image_part
 
 
 class CountingBackend:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from hopchain_jax.vlm.openai_backend import ChatResult
+from hopchain_jax.vlm.chat import ChatResult
 from hopchain_jax.vlm.solvers import AgreementVerifier
 
 

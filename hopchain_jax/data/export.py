@@ -19,6 +19,7 @@ import tqdm
 from PIL import Image
 
 from hopchain_jax.data.store import HopChainDataset
+from hopchain_jax.variants import CHAIN_VARIANTS
 
 
 @dataclasses.dataclass
@@ -51,7 +52,7 @@ def add_export_calibration_args(parser: argparse.ArgumentParser) -> None:
 
 
 def export_dataset(root: str | os.PathLike, jsonl: str | os.PathLike, png_dir: str | os.PathLike | None = None,
-                   variants: tuple[str, ...] = ("full", "half", "single"), progress: bool = True, *,
+                   variants: tuple[str, ...] = CHAIN_VARIANTS, progress: bool = True, *,
                    calibration: str | os.PathLike | None = None, drop_too_easy: bool = False,
                    verdicts: str | os.PathLike | None = None) -> ExportSummary:
     """Write every record of `variants` to `jsonl` (atomically: a temp file renamed at the end).
@@ -115,7 +116,7 @@ def export_dataset(root: str | os.PathLike, jsonl: str | os.PathLike, png_dir: s
 
 
 def export_jsonl(root: str | os.PathLike, jsonl: str | os.PathLike, png_dir: str | os.PathLike | None = None,
-                 variants: tuple[str, ...] = ("full", "half", "single"), progress: bool = True, *,
+                 variants: tuple[str, ...] = CHAIN_VARIANTS, progress: bool = True, *,
                  calibration: str | os.PathLike | None = None, drop_too_easy: bool = False,
                  verdicts: str | os.PathLike | None = None) -> int:
     """`export_dataset`, returning only the number of records written."""

@@ -42,6 +42,7 @@ from PIL import Image, ImageOps
 from hopchain_jax.data import store
 from hopchain_jax.models.image_processor import to_rgb_uint8
 from hopchain_jax.synth.user_images import check_image
+from hopchain_jax.variants import EXTERNAL
 
 __all__ = ["import_jsonl", "parse_answer", "format_import_summary", "IMPORT_KIND"]
 
@@ -214,7 +215,7 @@ def _build_shard(jsonl: Path, images_root: Path, shard_index: int, lines: list[t
                 "image": {"shard": name, "index": index, "width": int(width), "height": int(height), "sha256": sha,
                           "source_path": str(path)},
                 "instances": [], "hops": [], "program": None,
-                "question": fields["question"], "answer": fields["answer"], "variant": "external", "rationale": None,
+                "question": fields["question"], "answer": fields["answer"], "variant": EXTERNAL, "rationale": None,
                 "provenance": {"backend": IMPORT_KIND, "source": str(jsonl), "line": number},
                 "verification": {"method": "external"},
             })

@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 
 from hopchain_jax.vlm.backends import add_local_model_args
+from hopchain_jax.variants import ALL_VARIANTS
 
-VARIANT_CHOICES = ["full", "half", "single", "external"]
+VARIANT_CHOICES = list(ALL_VARIANTS)
 
 
 def add_eval_parser(subparsers) -> None:

@@ -24,8 +24,9 @@ import numpy as np
 from PIL import Image
 
 from hopchain_jax.data.store import HopChainDataset
+from hopchain_jax.variants import CHAIN_VARIANTS
 
-VARIANTS = ("full", "half", "single")
+VARIANTS = CHAIN_VARIANTS
 # Instance colours, dark enough for white id tags (instance_colors picks them).
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0a9396", "#f032e6", "#9a6324", "#800000",
            "#000075", "#808000", "#469990")

@@ -36,10 +36,10 @@ from hopchain_jax.models.image_processor import ImageProcessorConfig, save_prepr
 from hopchain_jax.models.qwen_vl import QwenVL
 from hopchain_jax.models.sharding import STACKED_PATH, param_sharding, path_str, to_host
 
-DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
           "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2}
-DTYPE_NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
+SAFETENSORS_NAMES = {np.dtype(v): k for k, v in SAFETENSORS_DTYPES.items()}   # numpy dtype -> header name
 
 
 class SafetensorsFile:
@@ -61,11 +61,11 @@ class SafetensorsFile:
 
     def get(self, name: str) -> np.ndarray:
         info = self.header[name]
-        if info["dtype"] not in DTYPES:
+        if info["dtype"] not in SAFETENSORS_DTYPES:
             raise ValueError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
-        arr = np.frombuffer(self._mm, dtype=DTYPES[info["dtype"]], count=int(np.prod(info["shape"], dtype=np.int64)),
-                            offset=self._base + start)
+        arr = np.frombuffer(self._mm, dtype=SAFETENSORS_DTYPES[info["dtype"]],
+                            count=int(np.prod(info["shape"], dtype=np.int64)), offset=self._base + start)
         if arr.nbytes != end - start:
             raise ValueError(f"{self.path}: tensor {name} has inconsistent offsets")
         return arr.reshape(info["shape"])
@@ -211,7 +211,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.bfloat16, param_dtype=
 def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     header, offset = {}, 0
     for name, arr in tensors.items():
-        header[name] = {"dtype": DTYPE_NAMES[arr.dtype], "shape": list(arr.shape),
+        header[name] = {"dtype": SAFETENSORS_NAMES[arr.dtype], "shape": list(arr.shape),
                         "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes
     header["__metadata__"] = {"format": "pt"}

@@ -1,7 +1,7 @@
 """The training loop: rollouts with the inference engine, verifiable rewards, SAPO updates (or SFT),
 metrics, and exact-resume checkpoints.
 
-One RL step:
+One RL step (Trainer.rl_iteration; `steps` counts these, each holding `minibatches` optimizer steps):
   1. the next `prompts_per_step` prompts from the data mixture (this process's shard; all processes then
      share their prompts so every process holds the global batch);
   2. `group_size` samples per prompt from the engine (continuous batching over cfg.rollout_slots slots), on
@@ -267,7 +267,9 @@ class Trainer:
         self._data_fingerprint = "-".join(f"{int(c):014x}" for c in np.asarray(codes).reshape(-1))
         return _allgather_prompts(local)
 
-    def rl_step(self) -> dict:
+    def rl_iteration(self) -> dict:
+        """One RL iteration (module docstring, steps 1-5): rollouts, rewards, then cfg.minibatches optimizer
+        steps (Updater.rl_step each)."""
         cfg = self.cfg
         t0 = time.perf_counter()
         elements = self._prompts()
@@ -404,7 +406,7 @@ class Trainer:
                 self.eval_history.append({"step": 0, **first})
                 self.metrics.write(0, first)
             while self.step < end:
-                m = {"rl": self.rl_step, "sft": self.sft_step, "vision": self.vision_step}[self.cfg.mode]()
+                m = {"rl": self.rl_iteration, "sft": self.sft_step, "vision": self.vision_step}[self.cfg.mode]()
                 self.step += 1
                 if every and (self.step % every == 0 or self.step == end):
                     m.update(self.evaluate())

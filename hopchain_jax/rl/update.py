@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hopchain_jax.models.qwen_vl import QwenVL, trainable_filter
-from hopchain_jax.models.sharding import activation_sharding, param_sharding, path_str
+from hopchain_jax.models.sharding import LOGICAL_TO_MESH, activation_sharding, param_sharding, path_str
 from hopchain_jax.rl.config import TrainConfig
 from hopchain_jax.kernels.fused_head import ce_loss_fused_forward, sapo_loss_fused_forward
 from hopchain_jax.kernels.logprob import fused_logprob_entropy, sharded_fused_logprob_entropy
@@ -146,10 +146,8 @@ class Updater:
         if self.mesh.size == 1:
             logp, ent = fused_logprob_entropy(h, w, targets, impl=self.impl)
         else:
-            tensor = self.mesh.shape["tensor"]
-            vocab_axis = "tensor" if tensor > 1 and w.shape[1] % tensor == 0 else None
-            logp, ent = sharded_fused_logprob_entropy(h, w, targets, self.mesh, token_axis=("data", "fsdp"),
-                                                      vocab_axis=vocab_axis, impl=self.impl)
+            logp, ent = sharded_fused_logprob_entropy(h, w, targets, self.mesh, **self._head_layout(w),
+                                                      impl=self.impl)
         logp, ent = logp.reshape(n, r), ent.reshape(n, r)
         if cols is None:
             return logp, ent
@@ -168,9 +166,15 @@ class Updater:
                   dw_accum_dtype=None if cfg.head_dw_accum == "auto" else cfg.head_dw_accum)
         if self.mesh.size == 1:
             return kw
-        tensor = self.mesh.shape["tensor"]
-        vocab_axis = "tensor" if tensor > 1 and w.shape[1] % tensor == 0 else None
-        return dict(kw, mesh=self.mesh, token_axis=("data", "fsdp"), vocab_axis=vocab_axis)
+        return dict(kw, mesh=self.mesh, **self._head_layout(w))
+
+    def _head_layout(self, w) -> dict:
+        """The LM head's shard_map layout by the sharding rules (models/sharding.LOGICAL_TO_MESH): tokens over
+        the "batch" mesh axes, the vocabulary over the "vocab" axis when that axis has several devices and
+        divides the vocabulary (else whole on each device)."""
+        vocab = LOGICAL_TO_MESH["vocab"]
+        split = self.mesh.shape[vocab] > 1 and w.shape[1] % self.mesh.shape[vocab] == 0
+        return {"token_axis": LOGICAL_TO_MESH["batch"], "vocab_axis": vocab if split else None}
 
     def _score_impl(self, params, frozen, batch):
         def one(mb):

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Sequence
 
-from hopchain_jax.vlm.openai_backend import ChatRequest, ChatResult
+from hopchain_jax.vlm.chat import ChatRequest, ChatResult
 
 _STOP = object()
 

@@ -12,22 +12,16 @@ import argparse
 import os
 import sys
 
-DECODE_MESH_HELP = ("data,fsdp,tensor device counts to decode on, the weights resharded to it once "
-                    "(e.g. --decode-mesh=-1,1,1: a whole copy per device, no all-gather per step; default: decode "
-                    "from --mesh)")
-
 
 def add_serve_parser(subparsers) -> None:
     """Add `serve` to an argparse subparsers object (set_defaults(fn=serve_command))."""
+    from hopchain_jax.vlm.backends import add_model_args
     s = subparsers.add_parser("serve", help="serve a checkpoint with an OpenAI-compatible chat-completions API")
     s.add_argument("--model", required=True, help="Hugging Face checkpoint directory (config.json + safetensors)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--served-model-name", help="the name clients send as `model` (default: the directory's name)")
-    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU, else bfloat16")
-    s.add_argument("--mesh", help="data,fsdp,tensor device counts (default: all devices on fsdp)")
-    s.add_argument("--decode-mesh", help=DECODE_MESH_HELP)
-    s.add_argument("--max-pixels", type=int, help="cap on resized image pixels (fewer image tokens)")
+    add_model_args(s)
     s.add_argument("--max-slots", type=int, default=256, help="sequences decoded at once (default 256)")
     s.add_argument("--max-batch", type=int, default=64, help="most requests per engine batch (default 64)")
     s.add_argument("--batch-window-ms", type=float, default=5,

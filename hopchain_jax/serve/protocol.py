@@ -15,7 +15,7 @@ import dataclasses
 import time
 import uuid
 
-from hopchain_jax.vlm.openai_backend import ChatRequest, ChatResult
+from hopchain_jax.vlm.chat import ChatRequest, ChatResult
 
 MAX_N = 1024  # samples per request
 # fields whose non-default values change what the caller gets, and that this server does not implement

@@ -50,8 +50,9 @@ from hopchain_jax.synth.counterfactual import counterfactual_failures
 from hopchain_jax.synth.stats import blind_guess, blind_keys
 from hopchain_jax.synth.program import DIRECTION_AXES, DIRECTIONS, Executor, ProgramError, occludes, superlative_key
 from hopchain_jax.world.catalog import CATEGORIES
+from hopchain_jax.variants import CHAIN_VARIANTS
 
-VARIANTS = ("full", "half", "single")
+VARIANTS = CHAIN_VARIANTS
 LINK_FORM_WEIGHTS = {"relate": 1.0, "same_color": 1.0, "between": 2.0}
 COMBINE_PENALTY = {"mul": 0, "sub": 1, "add": 2}  # added to an answer's count when choosing the arithmetic
 # Hop forms (the composer's names) -> the program op of the hop's main step (the record's hops[].op).

@@ -31,6 +31,7 @@ from hopchain_jax.synth.stages import (ChainQueryComposer, ImageInput, OracleCat
                                        ProgramVerifier)
 from hopchain_jax.world.render import render_scene
 from hopchain_jax.world.scene import SceneConfig, sample_scene
+from hopchain_jax.variants import CHAIN_VARIANTS
 
 MIN_INSTANCES = 3
 CHAINS = ("multi_hop", "learnable")
@@ -270,7 +271,7 @@ def format_summary(summary: dict) -> str:
         + (f", {summary['partial_shards_removed']} partial shards redone" if summary["partial_shards_removed"] else "") + ")",
         f"images seen: {summary['images_seen']}   skipped: {sum(summary['skipped'].values())}"
         + "".join(f"\n  - {why}: {n}" for why, n in summary["skipped"].items()),
-        "queries per variant: " + ", ".join(f"{v}={summary['queries'].get(v, 0)}" for v in ("full", "half", "single")),
+        "queries per variant: " + ", ".join(f"{v}={summary['queries'].get(v, 0)}" for v in CHAIN_VARIANTS),
         ("hops per question: " if every else "hops per full chain: ")
         + ", ".join(f"{k} hops: {v}" for k, v in summary["hops"].items()),
         ("program ops (all records): " if every else "program ops (full chains): ")

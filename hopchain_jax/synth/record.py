@@ -15,12 +15,13 @@ import re
 from typing import Any
 
 from hopchain_jax.synth.program import ProgramError, execute
+from hopchain_jax.variants import CHAIN_VARIANTS
 
 SCHEMA_VERSION = 2
 BOX_CONVENTION = ("bbox = [x0, y0, x1, y1], integers in 0..1000: x * 1000 / image width, y * 1000 / image height, "
                   "origin at the top-left corner, y growing downwards")
 HOP_KINDS = ("perception", "instance_chain")
-VARIANTS = ("full", "half", "single")
+VARIANTS = CHAIN_VARIANTS
 # Words a question may not use: it names objects by what is visible, never by annotation artefacts.
 FORBIDDEN_WORDS = re.compile(
     r"\b(box|boxes|bbox|bboxes|bounding|mask|masks|segment|segments|segmentation|coordinate|coordinates|"

@@ -19,6 +19,7 @@ import collections
 from typing import Any, Callable, Iterable, Mapping
 
 from hopchain_jax.synth.program import Executor, ProgramError
+from hopchain_jax.variants import CHAIN_VARIANTS
 
 TEXT_ONLY_RULE = ("per value step, the most common value of its kind (op + category + relation) in the dataset, "
                   "then the question's arithmetic")
@@ -107,7 +108,7 @@ def dataset_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     variants = collections.Counter(r["variant"] for r in records)
     hops = collections.Counter()
     ops = collections.Counter()
-    answers: dict[str, collections.Counter] = {v: collections.Counter() for v in ("full", "half", "single")}
+    answers: dict[str, collections.Counter] = {v: collections.Counter() for v in CHAIN_VARIANTS}
     for rec in records:
         answers.setdefault(rec["variant"], collections.Counter())[rec["answer"]] += 1
         if rec["variant"] == "full":
@@ -117,7 +118,7 @@ def dataset_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     top = full.most_common(1)[0] if full else (None, 0)
     return {
         "records": len(records),
-        "variants": {v: variants.get(v, 0) for v in ("full", "half", "single")},
+        "variants": {v: variants.get(v, 0) for v in CHAIN_VARIANTS},
         "hops": {str(k): v for k, v in sorted(hops.items())},
         "ops": dict(ops.most_common()),
         "answers": {v: {str(a): n for a, n in sorted(c.items())} for v, c in answers.items()},

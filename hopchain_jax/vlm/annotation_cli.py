@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from hopchain_jax.variants import ALL_VARIANTS
+
 # = calibrate.DEFAULT_VARIANTS; not imported so that building the parser stays cheap (no JAX, no I/O)
 DEFAULT_VARIANTS = ("full", "external")
 
@@ -29,7 +31,7 @@ def add_annotate_parser(subparsers) -> None:
     e.add_argument("--annotators", type=int, default=4, help="answer columns, one per person (default 4)")
     e.add_argument("--limit", type=int, help="at most this many questions (a random sample)")
     e.add_argument("--seed", type=int, default=0, help="seed of the shuffle / sample (default 0)")
-    e.add_argument("--variant", nargs="+", choices=["full", "half", "single", "external"],
+    e.add_argument("--variant", nargs="+", choices=list(ALL_VARIANTS),
                    default=list(DEFAULT_VARIANTS), help="record variants (default: full external)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=run_annotate_export)

@@ -18,11 +18,19 @@ if TYPE_CHECKING:   # a type only: importing solvers loads grain and JAX, and th
 SPEC_HELP = "a checkpoint directory (our JAX engine) or MODEL@URL (an OpenAI-compatible endpoint)"
 
 
-def describe_spec(spec: str, flag: str) -> tuple[str, str]:
-    """("checkpoint", absolute dir) or ("endpoint", spec); ValueError naming `flag` and the fix otherwise."""
+def split_model_at_url(spec: str) -> tuple[str, str] | None:
+    """(model, url) of a MODEL@URL spec (the URL has a scheme, e.g. http://); None for anything else (a path)."""
     if "@" in spec and "://" in spec.split("@", 1)[1]:
         model, url = spec.split("@", 1)
-        if not model:
+        return model, url
+    return None
+
+
+def describe_spec(spec: str, flag: str) -> tuple[str, str]:
+    """("checkpoint", absolute dir) or ("endpoint", spec); ValueError naming `flag` and the fix otherwise."""
+    endpoint = split_model_at_url(spec)
+    if endpoint is not None:
+        if not endpoint[0]:
             raise ValueError(f"{flag} {spec!r}: the model name before '@' is empty; write MODEL@URL")
         return "endpoint", spec
     path = Path(spec)
@@ -34,17 +42,25 @@ def describe_spec(spec: str, flag: str) -> tuple[str, str]:
     raise ValueError(f"{flag} {spec!r}: not a directory and not MODEL@URL; give {SPEC_HELP}")
 
 
+def add_model_args(parser, *, local_prefix: str = "") -> None:
+    """The flags that load a checkpoint on our engine: --dtype, --mesh, --decode-mesh, --max-pixels (the one
+    definition `hopchain generate`, `serve`, `eval` and `calibrate` share). local_prefix: put before each help
+    text where the model may also be an endpoint (e.g. "local checkpoint: "). engine_options(args) turns them
+    into EngineChatBackend / BackendPool / Generator keyword arguments."""
+    from hopchain_jax.models.config import DTYPE_NAMES   # no JAX import: the parser stays cheap
+    parser.add_argument("--dtype", choices=list(DTYPE_NAMES),
+                        help=f"{local_prefix}compute dtype (default: float32 on CPU, else bfloat16)")
+    parser.add_argument("--mesh", help=f"{local_prefix}data,fsdp,tensor device counts (default: all devices on fsdp)")
+    parser.add_argument("--decode-mesh", help=f"{local_prefix}data,fsdp,tensor device counts to decode on, the weights "
+                        "resharded to it once (e.g. --decode-mesh=-1,1,1: a whole copy per device, no all-gather per "
+                        "step; default: decode from --mesh)")
+    parser.add_argument("--max-pixels", type=int, help=f"{local_prefix}cap on resized image pixels, fewer image "
+                        "tokens (default: the checkpoint's preprocessor_config.json)")
+
+
 def add_local_model_args(parser) -> None:
-    """The flags that load a local checkpoint on our engine (--dtype, --mesh, --decode-mesh, --max-pixels);
-    engine_options(args) turns them into EngineChatBackend / BackendPool keyword arguments."""
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                        help="local checkpoint: compute dtype (default: float32 on CPU, else bfloat16)")
-    parser.add_argument("--mesh", help="local checkpoint: data,fsdp,tensor device counts")
-    parser.add_argument("--decode-mesh", help="local checkpoint: data,fsdp,tensor device counts to decode on, the "
-                        "weights resharded to it once (e.g. --decode-mesh=-1,1,1: a whole copy per device; "
-                        "default: --mesh)")
-    parser.add_argument("--max-pixels", type=int, help="local checkpoint: cap on resized image pixels (default: the "
-                        "checkpoint's preprocessor_config.json)")
+    """add_model_args for commands whose model may be a checkpoint or MODEL@URL (eval, calibrate)."""
+    add_model_args(parser, local_prefix="local checkpoint: ")
 
 
 def engine_options(args) -> dict:
@@ -70,7 +86,7 @@ class BackendPool:
             cache = self.cache_dir / slug if self.cache_dir is not None else None
             if kind == "endpoint":
                 from hopchain_jax.vlm.openai_backend import OpenAIChatBackend
-                model, url = key.split("@", 1)
+                model, url = split_model_at_url(key)
                 self._open[key] = OpenAIChatBackend(url, model, cache_dir=cache)
             else:
                 from hopchain_jax.vlm.engine_backend import EngineChatBackend

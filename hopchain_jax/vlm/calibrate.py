@@ -32,7 +32,7 @@ import tqdm
 
 from hopchain_jax.data.store import HopChainDataset
 from hopchain_jax.rl.reward import is_equivalent
-from hopchain_jax.vlm.openai_backend import ChatResult
+from hopchain_jax.vlm.chat import ChatResult
 from hopchain_jax.vlm.solvers import ChatBackend, solver_request
 
 __all__ = ["CalibrationEntry", "calibrate_dataset", "load_calibration", "apply_calibration", "default_sidecar",

@@ -16,11 +16,12 @@ import json
 import sys
 
 from hopchain_jax.vlm.backends import add_local_model_args, engine_options
+from hopchain_jax.variants import ALL_VARIANTS
 
 # = calibrate.DEFAULT_VARIANTS; not imported so that building the parser stays cheap (no JAX, no I/O)
 DEFAULT_VARIANTS = ("full", "external")
 
-VARIANT_CHOICES = ["full", "half", "single", "external"]
+VARIANT_CHOICES = list(ALL_VARIANTS)
 
 
 def add_calibrate_parser(subparsers) -> None:
@@ -66,19 +67,19 @@ def run_calibrate(args: argparse.Namespace) -> int:
     """Exit 0 when every selected record is calibrated, 1 when some items failed (rerun to retry them),
     2 on a usage error (nothing was run) or when the run had to stop (what it finished is kept)."""
     from hopchain_jax.data.store import HopChainDataset
-    from hopchain_jax.vlm.backends import describe_spec
+    from hopchain_jax.vlm.backends import describe_spec, split_model_at_url
     from hopchain_jax.vlm.calibrate import calibrate_dataset
     if args.model and args.endpoint:
         return _fail("give either --model CKPT (or MODEL@URL) or --endpoint URL, not both")
     if not args.model and not args.endpoint:
         return _fail("say which model calibrates: --model CKPT (a local checkpoint directory), --model MODEL@URL "
                      "or --endpoint URL --endpoint-model NAME (an OpenAI-compatible server)")
-    if args.model and "@" in args.model and "://" in args.model.split("@", 1)[1]:   # MODEL@URL
+    if args.model and split_model_at_url(args.model) is not None:   # MODEL@URL
         try:
             describe_spec(args.model, "--model")
         except ValueError as e:
             return _fail(str(e))
-        args.endpoint_model, args.endpoint = args.model.split("@", 1)
+        args.endpoint_model, args.endpoint = split_model_at_url(args.model)
         args.model = None
     if args.endpoint and not args.endpoint_model:
         return _fail("--endpoint needs --endpoint-model NAME (the model the server serves)")

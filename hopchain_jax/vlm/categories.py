@@ -10,7 +10,7 @@ import dataclasses
 from typing import Sequence
 
 from hopchain_jax.synth.stages import ImageInput
-from hopchain_jax.vlm.openai_backend import ChatRequest, user_message
+from hopchain_jax.vlm.chat import ChatRequest, user_message
 from hopchain_jax.vlm.parse import CategoryParse, parse_categories
 from hopchain_jax.vlm.solvers import ChatBackend
 

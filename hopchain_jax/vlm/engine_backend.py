@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hopchain_jax.vlm.cache import ResponseCache, request_key
-from hopchain_jax.vlm.openai_backend import ChatRequest, ChatResult
+from hopchain_jax.vlm.chat import ChatRequest, ChatResult
 
 __all__ = ["EngineChatBackend", "load_image_url", "to_template_messages", "checkpoint_identity"]
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from hopchain_jax.synth.stages import ImageInput
-from hopchain_jax.vlm.openai_backend import ChatRequest, image_part
+from hopchain_jax.vlm.chat import ChatRequest, image_part
 from hopchain_jax.vlm.query_check import CheckedQuery, check_query
 from hopchain_jax.vlm.solvers import ChatBackend
 

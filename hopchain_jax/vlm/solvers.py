@@ -22,7 +22,7 @@ import numpy as np
 from hopchain_jax.data.prompts import DEFAULT_INSTRUCTION_SUFFIX
 from hopchain_jax.rl.reward import is_equivalent
 from hopchain_jax.synth.stages import Verification
-from hopchain_jax.vlm.openai_backend import ChatRequest, ChatResult, user_message
+from hopchain_jax.vlm.chat import ChatRequest, ChatResult, user_message
 
 
 class ChatBackend(Protocol):
