@@ -172,7 +172,7 @@ def abstract_engine(upd: Updater, mesh: Mesh, cfg: TrainConfig, decode_chunk: in
 # -- abstract inputs ----------------------------------------------------------------------------------
 def image_grid(config: QwenVLConfig, image_hw: tuple[int, int], max_pixels: int) -> np.ndarray:
     """The grid_thw of one image of image_hw pixels under the processor's smart_resize."""
-    processor = improc.QWEN3_VL if config.arch == "qwen3_vl" else improc.QWEN2_5_VL
+    processor = config.family.image_processor
     processor = processor.replace(max_pixels=max_pixels, min_pixels=min(processor.min_pixels, max_pixels))
     return np.asarray([improc.grid_thw_for_size(*image_hw, processor)], np.int64)
 
@@ -250,7 +250,7 @@ def prefill_args(eng: InferenceEngine, shapes: Shapes, max_pixels: int) -> tuple
     tok = lambda dtype: sds((b, t), dtype, activation_sharding("tokens", (b, t), mesh))
     grid = np.repeat(image_grid(eng.config, shapes.image_hw, max_pixels), b, axis=0)
     m = padded_patches(grid, eng.config) // eng.config.vision.spatial_merge_size ** 2
-    deep = len(eng.config.vision.deepstack_visual_indexes) if eng.config.arch == "qwen3_vl" else 0
+    deep = len(eng.config.vision.deepstack_visual_indexes) if eng.config.family.deepstack else 0
     feat = lambda: sds((m, d), eng.dtype, activation_sharding("vision", (m, d), mesh))
     features = (feat(), [feat() for _ in range(deep)])
     pos = sds((3, b, t), np.int32, activation_sharding("positions", (3, b, t), mesh))

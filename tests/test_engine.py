@@ -18,8 +18,9 @@ from hopchain_jax.infer.sampling import SamplerWork
 from hopchain_jax.models.checkpoint import load_pretrained
 from hopchain_jax.models.qwen_vl import QwenVL
 from hopchain_jax.models.sharding import make_mesh
+from hopchain_jax.models.families import FAMILIES
 
-ARCHES = ["qwen2_5_vl", "qwen3_vl"]
+ARCHES = sorted(FAMILIES)   # every registered family passes the same parity tests (models/families.py)
 
 
 @pytest.fixture(scope="module", params=ARCHES)

@@ -46,3 +46,18 @@ def test_cli_help_and_readme_name_the_schema_version_the_code_writes():
     readme = (ROOT / "README.md").read_text()
     said = set(re.findall(r"schema[ (-]+v(\d+)", readme))
     assert said and said <= {str(SCHEMA_VERSION)}
+
+
+def test_model_families_come_from_the_registry_and_an_unknown_one_is_refused_by_name():
+    import pytest
+    from hopchain_jax.configs.models import tiny
+    from hopchain_jax.models.config import ARCHES, QwenVLConfig
+    from hopchain_jax.models.families import FAMILIES, family
+    assert ARCHES == tuple(FAMILIES) and set(FAMILIES) >= {"qwen2_5_vl", "qwen3_vl"}
+    hf = tiny("qwen3_vl").to_hf()
+    assert hf["architectures"] == [family("qwen3_vl").architecture]
+    with pytest.raises(ValueError, match=r"model_type 'qwen3_5_vl' is not supported; supported: \['qwen2_5_vl', 'qwen3_vl'\]"):
+        QwenVLConfig.from_hf({**hf, "model_type": "qwen3_5_vl"})
+    for arch in FAMILIES:   # every family round-trips through its config.json
+        cfg = tiny(arch)
+        assert QwenVLConfig.from_hf(cfg.to_hf()) == cfg and cfg.family is FAMILIES[arch]

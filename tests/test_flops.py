@@ -10,8 +10,9 @@ from hopchain_jax.configs.models import qwen2_5_vl_7b, tiny
 from hopchain_jax.models.qwen_vl import QwenVL
 from hopchain_jax.models.vision import prepare_vision_inputs
 from hopchain_jax.rl import flops
+from hopchain_jax.models.families import FAMILIES
 
-ARCHES = ["qwen2_5_vl", "qwen3_vl"]
+ARCHES = sorted(FAMILIES)   # every registered family passes the same parity tests (models/families.py)
 
 
 def _params(config) -> dict[str, int]:

@@ -14,8 +14,9 @@ from hopchain_jax.models.qwen_vl import trainable_filter
 from hopchain_jax.models.rope import rope_index
 from hopchain_jax.models.sharding import make_mesh
 from hopchain_jax.models.vision import prepare_vision_inputs
+from hopchain_jax.models.families import FAMILIES
 
-ARCHES = ["qwen2_5_vl", "qwen3_vl"]
+ARCHES = sorted(FAMILIES)   # every registered family passes the same parity tests (models/families.py)
 
 
 @pytest.fixture(scope="module", params=ARCHES)

@@ -127,7 +127,7 @@ def hf_key_for(path: tuple, config: QwenVLConfig, layer: int | None = None) -> s
         parts.append("weight")
     key = ".".join(parts)
     canonical = "model." + key
-    if config.arch == "qwen2_5_vl":  # the Qwen2.5-VL hub layout
+    if config.family.hub_layout == "flat":  # e.g. Qwen2.5-VL's hub checkpoints
         return canonical[len("model."):] if canonical.startswith("model.visual.") else \
             "model." + canonical[len("model.language_model."):]
     return canonical

@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-ARCHES = ("qwen2_5_vl", "qwen3_vl")
+from hopchain_jax.models.families import FAMILIES, ModelFamily, family
+
+ARCHES = tuple(FAMILIES)   # the registered model_types (models/families.py)
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # --dtype choices; jnp.dtype(name) gives the dtype
 
 
@@ -85,8 +87,7 @@ class QwenVLConfig:
     hf_config: dict | None = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
     def __post_init__(self):
-        if self.arch not in ARCHES:
-            raise ValueError(f"unknown arch {self.arch!r}; expected one of {ARCHES}")
+        family(self.arch)   # an unregistered model type is refused by name
         half = self.text.head_dim // 2
         if sum(self.text.mrope_section) != half:
             raise ValueError(f"mrope_section {self.text.mrope_section} must sum to head_dim/2 = {half}")
@@ -104,6 +105,11 @@ class QwenVLConfig:
         return tuple(sorted(i for i in ids if i is not None and 0 <= i < self.text.vocab_size))
 
     @property
+    def family(self) -> ModelFamily:
+        """The registered family of `arch` (models/families.py): the flags the layers read."""
+        return family(self.arch)
+
+    @property
     def eos_ids(self) -> tuple[int, ...]:
         if self.eos_token_id is None:
             return ()
@@ -113,8 +119,10 @@ class QwenVLConfig:
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "QwenVLConfig":
         model_type = hf.get("model_type", "")
-        if model_type not in ARCHES:
-            raise ValueError(f"config.json model_type {model_type!r} is not supported; expected one of {ARCHES}")
+        try:
+            fam = family(model_type)
+        except ValueError as e:
+            raise ValueError(f"config.json: {e}") from None
         text = dict(hf.get("text_config") or {})
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
@@ -125,17 +133,17 @@ class QwenVLConfig:
         theta = rope.get("rope_theta", text.get("rope_theta", 1000000.0))
         heads = text["num_attention_heads"]
         head_dim = text.get("head_dim") or text["hidden_size"] // heads
-        qwen3 = model_type == "qwen3_vl"
+        biased = bool(text.get("attention_bias", False))
         t = TextConfig(
             vocab_size=text["vocab_size"], hidden_size=text["hidden_size"], intermediate_size=text["intermediate_size"],
             num_hidden_layers=text["num_hidden_layers"], num_attention_heads=heads,
             num_key_value_heads=text.get("num_key_value_heads", heads), head_dim=head_dim,
             rms_norm_eps=text.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
-            mrope_section=tuple(rope.get("mrope_section", (24, 20, 20) if qwen3 else (16, 24, 24))),
-            mrope_interleaved=bool(rope.get("mrope_interleaved", qwen3)),
-            qkv_bias=bool(text.get("attention_bias", False)) if qwen3 else True,
-            o_bias=bool(text.get("attention_bias", False)) if qwen3 else False,
-            qk_norm=qwen3, max_position_embeddings=text.get("max_position_embeddings", 128000))
+            mrope_section=tuple(rope.get("mrope_section", fam.mrope_section)),
+            mrope_interleaved=bool(rope.get("mrope_interleaved", fam.mrope_interleaved)),
+            qkv_bias=biased if fam.attention_bias_in_config else True,
+            o_bias=biased if fam.attention_bias_in_config else False,
+            qk_norm=fam.qk_norm, max_position_embeddings=text.get("max_position_embeddings", 128000))
         vis = dict(hf.get("vision_config") or {})
         vrope = vis.get("rope_parameters") or {}
         v = VisionConfig(
@@ -144,7 +152,7 @@ class QwenVLConfig:
             out_hidden_size=vis.get("out_hidden_size", t.hidden_size), patch_size=vis.get("patch_size", 14),
             spatial_merge_size=vis.get("spatial_merge_size", 2), temporal_patch_size=vis.get("temporal_patch_size", 2),
             in_channels=vis.get("in_channels", vis.get("in_chans", 3)),
-            hidden_act=vis.get("hidden_act", "gelu_pytorch_tanh" if qwen3 else "silu"),
+            hidden_act=vis.get("hidden_act", fam.vision_act),
             rope_theta=float(vrope.get("rope_theta", 10000.0)),
             window_size=vis.get("window_size", 112), fullatt_block_indexes=tuple(vis.get("fullatt_block_indexes", ())),
             num_position_embeddings=vis.get("num_position_embeddings", 2304),
@@ -170,9 +178,9 @@ class QwenVLConfig:
         if self.hf_config is not None:
             return json.loads(json.dumps(self.hf_config))
         t, v = self.text, self.vision
-        qwen3 = self.arch == "qwen3_vl"
+        fam = family(self.arch)
         rope = {"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": list(t.mrope_section)}
-        if qwen3:
+        if fam.mrope_interleaved:   # the key this family's configs carry
             rope["mrope_interleaved"] = t.mrope_interleaved
         text = {"model_type": f"{self.arch}_text", "vocab_size": t.vocab_size, "hidden_size": t.hidden_size,
                 "intermediate_size": t.intermediate_size, "num_hidden_layers": t.num_hidden_layers,
@@ -180,9 +188,9 @@ class QwenVLConfig:
                 "head_dim": t.head_dim, "rms_norm_eps": t.rms_norm_eps, "rope_parameters": rope,
                 "max_position_embeddings": t.max_position_embeddings, "hidden_act": "silu",
                 "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id}
-        if qwen3:
+        if fam.attention_bias_in_config:
             text["attention_bias"] = t.qkv_bias
-        vision = {"model_type": f"{self.arch}_vision" if qwen3 else "qwen2_5_vl", "depth": v.depth,
+        vision = {"model_type": fam.vision_model_type, "depth": v.depth,
                   "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size, "num_heads": v.num_heads,
                   "out_hidden_size": v.out_hidden_size, "patch_size": v.patch_size,
                   "spatial_merge_size": v.spatial_merge_size, "temporal_patch_size": v.temporal_patch_size,
@@ -191,10 +199,9 @@ class QwenVLConfig:
         vision.update(num_position_embeddings=v.num_position_embeddings,
                       deepstack_visual_indexes=list(v.deepstack_visual_indexes),
                       window_size=v.window_size, fullatt_block_indexes=list(v.fullatt_block_indexes))
-        if qwen3:
+        if fam.vision_rope_in_config:
             vision["rope_parameters"] = {"rope_type": "axial", "rope_theta": v.rope_theta}
-        return {"model_type": self.arch, "architectures": [
-                    "Qwen3VLForConditionalGeneration" if qwen3 else "Qwen2_5_VLForConditionalGeneration"],
+        return {"model_type": self.arch, "architectures": [fam.architecture],
                 "text_config": text, "vision_config": vision, "tie_word_embeddings": self.tie_word_embeddings,
                 "image_token_id": self.image_token_id, "video_token_id": self.video_token_id,
                 "vision_start_token_id": self.vision_start_token_id, "vision_end_token_id": self.vision_end_token_id}

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from hopchain_jax.models.config import QwenVLConfig, VisionConfig
+from hopchain_jax.models.families import ModelFamily
 from hopchain_jax.models.image_processor import num_image_tokens
 from hopchain_jax.models.attention import attention
 from hopchain_jax.models.layers import ACTIVATIONS, GatedMLP, LayerNorm, Linear, RMSNorm, apply_rope
@@ -117,7 +118,7 @@ def vision_bucket(num_patches: int, multiple: int, minimum: int = 64) -> int:
 
 def window_patches(config: QwenVLConfig) -> int:
     """Patches per (padded) attention window of Qwen2.5-VL's windowed blocks; 0 for towers without."""
-    if config.arch != "qwen2_5_vl":
+    if not config.family.window_attention:
         return 0
     cfg = config.vision
     win = cfg.window_size // cfg.spatial_merge_size // cfg.patch_size
@@ -131,7 +132,7 @@ def _layout(grid_thw: np.ndarray, config: QwenVLConfig) -> tuple[np.ndarray, int
     slots, so a windowed block is attention over [windows, window_patches] (no [P, P] mask). Qwen3-VL:
     units in processor order, no gaps."""
     units = int(np.prod(grid_thw, axis=1).sum()) // config.vision.spatial_merge_size ** 2
-    if config.arch != "qwen2_5_vl" or units == 0:
+    if not config.family.window_attention or units == 0:
         return np.arange(units), units
     per_window = window_patches(config) // config.vision.spatial_merge_size ** 2
     order, window_ids = _window_index(grid_thw, config.vision)
@@ -180,7 +181,7 @@ def prepare_vision_inputs(pixel_values: np.ndarray, grid_thw: np.ndarray, config
                          f"(padded_patches gives {need})")
     rot = _rot_positions(grid_thw, cfg.spatial_merge_size)
     frames = np.repeat(np.arange(int(grid_thw[:, 0].sum())), np.repeat(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0]))
-    if config.arch == "qwen3_vl":
+    if config.family.learned_pos_embed:
         side = int(cfg.num_position_embeddings ** 0.5)
         pos_index, pos_weight = _bilinear_taps(grid_thw, side, cfg.spatial_merge_size)
     else:
@@ -259,15 +260,14 @@ class VisionAttention(nnx.Module):
 
 
 class VisionBlock(nnx.Module):
-    def __init__(self, cfg: VisionConfig, arch: str, *, dtype, rngs: nnx.Rngs):
-        if arch == "qwen2_5_vl":
-            self.norm1 = RMSNorm(cfg.hidden_size, eps=1e-6, dtype=dtype)
-            self.norm2 = RMSNorm(cfg.hidden_size, eps=1e-6, dtype=dtype)
+    def __init__(self, cfg: VisionConfig, fam: ModelFamily, *, dtype, rngs: nnx.Rngs):
+        norm = {"rms": RMSNorm, "layer": LayerNorm}[fam.vision_norm]
+        self.norm1 = norm(cfg.hidden_size, eps=1e-6, dtype=dtype)
+        self.norm2 = norm(cfg.hidden_size, eps=1e-6, dtype=dtype)
+        if fam.vision_mlp == "gated":
             self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, bias=True, dtype=dtype,
                                 rngs=rngs)
         else:
-            self.norm1 = LayerNorm(cfg.hidden_size, eps=1e-6, dtype=dtype)
-            self.norm2 = LayerNorm(cfg.hidden_size, eps=1e-6, dtype=dtype)
             self.mlp = PlainMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, dtype=dtype, rngs=rngs)
         self.attn = VisionAttention(cfg, dtype=dtype, rngs=rngs)
 
@@ -295,10 +295,10 @@ class PatchMerger(nnx.Module):
     deepstack mergers, after the 2x2 shuffle) -> linear_fc1 -> GELU -> linear_fc2.
     """
 
-    def __init__(self, cfg: VisionConfig, arch: str, *, postshuffle: bool = False, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, fam: ModelFamily, *, postshuffle: bool = False, dtype, rngs: nnx.Rngs):
         unit = cfg.hidden_size * cfg.spatial_merge_size ** 2
-        self.arch, self.unit, self.postshuffle = arch, unit, postshuffle
-        if arch == "qwen2_5_vl":
+        self.kind, self.unit, self.postshuffle = fam.merger, unit, postshuffle
+        if self.kind == "mlp":
             self.ln_q = RMSNorm(cfg.hidden_size, eps=1e-6, dtype=dtype)
             self.mlp = nnx.List([Linear(unit, unit, bias=True, dtype=dtype, rngs=rngs),
                                  Linear(unit, cfg.out_hidden_size, bias=True, dtype=dtype, rngs=rngs)])
@@ -309,7 +309,7 @@ class PatchMerger(nnx.Module):
 
     def __call__(self, x):
         gelu = ACTIVATIONS["gelu"]
-        if self.arch == "qwen2_5_vl":
+        if self.kind == "mlp":
             x = self.ln_q(x).reshape(-1, self.unit)
             return self.mlp[1](gelu(self.mlp[0](x)))
         x = self.norm(x.reshape(-1, self.unit)) if self.postshuffle else self.norm(x).reshape(-1, self.unit)
@@ -321,17 +321,19 @@ class VisionTower(nnx.Module):
 
     def __init__(self, config: QwenVLConfig, *, dtype, rngs: nnx.Rngs):
         cfg = self.cfg = config.vision
-        self.arch = config.arch
+        fam = config.family
+        self.learned_pos_embed, self.deepstack = fam.learned_pos_embed, fam.deepstack
         self.window = window_patches(config)
-        self.patch_embed = Linear(cfg.patch_dim, cfg.hidden_size, bias=self.arch == "qwen3_vl", dtype=dtype, rngs=rngs)
-        if self.arch == "qwen3_vl":
+        self.patch_embed = Linear(cfg.patch_dim, cfg.hidden_size, bias=fam.patch_embed_bias, dtype=dtype, rngs=rngs)
+        if fam.learned_pos_embed:
             self.pos_embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (cfg.num_position_embeddings,
                                                                                    cfg.hidden_size), dtype))
+        if fam.deepstack:
             self.deepstack_merger_list = nnx.List([
-                PatchMerger(cfg, self.arch, postshuffle=True, dtype=dtype, rngs=rngs)
+                PatchMerger(cfg, fam, postshuffle=True, dtype=dtype, rngs=rngs)
                 for _ in cfg.deepstack_visual_indexes])
-        self.blocks = stack(lambda r: VisionBlock(cfg, self.arch, dtype=dtype, rngs=r), cfg.depth, rngs)
-        self.merger = PatchMerger(cfg, self.arch, dtype=dtype, rngs=rngs)
+        self.blocks = stack(lambda r: VisionBlock(cfg, fam, dtype=dtype, rngs=r), cfg.depth, rngs)
+        self.merger = PatchMerger(cfg, fam, dtype=dtype, rngs=rngs)
 
     def __call__(self, inputs: dict[str, jax.Array], *, dtype=None, remat: str = "none",
                  impl: str = "flash") -> tuple[jax.Array, list[jax.Array]]:
@@ -339,7 +341,7 @@ class VisionTower(nnx.Module):
         (default: the parameters' dtype)."""
         dtype = dtype or self.patch_embed.kernel[...].dtype
         x = self.patch_embed(inputs["pixel_values"].astype(dtype))
-        if self.arch == "qwen3_vl":
+        if self.learned_pos_embed:
             table = self.pos_embed[...]
             x = x + jnp.einsum("pk,pkd->pd", inputs["pos_weight"].astype(jnp.float32),
                                table[inputs["pos_index"]].astype(jnp.float32)).astype(x.dtype)
@@ -362,7 +364,7 @@ class VisionTower(nnx.Module):
 
         # one scan between consecutive deepstack taps (Qwen3-VL), else one scan over all blocks
         deepstack, start = [], 0
-        taps = set(self.cfg.deepstack_visual_indexes) if self.arch == "qwen3_vl" else set()
+        taps = set(self.cfg.deepstack_visual_indexes) if self.deepstack else set()
         for i in sorted(taps | {self.cfg.depth - 1}):
             x, _ = scan(self.blocks, body, x, jnp.asarray(windowed[start:i + 1]), remat=remat, start=start, stop=i + 1)
             start = i + 1

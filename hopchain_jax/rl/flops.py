@@ -88,14 +88,15 @@ def vision_flops(config: QwenVLConfig, grid_thw: tuple[int, int, int]) -> tuple[
     v = config.vision
     t, h, w = (int(x) for x in grid_thw)
     patches, d = t * h * w, v.hidden_size
-    mlp = (3 if config.arch == "qwen2_5_vl" else 2) * d * v.intermediate_size
+    fam = config.family
+    mlp = (3 if fam.vision_mlp == "gated" else 2) * d * v.intermediate_size
     per_patch = v.patch_dim * d + v.depth * (4 * d * d + mlp)  # patch embed; qkv (3 d^2) + proj (d^2) + MLP
     unit = d * v.spatial_merge_size ** 2
-    mergers = 1 + (len(v.deepstack_visual_indexes) if config.arch == "qwen3_vl" else 0)
+    mergers = 1 + (len(v.deepstack_visual_indexes) if fam.deepstack else 0)
     per_merged = mergers * (unit * unit + unit * v.out_hidden_size)
     matmul = 2.0 * (per_patch * patches + per_merged * patches / v.spatial_merge_size ** 2)
     full_pairs = t * (h * w) ** 2  # full_segment: one group per frame
-    if config.arch == "qwen2_5_vl":
+    if fam.window_attention:
         windowed = [i for i in range(v.depth) if i not in v.fullatt_block_indexes]
         _, window_ids = _window_index(np.array([[t, h, w]]), v)
         window_pairs = float(np.sum((np.bincount(window_ids) * v.spatial_merge_size ** 2) ** 2.0))

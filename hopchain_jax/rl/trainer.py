@@ -135,8 +135,7 @@ class Trainer:
         self.model_config = model.config
         tok_dir = cfg.model if Path(cfg.model).is_dir() else None
         self.tokenizer = load_tokenizer(tok_dir)
-        processor = improc.from_pretrained_dir(cfg.model) if tok_dir else (
-            improc.QWEN3_VL if model.config.arch == "qwen3_vl" else improc.QWEN2_5_VL)
+        processor = improc.from_pretrained_dir(cfg.model) if tok_dir else model.config.family.image_processor
         self.prompt_config = PromptConfig(processor=processor.replace(max_pixels=cfg.max_pixels),
                                           max_prompt_tokens=cfg.max_prompt_tokens, on_over_budget="skip")
         self.sources = default_data(cfg)
