@@ -12,10 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from hopchain_jax.synth.program import Executor, ProgramError
-
-INSTANCE_OPS = frozenset({"select", "relate", "between", "superlative", "compare"})
-NUMBER_OPS = frozenset({"count", "count_parts", "read_number", "count_letters"})
+from hopchain_jax.synth.program import INSTANCE_OPS, NUMBER_OPS, Executor, ProgramError
 
 
 def _alternatives(ex: Executor, step: Mapping[str, Any], picked: str, env: Mapping[str, Any]) -> list[str]:

@@ -115,6 +115,10 @@ COUNT_RELATIONS = DIRECTIONS + OCCLUSIONS
 # Unit vector of each direction in image coordinates (y grows downwards).
 DIRECTION_AXES = {"left_of": (-1.0, 0.0), "right_of": (1.0, 0.0), "above": (0.0, -1.0), "below": (0.0, 1.0)}
 SUPERLATIVE_KEYS = ("area", "center_x", "center_y", "part_count", "number")
+# Op classes, the one source the checks read (synth/counterfactual.py, the blind rules of synth/stats.py):
+INSTANCE_OPS = frozenset({"select", "relate", "between", "superlative", "compare"})   # value: one instance
+NUMBER_OPS = frozenset({"count", "count_parts", "read_number", "count_letters"})      # value: a number seen
+ARITHMETIC_OPS = frozenset({"add", "sub", "mul"})                                    # value: from earlier values
 BETWEEN_T = (0.1, 0.9)
 BETWEEN_MAX_OFFSET = 0.3
 

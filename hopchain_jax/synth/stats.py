@@ -18,13 +18,11 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable, Iterable, Mapping
 
-from hopchain_jax.synth.program import Executor, ProgramError
+from hopchain_jax.synth.program import ARITHMETIC_OPS, INSTANCE_OPS, NUMBER_OPS, Executor, ProgramError
 from hopchain_jax.variants import CHAIN_VARIANTS
 
 TEXT_ONLY_RULE = ("per value step, the most common value of its kind (op + category + relation) in the dataset, "
                   "then the question's arithmetic")
-_INSTANCE_OPS = ("select", "relate", "between", "superlative")
-_NUMBER_OPS = ("count", "count_parts", "read_number", "count_letters")
 
 
 def blind_keys(program: Mapping[str, Any]) -> dict[str, Any]:
@@ -33,15 +31,15 @@ def blind_keys(program: Mapping[str, Any]) -> dict[str, Any]:
     said: dict[str, Any] = {}
     for step in program["steps"]:
         op, args = step["op"], step["args"]
-        if op in _INSTANCE_OPS:
-            said[step["id"]] = args["filter"].get("category")
-        elif op == "compare":
+        if op == "compare":
             said[step["id"]] = None  # "the larger one": the words do not say which
+        elif op in INSTANCE_OPS:
+            said[step["id"]] = args["filter"].get("category")
         elif op == "count":
             flt = args["filter"]
             how = args.get("relation") or ("same_" + "_".join(sorted(k for k in flt if k not in ("category", "exclude"))))
             said[step["id"]] = ("count", flt.get("category"), how)
-        elif op in _NUMBER_OPS:
+        elif op in NUMBER_OPS:
             inst = args["instance"]
             cat = said.get(inst["ref"]) if isinstance(inst, dict) else None
             said[step["id"]] = (op, cat, "")
@@ -55,9 +53,9 @@ def blind_guess(program: Mapping[str, Any], said: Mapping[str, Any], prior: Call
     env: dict[str, Any] = {}
     for step in program["steps"]:
         sid, op = step["id"], step["op"]
-        if op in _NUMBER_OPS:
+        if op in NUMBER_OPS:
             env[sid] = prior(sid)
-        elif op in ("add", "sub", "mul"):
+        elif op in ARITHMETIC_OPS:
             a, b = (env.get(step["args"][k]["ref"]) if isinstance(step["args"][k], dict) else step["args"][k]
                     for k in ("a", "b"))
             env[sid] = {"add": a + b, "sub": a - b, "mul": a * b}[op] if isinstance(a, int) and isinstance(b, int) else None
