@@ -52,7 +52,7 @@ from hopchain_jax.rl.reward import group_advantages, reward
 from hopchain_jax.rl import flops
 from hopchain_jax.rl.sequences import Prompt, encoded_grids, pack_micro
 from hopchain_jax.rl.update import Updater
-from hopchain_jax.rl.vision_warmup import TokenTargets, VisionUpdater, element_targets, pack_targets
+from hopchain_jax.rl.vision_warmup import TARGET_KEYS, TokenTargets, VisionUpdater, element_targets, pack_targets
 
 def build_model(cfg: TrainConfig, mesh) -> QwenVL:
     """A preset name (random init, jit-created on the mesh) or a checkpoint directory."""
@@ -85,7 +85,6 @@ def _allgather_prompts(local: list[dict]) -> list[dict]:
     if jax.process_count() == 1:
         return local
     keys = ("prompt_ids", "pixel_values", "image_grid_thw", "target_ids")
-    from hopchain_jax.rl.vision_warmup import TARGET_KEYS
     has_targets = "vision_targets" in local[0]
     if has_targets:
         local = [{**el, **{f"vision_targets/{k}": el["vision_targets"][k] for k in TARGET_KEYS}} for el in local]
