@@ -27,9 +27,13 @@ def make(root: Path, n: int, seed: int, size: int = 224) -> None:
             f.write(json.dumps({"image": f"img/{i}.png", "question": "How many discs are there?", "answer": k}) + "\n")
 
 
-if __name__ == "__main__":
-    out = Path(sys.argv[1])
+def write_parts(out: Path, make_part=make) -> None:
+    """1,600 training (seed 1) and 200 test (seed 2) images by make_part, each imported as OUT/<part>_ds."""
     for part, n, seed in (("train", 1600, 1), ("test", 200, 2)):
-        make(out / part, n, seed)
+        make_part(out / part, n, seed)
         subprocess.run([sys.executable, "-m", "hopchain_jax.cli", "import", "--jsonl", str(out / part / "data.jsonl"),
                         "--out", str(out / f"{part}_ds"), "--no-progress"], check=True)
+
+
+if __name__ == "__main__":
+    write_parts(Path(sys.argv[1]))

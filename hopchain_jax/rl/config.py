@@ -189,12 +189,12 @@ class TrainConfig:
         data["data"] = tuple((str(d), float(w)) for d, w in data.get("data", ()))
         data["mesh"] = tuple(data.get("mesh", (1, -1, 1)))
         # configs written before the loss registry carried SAPO's temperatures as fields of their own
+        # (__post_init__ sorts loss_settings, from pairs or a dict)
         legacy = {k: float(data.pop(k)) for k in ("tau_pos", "tau_neg") if k in data}
-        settings = data.get("loss_settings", ())
-        settings = dict(settings.items() if isinstance(settings, dict) else (tuple(kv) for kv in settings))
+        settings = dict(data.get("loss_settings") or ())
         if legacy and data.get("loss", "sapo") == "sapo":
             settings = {**{k: v for k, v in legacy.items() if v != {"tau_pos": 1.0, "tau_neg": 1.05}[k]}, **settings}
-        data["loss_settings"] = tuple(sorted((str(k), float(v)) for k, v in settings.items()))
+        data["loss_settings"] = settings
         if "eval_variants" in data:
             data["eval_variants"] = tuple(data["eval_variants"])
         if data.get("rollout_mesh") is not None:

@@ -181,6 +181,7 @@ class Trainer:
                 records.append(src.record(i))
                 where.setdefault(records[-1]["id"], (src, i))
         build = BuildPrompt(self.tokenizer, self.prompt_config, merge_size)
+        vis = self.model_config.vision
         prompts, images = [], set()
         for rec in select_records(records, cfg.eval_variants):   # hopchain eval's fixed order
             src, i = where[rec["id"]]
@@ -191,7 +192,6 @@ class Trainer:
             el = build.map(src[i])
             if el.get("prompt_ids") is not None:
                 if cfg.mode == "vision":
-                    vis = self.model_config.vision
                     el["vision_targets"] = element_targets(src.dataset, el, vis.patch_size, vis.spatial_merge_size)
                 prompts.append(el)
             if len(prompts) == cfg.eval_items:

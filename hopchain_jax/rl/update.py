@@ -47,6 +47,33 @@ def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
                                               cfg.lr * cfg.min_lr_ratio)
 
 
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW on lr_schedule(cfg)."""
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                       optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, params, mesh: Mesh):
+    """Shardings of tx's state for `params`: each moment by its parameter's rule (the paths of optax's state end
+    in the parameter's path), scalars (step counts) replicated."""
+    replicated = NamedSharding(mesh, P())
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: param_sharding(path_str(p), x.shape, mesh) if x.ndim else replicated,
+        jax.eval_shape(tx.init, params))
+
+
+def guarded_apply(tx: optax.GradientTransformation, params, opt_state, loss, grads, metrics: dict):
+    """One optimizer update, kept only when the loss and the gradient norm are finite (else the previous
+    parameters and state stay); metrics gain loss, grad_norm and skipped (1.0 for a skipped step)."""
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    gnorm = optax.tree.norm(grads)   # over the trainable parameters only
+    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    metrics = dict(metrics, loss=loss, grad_norm=gnorm, skipped=1.0 - ok.astype(jnp.float32))
+    return keep(new_params, params), keep(new_opt, opt_state), metrics
+
+
 def stack_micro(arrays: dict) -> dict:
     """A packed batch (rl.sequences) as micro-batches: arrays with a leading [K] axis stay as they are,
     a single batch ([N, T] tokens) becomes K = 1."""
@@ -72,15 +99,12 @@ class Updater:
         self.graphdef, self.params, self.frozen = nnx.split(model, trainable_filter(freeze_vision=cfg.freeze_vision),
                                                             ...)
         self.impl = kernel_impl(cfg.kernel_impl)
-        self.tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                              optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
+        self.tx = make_optimizer(cfg)
         replicated = NamedSharding(mesh, P())
         self.param_shardings = jax.tree.map(lambda x: x.sharding, self.params)
-        # Optimizer state is created in its shardings: each moment by its parameter's rule (the paths of
-        # optax's state end in the parameter's path), scalars (step counts) replicated.
+        # Optimizer state is created in its shardings (opt_state_shardings).
         opt_abstract = jax.eval_shape(self.tx.init, self.params)
-        self.opt_shardings = jax.tree_util.tree_map_with_path(
-            lambda p, x: param_sharding(path_str(p), x.shape, mesh) if x.ndim else replicated, opt_abstract)
+        self.opt_shardings = opt_state_shardings(self.tx, self.params, mesh)
         # An abstract model (ShapeDtypeStructs with shardings, e.g. benchmarks/memory_fit.py) gets an
         # abstract optimizer state: the steps can then be lowered and compiled without allocating.
         self.abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(self.params))
@@ -202,13 +226,7 @@ class Updater:
         return jnp.mean(losses), jax.tree.map(jnp.mean, stats), grads
 
     def _apply(self, params, opt_state, loss, grads, metrics):
-        updates, new_opt = self.tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        gnorm = optax.tree.norm(grads)   # over the trainable parameters only
-        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        metrics = dict(metrics, loss=loss, grad_norm=gnorm, skipped=1.0 - ok.astype(jnp.float32))
-        return keep(new_params, params), keep(new_opt, opt_state), metrics
+        return guarded_apply(self.tx, params, opt_state, loss, grads, metrics)
 
     def _rl_loss(self, params, frozen, batch, old_logp, advantages, ref_logp):
         """The policy loss TrainConfig.loss names (rl/losses.py) on the batch, + the KL term (kl_coef)."""

@@ -39,7 +39,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from hopchain_jax.models.qwen_vl import QwenVL, trainable_filter
-from hopchain_jax.models.sharding import activation_sharding, param_sharding, path_str
+from hopchain_jax.models.sharding import activation_sharding
+from hopchain_jax.rl.update import guarded_apply, lr_schedule, make_optimizer, opt_state_shardings
 from hopchain_jax.models.vision import pack_images, padded_patches, patch_bucket
 from hopchain_jax.world.catalog import CATEGORIES, COLORS
 
@@ -170,7 +171,6 @@ class VisionUpdater:
     The language model's parameters are constants (no gradient, no optimizer state)."""
 
     def __init__(self, model: QwenVL, cfg, mesh: Mesh):
-        from hopchain_jax.rl.update import lr_schedule
         self.cfg, self.mesh = cfg, mesh
         self.graphdef, vision, self.frozen = nnx.split(model, trainable_filter(freeze_language=True), ...)
         width = model.config.text.hidden_size
@@ -178,12 +178,9 @@ class VisionUpdater:
         heads = {"cover": {"w": jnp.zeros((width, 1)), "b": jnp.zeros((1,))},
                  **{name: {"w": jnp.zeros((width, n)), "b": jnp.zeros((n,))} for name, n in CLASS_HEADS.items()}}
         self.params = {"vision": vision, "heads": jax.device_put(heads, replicated)}
-        self.tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                              optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
+        self.tx = make_optimizer(cfg)
         param_shardings = jax.tree.map(lambda x: x.sharding, self.params)
-        opt_abstract = jax.eval_shape(self.tx.init, self.params)
-        opt_shardings = jax.tree_util.tree_map_with_path(
-            lambda p, x: param_sharding(path_str(p), x.shape, mesh) if x.ndim else replicated, opt_abstract)
+        opt_shardings = opt_state_shardings(self.tx, self.params, mesh)
         self.opt_state = jax.jit(self.tx.init, out_shardings=opt_shardings)(self.params)
         self._step = jax.jit(self._step_impl, donate_argnums=(0, 1),
                              out_shardings=(param_shardings, opt_shardings, replicated))
@@ -220,13 +217,7 @@ class VisionUpdater:
 
     def _step_impl(self, params, opt_state, frozen, vision, targets):
         (loss, stats), grads = jax.value_and_grad(self._loss, has_aux=True)(params, frozen, vision, targets)
-        updates, new_opt = self.tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        gnorm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        stats = dict(stats, loss=loss, grad_norm=gnorm, skipped=1.0 - ok.astype(jnp.float32))
-        return keep(new_params, params), keep(new_opt, opt_state), stats
+        return guarded_apply(self.tx, params, opt_state, loss, grads, stats)
 
     def step(self, vision: dict, targets: dict) -> dict:
         """One optimizer step on packed images + targets (pack_targets, put); returns its metrics."""
@@ -239,5 +230,4 @@ class VisionUpdater:
         return dict(stats, loss=loss)
 
     def learning_rate(self, step: int) -> float:
-        from hopchain_jax.rl.update import lr_schedule
         return float(lr_schedule(self.cfg)(step))

@@ -48,17 +48,16 @@ def serve_command(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as e:
         return _fail(f"serving needs fastapi and uvicorn ({e}): pip install fastapi uvicorn")
-    from hopchain_jax.models.sharding import parse_mesh_shape
+    from hopchain_jax.vlm.backends import engine_options
     try:
-        mesh, decode_mesh = parse_mesh_shape(args.mesh), parse_mesh_shape(args.decode_mesh, "--decode-mesh")
+        options = engine_options(args)
     except ValueError as e:
         return _fail(str(e))
     from hopchain_jax.serve.app import build_app
     from hopchain_jax.vlm import engine_backend
     try:
-        backend = engine_backend.EngineChatBackend(args.model, dtype=args.dtype, mesh_shape=mesh,
-                                                   decode_mesh_shape=decode_mesh, max_pixels=args.max_pixels,
-                                                   max_slots=args.max_slots, name=args.served_model_name)
+        backend = engine_backend.EngineChatBackend(args.model, **options, max_slots=args.max_slots,
+                                                   name=args.served_model_name)
     except (ValueError, OSError) as e:
         return _fail(f"cannot load {args.model!r}: {e}")
     app = build_app(backend, max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,

@@ -64,7 +64,7 @@ def add_local_model_args(parser) -> None:
 
 
 def engine_options(args) -> dict:
-    """EngineChatBackend keyword arguments from add_local_model_args' flags (ValueError naming a bad mesh)."""
+    """EngineChatBackend / Generator keyword arguments from add_model_args' flags (ValueError naming a bad mesh)."""
     from hopchain_jax.models.sharding import parse_mesh_shape
     return {"dtype": args.dtype, "mesh_shape": parse_mesh_shape(args.mesh),
             "decode_mesh_shape": parse_mesh_shape(args.decode_mesh, "--decode-mesh"), "max_pixels": args.max_pixels}

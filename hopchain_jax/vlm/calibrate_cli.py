@@ -74,12 +74,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if not args.model and not args.endpoint:
         return _fail("say which model calibrates: --model CKPT (a local checkpoint directory), --model MODEL@URL "
                      "or --endpoint URL --endpoint-model NAME (an OpenAI-compatible server)")
-    if args.model and split_model_at_url(args.model) is not None:   # MODEL@URL
+    endpoint = split_model_at_url(args.model) if args.model else None
+    if endpoint is not None:   # MODEL@URL
         try:
             describe_spec(args.model, "--model")
         except ValueError as e:
             return _fail(str(e))
-        args.endpoint_model, args.endpoint = split_model_at_url(args.model)
+        args.endpoint_model, args.endpoint = endpoint
         args.model = None
     if args.endpoint and not args.endpoint_model:
         return _fail("--endpoint needs --endpoint-model NAME (the model the server serves)")
