@@ -30,17 +30,23 @@ def _synth(args: argparse.Namespace) -> int:
     if not args.out:
         print("hopchain synth: --out DIR is required (where the dataset is written)", file=sys.stderr)
         return 2
-    from hopchain_jax.synth.composer import ComposerConfig
     from hopchain_jax.synth.pipeline import format_summary, run_synthesis
     from hopchain_jax.synth.presets import preset
     config = preset(args.preset, seed=args.seed, num_images=args.num_images, images_per_shard=args.images_per_shard or 48)
+    if (args.queries_per_image is not None or args.hop_forms) and args.preset != "default":
+        print("hopchain synth: --queries-per-image and --hop-forms set the multi-hop composer; the learnable preset "
+              "has its own question forms (LearnableConfig)", file=sys.stderr)
+        return 2
     if args.queries_per_image is not None:
-        if args.preset != "default":
-            print("hopchain synth: --queries-per-image sets the multi-hop composer's count; the learnable preset "
-                  "has its own (LearnableConfig)", file=sys.stderr)
-            return 2
-        config = dataclasses.replace(config, composer=dataclasses.replace(ComposerConfig(),
+        config = dataclasses.replace(config, composer=dataclasses.replace(config.composer,
                                                                           queries_per_image=args.queries_per_image))
+    if args.hop_forms:
+        try:
+            composer = dataclasses.replace(config.composer, opt_in_forms=tuple(args.hop_forms))
+        except ValueError as e:
+            print(f"hopchain synth --hop-forms: {e}", file=sys.stderr)
+            return 2
+        config = dataclasses.replace(config, composer=composer)
     try:
         summary = run_synthesis(args.out, config, workers=args.workers, progress=not args.no_progress)
     except ValueError as e:
@@ -119,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "learn from (benchmarks/learning.py)")
     s.add_argument("--queries-per-image", type=int,
                    help="most full chains kept per scene (default: ComposerConfig.queries_per_image, 14)")
+    s.add_argument("--hop-forms", nargs="+", default=(), metavar="FORM",
+                   help="default preset: also compose these hop forms, registered off by default "
+                        "(hopchain_jax/synth/hops/, e.g. count_side; docs/extending.md)")
     s.add_argument("--images-per-shard", type=int,
                    help="images per atomic shard; procedural: also the window over which answers are balanced "
                         "(default 48; with --images 16)")

@@ -93,6 +93,7 @@ OP_ARGS = {
     "read_number": ({"instance"}, set()),
     "count_letters": ({"instance"}, set()),
     "count": ({"filter"}, {"relation", "anchor"}),
+    "count_side": ({"filter", "anchor", "axis"}, set()),
     "add": ({"a", "b"}, set()),
     "sub": ({"a", "b"}, set()),
     "mul": ({"a", "b"}, set()),
@@ -468,6 +469,18 @@ class _Executor:
                 raise ValueError("count: unknown relation %r" % (relation,))
             found = [c for c in found if c != anchor and self.satisfies(relation, c, anchor)]
         return len(found)
+
+    def op_count_side(self, args):
+        axis = args["axis"]
+        if axis not in ("x", "y"):
+            raise ValueError("count_side: axis must be x or y, got %r" % (axis,))
+        anchor = self.as_instance(args["anchor"], "count_side anchor")
+        k, half = (0, self.W / 2) if axis == "x" else (1, self.H / 2)
+        a = self.center(anchor)[k]
+        if a == half:
+            raise ValueError("count_side: the anchor's center is on the middle line")
+        return sum(1 for c in self.matching(args["filter"])
+                   if c != anchor and (self.center(c)[k] < half) == (a < half) and self.center(c)[k] != half)
 
     def op_add(self, args):
         return self.as_int(args["a"], "add a") + self.as_int(args["b"], "add b")

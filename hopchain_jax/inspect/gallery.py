@@ -3,7 +3,7 @@
 The page opens with statistics over every record of the dataset (`hopchain_jax.synth.stats.dataset_stats`),
 then shows a seeded random sample of the records that pass the filters (variant, program op, answer).
 Each card shows the image once (JPEG data URL) under an SVG overlay with the bounding box of every
-instance the query uses, tagged with its id (the tags are for the reader of the gallery, never part of a
+instance the query uses (dashed: an object it only counts), tagged with its id (the tags are for the reader of the gallery, never part of a
 question), a legend of those instances, the question, the answer, the variant (linked to its full chain
 when that card is on the page), the hops (hovering or clicking a hop highlights its instances and its
 program steps), the program and the gold rationale. Filters in the page hide cards without reloading.
@@ -63,6 +63,23 @@ def record_ops(rec: dict) -> list[str]:
     return list(dict.fromkeys(str(op) for op in ops if op))
 
 
+def counted_only(rec: dict) -> set[str]:
+    """Instances the record only counts: listed by a hop whose form draws its instances dashed (a counted
+    set: hops.outline) and found by no program step. Empty when the program does not run."""
+    from hopchain_jax.synth.hops import outline
+    from hopchain_jax.synth.program import Executor, ProgramError
+    counted = {i for hop in rec.get("hops") or [] if outline(str(hop.get("op"))) == "dashed"
+               for i in hop.get("instance_ids") or []}
+    if not counted or not rec.get("program"):
+        return set()
+    try:
+        image = rec.get("image") or {}
+        _, env = Executor(rec.get("instances") or [], image.get("width", 1), image.get("height", 1)).run(rec["program"])
+    except (ProgramError, KeyError, TypeError, ValueError):
+        return set()
+    return counted - {v for v in env.values() if isinstance(v, str)}
+
+
 def _jpeg_data_url(image: np.ndarray) -> str:
     pil = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
     if max(pil.size) > MAX_SIDE:
@@ -93,6 +110,7 @@ def _overlay(rec: dict, used: list[str], colors: dict[str, str]) -> str:
     w, h = ref.get("width") or 1, ref.get("height") or 1
     fix = w / h  # local tag units -> viewBox y units
     by_id = {inst.get("id"): inst for inst in rec.get("instances") or []}
+    dashed = counted_only(rec)
     parts = []
     for inst_id in used:
         inst = by_id.get(inst_id)
@@ -106,7 +124,8 @@ def _overlay(rec: dict, used: list[str], colors: dict[str, str]) -> str:
         parts.append(
             f'<g class="inst" data-inst="{e(inst_id)}">'
             f'<rect x="{x0:g}" y="{y0:g}" width="{x1 - x0:g}" height="{y1 - y0:g}" fill="none" stroke="{c}" '
-            f'stroke-width="2.5" vector-effect="non-scaling-stroke"/>'
+            f'stroke-width="2.5" vector-effect="non-scaling-stroke"'
+            + (' stroke-dasharray="7 5"' if inst_id in dashed else "") + '/>'
             f'<text transform="translate({tx:g} {ty:.2f}) scale(1 {fix:.4f})" x="5" y="25" font-size="26" '
             f'font-weight="700" fill="#fff" stroke="{c}" stroke-width="9" stroke-linejoin="round" '
             f'paint-order="stroke">{e(inst_id)}</text></g>')

@@ -16,7 +16,7 @@ chance `p_focus` one category with parts or a number gets at least two objects (
 among such objects).
 
 Questions (`LearnableComposer`): every referring expression is checked with the main composer's
-clarity checks (composer.ChainComposer: clear nearest/farthest margins, direction cones with a dead
+clarity checks (clarity.ClearScene: clear nearest/farthest margins, direction cones with a dead
 zone, clear positional extremes) and every record passes the counterfactual check of counterfactual.py
 (another instance of a picked category, or a count off by one, changes the answer), so each question
 needs the image. Forms:
@@ -42,7 +42,7 @@ rule: 2-hop questions are "half", 1-hop questions "single". There are no "full" 
 `variant_of` names the (absent) full chain of its own program (record.record_id(image, program, "full")).
 Evaluate with `--variant half single` (eval / TrainConfig.eval_variants default to full + external).
 
-Balance (`Balancer`, one per variant and shard, built from composer.AnswerBalance as the main composer
+Balance (`Balancer`, one per variant and shard, built from balance.AnswerBalance as the main composer
 uses it): per image, of all clear candidates, up to `singles_per_image` / `halves_per_image` are kept,
 each time the one that the text-only rule of stats.py (with the priors kept so far) would not guess and
 whose form and answer are rarest so far; no answer may pass `max_answer_share` (+ `balance_slack`) of
@@ -58,7 +58,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from hopchain_jax.synth import phrasing
-from hopchain_jax.synth.composer import AnswerBalance, ChainComposer, ComposerConfig, RealizedQuery, Reject
+from hopchain_jax.synth.balance import AnswerBalance
+from hopchain_jax.synth.clarity import ClearScene, Reject
+from hopchain_jax.synth.composer_config import ComposerConfig
+from hopchain_jax.synth.hops import HOP_FORMS, templates
+from hopchain_jax.synth.realize import RealizedQuery
 from hopchain_jax.synth.counterfactual import counterfactual_failures
 from hopchain_jax.synth.program import DIRECTIONS, ProgramError
 from hopchain_jax.synth.record import build_record
@@ -259,7 +263,7 @@ class LearnableComposer:
     def __init__(self, instances: Sequence[dict], width: int, height: int, cfg: LearnableConfig = LearnableConfig(),
                  composer: ComposerConfig = ComposerConfig()):
         self.cfg = cfg
-        self.cc = ChainComposer(instances, width, height, composer)  # clarity checks, executor, wording
+        self.cc = ClearScene(instances, width, height, composer)  # clarity checks, executor, names
         self.ex, self.by_id, self.by_cat = self.cc.ex, self.cc.by_id, self.cc.by_cat
         self.width, self.height = width, height
 
@@ -287,16 +291,16 @@ class LearnableComposer:
         cat = inst["category"]
         if form == "count_parts":
             parts = phrasing.parts_word(cat)
-            text = _cap(phrasing.choose(phrasing.TEMPLATES["count_parts"], rng).format(parts=parts, ref=ref))
+            text = _cap(phrasing.choose(templates("count_parts"), rng).format(parts=parts, ref=ref))
             sid = q.step("count_parts", {"instance": arg})
             explain = lambda env: f"It has {env[sid]} {phrasing.parts_word(cat, env[sid])}."
             fmt = {"parts": parts, "ref": ref}
         else:
-            text = _cap(phrasing.choose(phrasing.TEMPLATES["read_number"], rng).format(ref=ref))
+            text = _cap(phrasing.choose(templates("read_number"), rng).format(ref=ref))
             sid = q.step("read_number", {"instance": arg})
             explain = lambda env: f"It shows {env[sid]}."
             fmt = {"ref": ref}
-        question = _cap(phrasing.choose(phrasing.QUESTIONS[form], rng).format(**fmt))
+        question = _cap(phrasing.choose(HOP_FORMS[form].questions, rng).format(**fmt))
         q.hop("perception", 1, form, [inst["id"]], depends, text, sid, explain, question)
 
     def _counted(self, ids: Sequence[str]) -> str:
@@ -359,16 +363,16 @@ class LearnableComposer:
                     if relation not in self.cfg.relations:
                         continue
                     try:
-                        counted = self.cc._clear_count_relative(anchor, cat, relation)
+                        counted = self.cc.clear_count_relative(anchor, cat, relation)
                     except Reject:
                         continue
                     q = _Query("count_rel", "single")
                     a = q.step("select", {"filter": filt})
                     fmt = {"cats": phrasing.plural(cat), "rel": phrasing.RELATION_WORDS[relation], "ref": phrase}
-                    text = _cap(phrasing.choose(phrasing.TEMPLATES["count_relative"], rng).format(**fmt))
+                    text = _cap(phrasing.choose(templates("count_relative"), rng).format(**fmt))
                     sid = q.step("count", {"filter": {"category": cat}, "relation": relation, "anchor": {"ref": a}})
                     ids = [c["id"] for c in counted]
-                    question = _cap(phrasing.choose(phrasing.QUESTIONS["count_relative"], rng).format(**fmt))
+                    question = _cap(phrasing.choose(HOP_FORMS["count_relative"].questions, rng).format(**fmt))
                     q.hop("perception", 2, "count", [anchor["id"], *ids], [], text, sid,
                           lambda env, sid=sid, ids=ids: f"{_there_are(env[sid])}: {self._counted(ids)}.", question)
                     yield q
@@ -384,7 +388,7 @@ class LearnableComposer:
                     continue
                 for relation in self.cfg.relations:
                     try:
-                        target = self.cc._clear_relate(anchor, relation, cat)
+                        target = self.cc.clear_relate(anchor, relation, cat)
                     except Reject:
                         continue
                     q = _Query("relate", "half")
@@ -394,7 +398,7 @@ class LearnableComposer:
                         key, fmt["rel"] = "relate_direction", phrasing.RELATION_WORDS[relation]
                     else:
                         key = f"relate_{relation}"
-                    text = _cap(phrasing.choose(phrasing.TEMPLATES[key], rng).format(**fmt))
+                    text = _cap(phrasing.choose(templates(key), rng).format(**fmt))
                     sid = q.step("relate", {"anchor": {"ref": a}, "relation": relation, "filter": {"category": cat}})
                     q.hop("instance_chain", 2, "relate", [anchor["id"], target["id"]], [], text, sid, self._found(sid))
                     self._value_hop(q, target, {"ref": sid}, f"that {cat}", [0], rng)
@@ -406,11 +410,11 @@ class LearnableComposer:
                 continue
             for key, order in POSITION_KEYS:
                 try:
-                    best = self.cc._clear_superlative(cat, key, order)
+                    best = self.cc.clear_superlative(cat, key, order)
                 except Reject:
                     continue
                 q = _Query("superlative", "half")
-                text = _cap(phrasing.choose(phrasing.TEMPLATES["superlative_position"], rng).format(
+                text = _cap(phrasing.choose(templates("superlative_position"), rng).format(
                     cat=cat, sup=phrasing.SUPERLATIVE_WORDS[key, order]))
                 sid = q.step("superlative", {"filter": {"category": cat}, "key": key, "order": order})
                 q.hop("perception", 2, "superlative", [best["id"]], [], text, sid, self._found(sid))
@@ -426,7 +430,7 @@ class LearnableComposer:
                 if len(self.ex.matches(filt)) != 1:
                     continue
                 q = _Query("select", "half")
-                template = phrasing.choose(phrasing.TEMPLATES["select_color"], rng)
+                template = phrasing.choose(templates("select_color"), rng)
                 text = _cap(template.format(cat=cat, color=filt["color"]))
                 sid = q.step("select", {"filter": filt})
                 q.hop("perception", 1, "select", [inst["id"]], [], text, sid, self._found(sid))

@@ -93,6 +93,12 @@ Ops (every "must" that fails is an execution error; the program is then invalid)
                                               satisfy the relation w.r.t. the anchor count. relation
                                               and anchor come together: one without the other is an
                                               error.
+  count_side  {filter, anchor, axis}       -> int: number of instances matching filter, other than the
+                                              anchor, whose center lies in the same half of the image
+                                              as the anchor's center: axis "x" compares cx with W / 2,
+                                              axis "y" cy with H / 2 (strictly less on both, or strictly
+                                              greater on both; a center exactly on the middle line is in
+                                              no half, and an anchor there is an error).
   add {a, b} -> a + b     sub {a, b} -> a - b     mul {a, b} -> a * b     (integers)
 
 A malformed program is an execution error too: an unknown op, missing or unexpected arguments, an
@@ -117,7 +123,7 @@ DIRECTION_AXES = {"left_of": (-1.0, 0.0), "right_of": (1.0, 0.0), "above": (0.0,
 SUPERLATIVE_KEYS = ("area", "center_x", "center_y", "part_count", "number")
 # Op classes, the one source the checks read (synth/counterfactual.py, the blind rules of synth/stats.py):
 INSTANCE_OPS = frozenset({"select", "relate", "between", "superlative", "compare"})   # value: one instance
-NUMBER_OPS = frozenset({"count", "count_parts", "read_number", "count_letters"})      # value: a number seen
+NUMBER_OPS = frozenset({"count", "count_parts", "read_number", "count_letters", "count_side"})  # value: a number seen
 ARITHMETIC_OPS = frozenset({"add", "sub", "mul"})                                    # value: from earlier values
 BETWEEN_T = (0.1, 0.9)
 BETWEEN_MAX_OFFSET = 0.3
@@ -134,6 +140,7 @@ class Geometry:
     """Pixel-space geometry of a record's instances (0..1000 boxes scaled back by W, H)."""
 
     def __init__(self, width: int, height: int):
+        self.width, self.height = width, height
         self.sx, self.sy = width / 1000.0, height / 1000.0
         # Memo of centers and distances: id(instance dict) -> (the dict, value); the dict is kept so
         # its id cannot be reused by another object.
@@ -386,6 +393,18 @@ class Executor:
             found = [c for c in found if c["id"] != a["id"] and satisfies(self.geo, c, a, relation)]
         return len(found)
 
+    def op_count_side(self, env, filter, anchor, axis):
+        if axis not in ("x", "y"):
+            raise ProgramError(f"count_side: axis must be 'x' or 'y', got {axis!r}")
+        a = self._instance(anchor, env)
+        k = 0 if axis == "x" else 1
+        middle = (self.geo.width if axis == "x" else self.geo.height) / 2.0
+        side = self.geo.center(a)[k] - middle
+        if side == 0:
+            raise ProgramError(f"count_side: anchor {a['id']} lies on the middle line")
+        return sum(1 for c in self.matches(filter, env)
+                   if c["id"] != a["id"] and (self.geo.center(c)[k] - middle) * side > 0)
+
     def _arith(fn: Callable[[int, int], int]):
         def op(self, env, a, b):
             va, vb = self._value(a, env), self._value(b, env)
@@ -403,7 +422,7 @@ class Executor:
         fn = getattr(self, f"op_{step['op']}", None)
         if fn is None:
             raise ProgramError(f"unknown op {step['op']!r}")
-        args = {k: (self._value(v, env) if k in ("a", "b", "name", "key", "order", "relation") else v)
+        args = {k: (self._value(v, env) if k in ("a", "b", "name", "key", "order", "relation", "axis") else v)
                 for k, v in step["args"].items()}
         try:
             return fn(env, **args)

@@ -35,10 +35,11 @@ def blind_keys(program: Mapping[str, Any]) -> dict[str, Any]:
             said[step["id"]] = None  # "the larger one": the words do not say which
         elif op in INSTANCE_OPS:
             said[step["id"]] = args["filter"].get("category")
-        elif op == "count":
+        elif op in NUMBER_OPS and "filter" in args:  # a set count: what is counted, and how the words say so
             flt = args["filter"]
-            how = args.get("relation") or ("same_" + "_".join(sorted(k for k in flt if k not in ("category", "exclude"))))
-            said[step["id"]] = ("count", flt.get("category"), how)
+            how = "_".join(str(v) for k, v in sorted(args.items()) if k not in ("filter", "anchor") and isinstance(v, str))
+            how = how or ("same_" + "_".join(sorted(k for k in flt if k not in ("category", "exclude"))))
+            said[step["id"]] = (op, flt.get("category"), how)
         elif op in NUMBER_OPS:
             inst = args["instance"]
             cat = said.get(inst["ref"]) if isinstance(inst, dict) else None
