@@ -1,6 +1,7 @@
 """Discs of two colours (red, blue) on white, 224 px; "How many red/blue discs are there?" (answer 1-4, the
 other colour 0-4): OUT/{train,test}/data.jsonl and their `hopchain import` datasets OUT/{train,test}_ds
-(discs.py's layout and split). Usage: colour_discs.py OUT"""
+(discs.py's layout and split). Each JSONL row also records both colours' counts, "counts": {"red": .., "blue": ..}
+(`hopchain import` ignores the extra key). Usage: colour_discs.py OUT"""
 import json
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ def make(root: Path, n: int, seed: int, size: int = 224) -> None:
                 d.ellipse([x - r, y - r, x + r, y + r], fill=COLOURS[asked if j < k else other])
             im.save(root / "img" / f"{i}.png")
             f.write(json.dumps({"image": f"img/{i}.png", "question": f"How many {asked} discs are there?",
-                                "answer": k}) + "\n")
+                                "answer": k, "counts": {c: k if c == asked else m for c in COLOURS}}) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ class ModelFamily:
 
     model_type / architecture: config.json's `model_type` and `architectures` entry.
     image_processor: the processor settings a checkpoint without preprocessor_config.json gets.
+    processor_class: the processor class transformers pairs with it (``processor_class`` of the hub's
+      preprocessor_config.json, written by image_processor.save_preprocessor_config).
     hub_layout: "flat" (`visual.*` and `model.*` keys, Qwen2.5-VL's hub checkpoints) or "nested"
       (`model.visual.*`, `model.language_model.*`: transformers 5 and Qwen3-VL); both load either way.
     Vision tower: vision_norm "rms" | "layer"; vision_mlp "gated" (SwiGLU, 3 matmuls) | "plain" (fc1, act,
@@ -34,6 +36,7 @@ class ModelFamily:
     model_type: str
     architecture: str
     image_processor: ImageProcessorConfig
+    processor_class: str
     hub_layout: str
     vision_norm: str
     vision_mlp: str
@@ -71,12 +74,14 @@ def family(model_type: str) -> ModelFamily:
 
 register_family(ModelFamily(
     model_type="qwen2_5_vl", architecture="Qwen2_5_VLForConditionalGeneration", image_processor=QWEN2_5_VL,
+    processor_class="Qwen2_5_VLProcessor",
     hub_layout="flat", vision_norm="rms", vision_mlp="gated", merger="mlp", patch_embed_bias=False,
     window_attention=True, learned_pos_embed=False, deepstack=False, vision_act="silu", mrope_section=(16, 24, 24),
     mrope_interleaved=False, qk_norm=False, attention_bias_in_config=False, vision_model_type="qwen2_5_vl",
     vision_rope_in_config=False))
 register_family(ModelFamily(
     model_type="qwen3_vl", architecture="Qwen3VLForConditionalGeneration", image_processor=QWEN3_VL,
+    processor_class="Qwen3VLProcessor",
     hub_layout="nested", vision_norm="layer", vision_mlp="plain", merger="fc", patch_embed_bias=True,
     window_attention=False, learned_pos_embed=True, deepstack=True, vision_act="gelu_pytorch_tanh",
     mrope_section=(24, 20, 20), mrope_interleaved=True, qk_norm=True, attention_bias_in_config=True,

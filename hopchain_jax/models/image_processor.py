@@ -56,10 +56,6 @@ MAX_ASPECT_RATIO = 200  # transformers' smart_resize limit
 
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
-# model_type -> the processor class transformers pairs with it (the ``processor_class`` of the hub files).
-_PROCESSOR_CLASSES = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor",
-                      "qwen3_vl": "Qwen3VLProcessor"}
-
 
 @dataclass(frozen=True)
 class ImageProcessorConfig:
@@ -340,17 +336,18 @@ def save_preprocessor_config(path, config: ImageProcessorConfig, arch: str | Non
     All settings are written explicitly (``config.to_dict()``: the do_* flags, mean/std, rescale factor,
     resample filter, patch/temporal/merge sizes, and the pixel budget both as top-level ``min_pixels`` /
     ``max_pixels`` and as ``size = {"shortest_edge": min, "longest_edge": max}``), so no reader falls back to
-    its own defaults. ``arch`` (a model_type: qwen2_vl, qwen2_5_vl, qwen3_vl) adds the matching
+    its own defaults. ``arch`` (a registered model_type: qwen2_5_vl, qwen3_vl) adds its family's
     ``processor_class``, as in the official checkpoints. Creates ``path`` if needed; returns the file's path.
     """
     if not isinstance(config, ImageProcessorConfig):
         raise TypeError(f"save_preprocessor_config: expected an ImageProcessorConfig, got {type(config).__name__}")
     data = config.to_dict()
     if arch is not None:
-        if arch not in _PROCESSOR_CLASSES:
-            raise ValueError(f"save_preprocessor_config: unknown arch {arch!r}; expected one of "
-                             f"{sorted(_PROCESSOR_CLASSES)}")
-        data["processor_class"] = _PROCESSOR_CLASSES[arch]
+        from hopchain_jax.models.families import FAMILIES  # the registry imports this module
+        if arch not in FAMILIES:
+            raise ValueError(f"save_preprocessor_config: unknown arch {arch!r}; expected one of {sorted(FAMILIES)} "
+                             "(models/families.py)")
+        data["processor_class"] = FAMILIES[arch].processor_class
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     out = directory / PREPROCESSOR_CONFIG_NAME
