@@ -166,3 +166,48 @@ def test_answers_are_balanced_and_not_guessable_blind(shard):
     assert blind["most_common"] <= 0.12 and blind["text_only"] <= 0.22, blind
     set_counts = [h["value"] for r in shard[2] if r["variant"] == "full" for h in r["hops"] if h["op"] == "count"]
     assert max(set_counts) >= 4 and set_counts.count(1) / len(set_counts) < 0.6
+
+
+def test_no_two_full_chains_of_an_image_compute_the_same_thing(shard):
+    """No near-duplicates (signature.py): the same instances, values and arithmetic in another order or
+    wording; no count combined with a count of the same objects; no subtraction of two counts sharing an
+    object (removing it would leave the answer unchanged)."""
+    from hopchain_jax.synth.signature import computation_signature
+    seen = set()
+    for rec in (r for r in shard[2] if r["variant"] == "full"):
+        key = (rec["image"]["sha256"], computation_signature(rec["hops"]))
+        assert key not in seen, rec["question"]
+        seen.add(key)
+        ex = Executor(rec["instances"], rec["image"]["width"], rec["image"]["height"])
+        found = {v for v in ex.run(rec["program"])[1].values() if isinstance(v, str)}
+        for hop in rec["hops"]:
+            if hop["combine"]:
+                other = rec["hops"][hop["combine"]["with_hop"]]
+                counted, other_counted = set(hop["instance_ids"]) - found, set(other["instance_ids"]) - found
+                assert not (counted and hop["op"] == other["op"] and counted == other_counted), rec["question"]
+                if hop["combine"]["op"] == "sub":
+                    assert not counted & other_counted, rec["question"]
+
+
+def test_the_signature_sees_through_hop_order_and_only_that():
+    from hopchain_jax.synth.signature import computation_signature
+
+    def hops(first, second, op, value):
+        return [{"op": "select", "instance_ids": ["i1"], "value": "i1", "combine": None},
+                dict(first, combine=None), dict(second, combine={"op": op, "with_hop": 1, "value": value})]
+    pips = {"op": "count_parts", "instance_ids": ["i1"], "value": 5}
+    balls = {"op": "count", "instance_ids": ["i1", "i2", "i3"], "value": 2}
+    sig = computation_signature
+    assert sig(hops(pips, balls, "add", 7)) == sig(hops(balls, pips, "add", 7))
+    assert sig(hops(pips, balls, "sub", 3)) == sig(hops(balls, pips, "sub", 3))       # 5 - 2 either way round
+    assert sig(hops(pips, balls, "sub", 3)) != sig(hops(pips, balls, "add", 7))
+    assert sig(hops(pips, balls, "mul", 10)) != sig(hops(pips, dict(balls, value=3), "mul", 15))
+    assert sig(hops(pips, balls, "add", 7)) != sig(hops(pips, dict(balls, instance_ids=["i1", "i4", "i3"]), "add", 7))
+
+
+def test_two_counts_sharing_an_object_are_never_subtracted():
+    from hopchain_jax.synth.composer import ChainComposer
+    composer = ChainComposer([], 600, 400)
+    ops = {shared: {composer._combine(5, 1, 1, np.random.default_rng(seed), shared)[0] for seed in range(20)}
+           for shared in (False, True)}   # 5 x 1 is never asked; of 5 - 1 and 5 + 1 the difference is preferred
+    assert ops == {False: {"sub"}, True: {"add"}}

@@ -67,3 +67,24 @@ def test_a_mistake_that_breaks_a_later_reference_counts_as_detected():
     # (and its 5 dots differ from i1's 3 anyway). Step b's other ball gives the same answer.
     failures = counterfactual_failures(rec)
     assert not any("step a" in f for f in failures) and any("step b" in f for f in failures), failures
+
+
+def test_a_compare_whose_swap_does_not_change_the_answer_fails():
+    import copy
+    rec = {"image": {"width": 1000, "height": 1000}, "instances": copy.deepcopy(SCENE)}
+    rec["instances"][4].update(bbox=[100, 100, 160, 160], area=300)   # ball i5: top left, larger than ball i3
+    compare = {"id": "c", "op": "compare", "args": {"a": "i3", "b": "i5", "key": "area", "order": "max"}, "hop": 0}
+
+    def with_steps(*steps):
+        return dict(rec, program={"steps": [compare, *steps], "output": steps[-1]["id"]})
+    # Both balls are blue, so "the ladybugs of its colour" count the same for either: the compare does no work.
+    color = {"id": "k", "op": "attribute", "args": {"instance": {"ref": "c"}, "name": "color"}, "hop": 1}
+    same = counterfactual_failures(with_steps(color, {"id": "n", "op": "count", "hop": 1, "args": {
+        "filter": {"category": "ladybug", "color": {"ref": "k"}}}}), require_alternatives=False)
+    assert any("step c (compare" in f and "picking i3 instead of i5" in f for f in same), same
+    # The ladybug nearest the larger ball differs from the one nearest the smaller: the compare matters.
+    nearest = {"id": "l", "op": "relate", "hop": 1, "args": {"anchor": {"ref": "c"}, "relation": "nearest",
+                                                             "filter": {"category": "ladybug"}}}
+    parts = {"id": "n", "op": "count_parts", "args": {"instance": {"ref": "l"}}, "hop": 2}
+    assert not [f for f in counterfactual_failures(with_steps(nearest, parts), require_alternatives=False)
+                if "step c" in f]

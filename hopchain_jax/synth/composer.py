@@ -15,8 +15,11 @@ A chain is a list of hops (SPEC §1, §3), each of a registered hop form (hops/)
 Every reference passes the clarity margins of clarity.py. Named instances have distinct categories, so
 "that ladybug" is never ambiguous, and set counts never count a named category.
 No padding: a hop never re-asks what the question already states (a form's `asks` against what earlier
-words gave away), arithmetic never multiplies by 1 or subtracts equal numbers, and every full chain
-passes the counterfactual check (counterfactual.py) before it is offered.
+words gave away), arithmetic never multiplies by 1, subtracts equal numbers, combines a count with a
+count of the same objects, or subtracts two counts that share an object (removing it would cancel out),
+and every full chain passes the counterfactual check (counterfactual.py) before it is offered. No two
+candidate chains of an image compute the same thing (signature.py: the same instances, values and
+arithmetic in another order or wording).
 
 The module split: chain sampling here; clarity geometry (clarity.py); answer balance (balance.py);
 realisation of the variants full / half / single (realize.py); each form's options, wording and program
@@ -43,6 +46,7 @@ from hopchain_jax.synth.composer_config import ComposerConfig
 from hopchain_jax.synth.counterfactual import counterfactual_failures
 from hopchain_jax.synth.hops import HOP_FORMS, HopSpec, forms
 from hopchain_jax.synth.realize import RealizedQuery, realize
+from hopchain_jax.synth.signature import computation_signature
 from hopchain_jax.variants import CHAIN_VARIANTS
 
 VARIANTS = CHAIN_VARIANTS
@@ -77,7 +81,7 @@ class ChainComposer:
         balance: running histograms of what was kept so far (updated here); of the candidates, the
         chains kept are those whose answer and values it holds least often, so answers spread out."""
         balance = self._balance = balance if balance is not None else AnswerBalance()
-        candidates, seen = [], set()
+        candidates, seen, computed = [], set(), set()
         for _ in range(self.cfg.max_attempts):
             if len(candidates) >= self.cfg.candidates_per_image:
                 break
@@ -90,6 +94,10 @@ class ChainComposer:
                 full = self.realize(chain, "full", rng)
             except Reject:
                 continue
+            signature = computation_signature(full.hops)
+            if signature in computed:
+                continue  # the same computation as a candidate already made, in another order or wording
+            computed.add(signature)
             if not self._admissible(full, balance):
                 continue
             candidates.append((chain, full))
@@ -269,15 +277,18 @@ class ChainComposer:
         # SPEC: a Level-1 and a Level-2 perception hop; the second value hop supplies what is missing.
         need = {(1, "perception"), (2, "perception")} - {(h.level, h.kind) for h in chain}
         if need or rng.random() < self.cfg.p_two_values:
+            first_value = chain[-1]
             pool = [o for h in range(last_inst + 1) if chain[h].form != "compare" or h == last_inst
                     for o in self._value_options(chain, h)
-                    if (o.form, o.uses, o.params) != (chain[-1].form, chain[-1].uses, chain[-1].params)
+                    if (o.form, o.uses, o.params) != (first_value.form, first_value.uses, first_value.params)
+                    and not (o.counted and o.op == first_value.op and set(o.counted) == set(first_value.counted))
                     and o.params.get("category") not in named_cats
                     and (len(need) != 1 or (o.level, o.kind) in need)]
             if pool:
                 second = self._pick_value(pool, chain, rng)
                 if rng.random() < self.cfg.p_combine:
-                    second.combine = self._combine(chain[-1].value, second.value, len(chain) - 1, rng)
+                    shared = bool(set(first_value.counted) & set(second.counted))
+                    second.combine = self._combine(first_value.value, second.value, len(chain) - 1, rng, shared)
                     second.combined = _apply(second.combine, chain[-1].value, second.value)
                 chain.append(second)
         self._check_invariants(chain)
@@ -305,11 +316,12 @@ class ChainComposer:
         subject_category = None if subject.form == "compare" else self.by_id[subject.inst]["category"]
         return HOP_FORMS[spec.form].blind_kind(spec, subject_category)
 
-    def _combine(self, first: int, second: int, first_hop: int, rng) -> tuple[str, int, bool]:
-        """An arithmetic step that does real work (no product with 1, no difference of equal numbers),
-        the op whose result is the rarest answer so far (ties at random)."""
+    def _combine(self, first: int, second: int, first_hop: int, rng, shared: bool = False) -> tuple[str, int, bool]:
+        """An arithmetic step that does real work (no product with 1, no difference of equal numbers, no
+        difference of two counts that share an object: removing it would leave the answer unchanged), the
+        op whose result is the rarest answer so far (ties at random)."""
         results = {"add": first + second}
-        if first != second:
+        if first != second and not shared:
             results["sub"] = abs(first - second)
         if min(first, second) >= 2 and first * second <= self.cfg.max_product:
             results["mul"] = first * second
