@@ -211,3 +211,27 @@ def test_two_counts_sharing_an_object_are_never_subtracted():
     ops = {shared: {composer._combine(5, 1, 1, np.random.default_rng(seed), shared)[0] for seed in range(20)}
            for shared in (False, True)}   # 5 x 1 is never asked; of 5 - 1 and 5 + 1 the difference is preferred
     assert ops == {False: {"sub"}, True: {"add"}}
+
+
+def test_size_classes_are_named_only_where_the_area_order_shows_them(shard):
+    """"the medium-sized star" is never the smallest or largest star in sight, "the large star" is the
+    largest and "the small star" the smallest, each by a clear margin; of exactly two, "the larger of the two"."""
+    named = 0
+    for rec in shard[2]:
+        ex = Executor(rec["instances"], rec["image"]["width"], rec["image"]["height"])
+        _, env = ex.run(rec["program"])
+        for step in rec["program"]["steps"]:
+            size = (step["args"].get("filter") or {}).get("size") if step["op"] == "select" else None
+            if not isinstance(size, str):
+                continue
+            inst = ex.by_id[env[step["id"]]]
+            others = [c["area"] for c in ex.by_category[inst["category"]] if c is not inst]
+            larger = [a for a in others if a > inst["area"]]
+            smaller = [a for a in others if a < inst["area"]]
+            assert {"large": not larger, "small": not smaller, "medium": larger and smaller}[size], rec["question"]
+            assert all(max(a, inst["area"]) >= 1.3 * min(a, inst["area"]) for a in others), rec["question"]
+            named += 1
+    assert named >= 10
+    assert not any(re.search(r"\b(largest|smallest) (\w+)\b", r["question"]) and
+                   sum(i["category"] == re.search(r"\b(?:largest|smallest) (\w+)\b", r["question"]).group(1)
+                       for i in r["instances"]) == 2 for r in shard[2])

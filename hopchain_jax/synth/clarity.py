@@ -5,7 +5,8 @@ referent) and must also pass clarity margins, so a person picks the same instanc
 clearly farther; for a direction, every object of the asked category lies well inside the direction's
 cone or well outside it (a dead zone around the cone's edge); "between" keeps its one object well inside
 the segment's band and every other clearly out; sizes are compared only between unoccluded objects at a
-clear ratio; "the same half of the picture" keeps every judged object clear of the middle line. Margins
+clear ratio, and a size class ("the medium-sized star") is named only where the area order of its
+category shows it; "the same half of the picture" keeps every judged object clear of the middle line. Margins
 only make references visually clear; execution never uses them. Pixel margins are for a 600 px short
 image side and scale with it.
 """
@@ -169,6 +170,22 @@ class ClearScene:
             raise Reject
         return counted
 
+    def size_class_visible(self, inst: dict) -> bool:
+        """Its absolute size class ("small", "medium", "large") agrees with what a viewer sees among the
+        instances of its category: none of them occluded, its area at least superlative_area_ratio apart
+        from every other one, and its class's place in the area order clear -- "large" the largest,
+        "small" the smallest, "medium" with one clearly larger and one clearly smaller beside it."""
+        members = self.by_cat[inst["category"]]
+        if any(c["id"] in self.occluded for c in members):
+            return False
+        ratio = self.cfg.superlative_area_ratio
+        others = [c["area"] for c in members if c["id"] != inst["id"]]
+        if not others or any(max(a, inst["area"]) < ratio * min(a, inst["area"]) for a in others):
+            return False
+        larger, smaller = sum(a > inst["area"] for a in others), sum(a < inst["area"] for a in others)
+        return {"large": larger == 0, "small": smaller == 0, "medium": larger > 0 and smaller > 0}.get(
+            inst["attributes"].get("size"), False)
+
     def unique(self, filt: dict) -> dict | None:
         found = self.ex.matches(filt)
         return found[0] if len(found) == 1 else None
@@ -225,7 +242,7 @@ class ClearScene:
             return "select", {"filter": {"category": cat, "color": attrs["color"]}}, f"the {attrs['color']} {cat}"
         if CATEGORIES[cat].text == "word" and self.unique({"category": cat, "text": attrs["text"]}):
             return "select", {"filter": {"category": cat, "text": attrs["text"]}}, f'the {cat} that reads "{attrs["text"]}"'
-        if inst["id"] not in self.occluded and self.unique({"category": cat, "size": attrs["size"]}):
+        if self.size_class_visible(inst) and self.unique({"category": cat, "size": attrs["size"]}):
             return ("select", {"filter": {"category": cat, "size": attrs["size"]}},
                     f"the {phrasing.SIZE_WORDS[attrs['size']]} {cat}")
         for key, order in phrasing.SUPERLATIVE_WORDS:
@@ -235,7 +252,7 @@ class ClearScene:
                 continue
             if best["id"] == inst["id"]:
                 return ("superlative", {"filter": {"category": cat}, "key": key, "order": order},
-                        f"the {phrasing.SUPERLATIVE_WORDS[key, order]} {cat}")
+                        phrasing.extreme_phrase(key, order, cat, len(self.by_cat[cat])))
         raise Reject
 
     def describe(self, inst_id: str) -> str:

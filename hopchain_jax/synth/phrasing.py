@@ -22,6 +22,9 @@ RELATION_WORDS = {
 
 SIZE_WORDS = {"small": "small", "medium": "medium-sized", "large": "large"}
 
+# Of exactly two objects, sizes are compared, not ranked: "the larger of the two stars".
+COMPARATIVE_WORDS = {("area", "max"): "larger", ("area", "min"): "smaller"}
+
 SUPERLATIVE_WORDS = {
     ("area", "max"): "largest", ("area", "min"): "smallest",
     ("center_x", "min"): "leftmost", ("center_x", "max"): "rightmost",
@@ -42,6 +45,13 @@ COMBINE: dict[str, tuple[str, ...]] = {
 
 def choose(templates: tuple[str, ...], rng: np.random.Generator) -> str:
     return templates[int(rng.integers(len(templates)))]
+
+
+def extreme_phrase(key: str, order: str, category: str, members: int) -> str:
+    """How an extreme of a category is named: "the largest star", or of exactly two "the larger of the two stars"."""
+    if members == 2 and (key, order) in COMPARATIVE_WORDS:
+        return f"the {COMPARATIVE_WORDS[key, order]} of the two {plural(category)}"
+    return f"the {SUPERLATIVE_WORDS[key, order]} {category}"
 
 
 def plural(category: str) -> str:

@@ -25,7 +25,8 @@ MODES = (("text", "text", {"text", "number"}), ("part_count", "part_count", {"pa
 
 def anchor_options(scene) -> list[HopSpec]:
     """A select for every instance one description picks out alone among several of its category (a
-    unique text, part count, colour or size class; sizes only of unoccluded instances)."""
+    unique text, part count, colour or size class; a size class only where the category's area order
+    shows it: ClearScene.size_class_visible)."""
     options = []
     for cat, members in scene.by_cat.items():
         if len(members) < 2:
@@ -34,7 +35,7 @@ def anchor_options(scene) -> list[HopSpec]:
             attrs = inst["attributes"]
             for mode, key, known in MODES:
                 value = attrs.get(key)
-                if value is None or (mode == "size" and inst["id"] in scene.occluded):
+                if value is None or (mode == "size" and not scene.size_class_visible(inst)):
                     continue
                 filt = {"category": cat, key: value}
                 if scene.unique(filt):

@@ -1,5 +1,5 @@
-"""superlative: hop 0 picks the extreme instance of a category (Level 2): the largest, leftmost, the one
-with the most dots, the card with the largest number. Program: superlative {filter, key, order}."""
+"""superlative: hop 0 picks the extreme instance of a category (Level 2): the largest (of exactly two:
+"the larger of the two stars"), leftmost, the one with the most dots, the card with the largest number. Program: superlative {filter, key, order}."""
 from __future__ import annotations
 
 from hopchain_jax.synth import phrasing
@@ -12,6 +12,7 @@ SENTENCES = {
                              "Locate the {sup} {cat}."),
     "superlative_value": ("Find the {cat} with the {most} {parts}.", "Look for the {cat} that has the {most} {parts}.",
                           "Among the {cats}, pick the one with the {most} {parts}."),
+    "superlative_pair": ("Find {extreme}.", "Look at {extreme}.", "Of the two {cats}, take the {comp} one."),
     "superlative_number": ("Find the card with the {most} number.", "Among the cards, pick the one showing the {most} number.",
                            "Look for the card whose number is the {most}."),
 }
@@ -47,6 +48,9 @@ def emit(r, spec):
                   most="most" if order == "max" else "fewest")
     elif key == "number":
         s = r.say(SENTENCES["superlative_number"], most="largest" if order == "max" else "smallest")
+    elif len(r.scene.by_cat[cat]) == 2 and (key, order) in phrasing.COMPARATIVE_WORDS:
+        s = r.say(SENTENCES["superlative_pair"], extreme=phrasing.extreme_phrase(key, order, cat, 2),
+                  cats=phrasing.plural(cat), comp=phrasing.COMPARATIVE_WORDS[key, order])
     else:
         s = r.say(SENTENCES["superlative_position"], cat=cat, sup=phrasing.SUPERLATIVE_WORDS[key, order])
     return s, r.found(r.main_step("superlative", {"filter": {"category": cat}, "key": key, "order": order}))
