@@ -184,3 +184,29 @@ def test_cli_refuses_an_unknown_hop_form_by_name(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "d"), "--num-images", "2", "--hop-forms", "count_sides"]) == 2
     assert "unknown hop form 'count_sides'" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()   # refused before anything is written
+
+
+def test_every_template_reads_right_with_every_category():
+    """Articles and plurals: every sentence and question template of every form, filled for every category
+    (its part word for 1 and for several), has no "a umbrella" and no "1 dots" / "3 dot"."""
+    import re
+    import string
+    from hopchain_jax.synth import phrasing
+    from hopchain_jax.world.catalog import CATEGORIES
+    checked = 0
+    for f in HOP_FORMS.values():
+        for text in [t for options in f.sentences.values() for t in options] + list(f.questions):
+            fields = {name for _, name, _, _ in string.Formatter().parse(text) if name}
+            for cat, spec in CATEGORIES.items():
+                for n in (1, 3):
+                    values = {"cat": cat, "cats": phrasing.plural(cat), "a_cat": phrasing.with_article(cat),
+                              "n": n, "parts": phrasing.parts_word(cat, n) if spec.part else "dots" if n > 1 else "dot",
+                              "ref": "that card", "ref_a": "that card", "ref_b": "the red mug", "color": "orange",
+                              "size": "large", "sup": "largest", "most": "most", "rel": "directly above", "text": "7",
+                              "bigger": "larger", "halves": "left or right", "extreme": phrasing.extreme_phrase(
+                                  "area", "max", cat, 2), "comp": "larger"}
+                    line = text.format(**{k: values[k] for k in fields})
+                    assert not re.search(r"\ba [aeiou]", line, re.IGNORECASE), line
+                    assert not re.search(r"\b1 \w+s\b", line) and not re.search(r"\b3 (dot|eye|petal|pip|window|point)\b", line), line
+                    checked += 1
+    assert checked > 500

@@ -54,6 +54,12 @@ def extreme_phrase(key: str, order: str, category: str, members: int) -> str:
     return f"the {SUPERLATIVE_WORDS[key, order]} {category}"
 
 
+def with_article(word: str) -> str:
+    """"a card", "an umbrella": the indefinite article by the word's first letter (the catalog has no
+    silent h or "u" sounding "you")."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def plural(category: str) -> str:
     return CATEGORIES[category].plural
 

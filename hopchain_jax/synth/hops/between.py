@@ -2,13 +2,14 @@
 found instances (Level 2). Program: between {a, b, filter}."""
 from __future__ import annotations
 
+from hopchain_jax.synth import phrasing
 from hopchain_jax.synth.clarity import Reject
 from hopchain_jax.synth.hops.base import HopForm, register_form
 
 SENTENCES = {
     "between": ("Find the {cat} that lies between {ref_a} and {ref_b}.",
                 "Look at the {cat} located between {ref_a} and {ref_b}.",
-                "There is a {cat} between {ref_a} and {ref_b}; find it."),
+                "There is {a_cat} between {ref_a} and {ref_b}; find it."),
 }
 
 
@@ -35,7 +36,8 @@ def link_options(scene, anchor_id: str, other_id: str | None = None) -> list[tup
 def emit(r, spec):
     arg_a, ref_a = r.ref(spec.uses[0])
     arg_b, ref_b = r.ref(spec.uses[1])
-    s = r.say(SENTENCES["between"], cat=spec.params["category"], ref_a=ref_a, ref_b=ref_b)
+    cat = spec.params["category"]
+    s = r.say(SENTENCES["between"], cat=cat, a_cat=phrasing.with_article(cat), ref_a=ref_a, ref_b=ref_b)
     return s, r.found(r.main_step("between", {"a": arg_a, "b": arg_b, "filter": {"category": spec.params["category"]}}))
 
 
