@@ -29,7 +29,12 @@ def test_token_targets_take_the_instance_covering_most_of_each_block():
                                        _inst(2, "card", "green", None, "17"), _inst(3, "ball", "pink"),
                                        _inst(4, "zebra", "beige", 12, "35")]}
     t = token_targets(record, labels, GRID, patch_size=14, merge=2)
-    assert {k: v.shape for k, v in t.items()} == {k: (16,) for k in ("cover", "category", "color", "parts", "number")}
+    assert {k: v.shape for k, v in t.items()} == {**{k: (16,) for k in ("cover", "category", "color", "parts", "number")},
+                                                  "counts": (16, len(CATEGORY_NAMES))}
+    want = np.zeros(len(CATEGORY_NAMES), int)     # the scene's counts at every token, out-of-catalog "zebra" left out
+    want[[CATEGORY_NAMES.index(c) for c in ("die", "card")]] = 1
+    want[CATEGORY_NAMES.index("ball")] = 2
+    assert (t["counts"] == want).all()
     np.testing.assert_allclose(t["cover"][[0, 5, 15, 3, 1]], [1.0, 6 / 28, 1.0, 1.0, 0.0], atol=1e-6)
     assert t["category"][0] == 1 + CATEGORY_NAMES.index("die") and t["color"][0] == COLOR_NAMES.index("red")
     assert t["parts"][0] == 4 and t["number"][0] == 0
@@ -95,7 +100,8 @@ def test_warmup_run_trains_the_tower_only_and_exports_a_model_that_sft_can_start
     assert history[-1]["loss"] < history[0]["loss"]
     evals = trainer.eval_history
     assert [e["step"] for e in evals] == [0, 3]
-    assert {"eval_loss", "eval_cover_accuracy", "eval_category_accuracy", "eval_color_accuracy"} <= set(evals[-1])
+    assert {"eval_loss", "eval_cover_accuracy", "eval_category_accuracy", "eval_color_accuracy",
+            "eval_counts_accuracy", "eval_counts_present_accuracy"} <= set(evals[-1])
     assert len(json.loads((tmp_path / "warm" / "heldout.json").read_text())["eval_ids"]) == 2
 
     warm = nnx.state(load_pretrained(hf, dtype=np.float32, param_dtype=np.float32, mesh=make_mesh()), nnx.Param)
