@@ -55,11 +55,6 @@ COMBINE_PENALTY = {"mul": 0, "sub": 1, "add": 2}  # added to an answer's count w
 __all__ = ["AnswerBalance", "ChainComposer", "ComposerConfig", "HopSpec", "RealizedQuery", "Reject", "VARIANTS"]
 
 
-def hop_ops() -> dict[str, str]:
-    """Hop form -> the program op of its main step (the record's hops[].op), from the registry."""
-    return {name: f.op for name, f in HOP_FORMS.items()}
-
-
 class ChainComposer:
     """Composes verified multi-hop chains over one image's instances (schema-v2 instance dicts)."""
 
