@@ -1,4 +1,5 @@
 """Chains satisfy SPEC §3 on many scenes; references are unique; variants carry their own answers."""
+import collections
 import re
 
 import numpy as np
@@ -166,6 +167,9 @@ def test_answers_are_balanced_and_not_guessable_blind(shard):
     assert blind["most_common"] <= 0.12 and blind["text_only"] <= 0.22, blind
     set_counts = [h["value"] for r in shard[2] if r["variant"] == "full" for h in r["hops"] if h["op"] == "count"]
     assert max(set_counts) >= 4 and set_counts.count(1) / len(set_counts) < 0.6
+    # the answer cap (ComposerConfig.max_answer_share) holds over the whole shard, not just up to a slack
+    full = collections.Counter(r["answer"] for r in shard[2] if r["variant"] == "full")
+    assert full.most_common(1)[0][1] <= max(CONFIG.composer.max_answer_share * sum(full.values()), 3), full.most_common(3)
 
 
 def test_no_two_full_chains_of_an_image_compute_the_same_thing(shard):

@@ -64,6 +64,13 @@ class AnswerBalance:
         total = sum(self.answers.values())
         return self.answers[query.answer] + 1 > max_share * (total + 1) + slack
 
+    def over_share(self, query: RealizedQuery, max_share: float, floor: int = 3) -> bool:
+        """Keeping `query` would give its answer more than `max_share` of the kept chains once they are many:
+        up to `floor` of one answer are let in while max_share of the batch is fewer, after that the share
+        itself is the limit, so it holds at the end of every batch (the multi-hop composer's cap)."""
+        total = sum(self.answers.values())
+        return self.answers[query.answer] + 1 > max(max_share * (total + 1), floor)
+
     def add(self, query: RealizedQuery) -> None:
         self.answers[query.answer] += 1
         for key, value in self._value_keys(query):

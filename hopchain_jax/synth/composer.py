@@ -110,7 +110,7 @@ class ChainComposer:
             balance.add(full)
             out.append(variants)
             # Only the cap is rechecked as chains are kept; the blind rule judged each candidate once.
-            candidates = [c for c in candidates if not balance.over_cap(c[1], self.cfg.max_answer_share)]
+            candidates = [c for c in candidates if not balance.over_share(c[1], self.cfg.max_answer_share)]
         return out
 
     def realize(self, chain: list[HopSpec], variant: str, rng: np.random.Generator) -> RealizedQuery:
@@ -122,7 +122,7 @@ class ChainComposer:
 
     def _admissible(self, full: RealizedQuery, balance: "AnswerBalance") -> bool:
         """Its answer is under the cap, and (drop_blind_solvable) no blind rule gets it."""
-        if balance.over_cap(full, self.cfg.max_answer_share):
+        if balance.over_share(full, self.cfg.max_answer_share):
             return False
         return not (self.cfg.drop_blind_solvable and full.answer in balance.blind_guesses(full, self.cfg.blind_top))
 
