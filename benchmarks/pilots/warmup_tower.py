@@ -73,17 +73,10 @@ def global_counts(root: Path) -> np.ndarray:
     return np.asarray([[r["counts"][c] for c in COUNT_COLOURS] for r in rows], np.int32)
 
 
-def main() -> None:
-    flag = [a for a in sys.argv[1:] if a.startswith("--global-counts") or a == "--colour-cover"]
-    if flag:
-        sys.argv.remove(flag[0])
-        main_counts({"--global-counts": "tokens", "--global-counts=pool": "pool"}.get(flag[0], "colour-cover"))
-        return
-    kind, src, out, steps = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    images, labels = (from_jsonl if kind == "--jsonl" else from_dataset)(src)
+def _tower(images):
+    """The tiny model at seed 0 split for training, and vision(idx): the tower inputs of images[idx] (BATCH of them)."""
     proc = QWEN2_5_VL.replace(max_pixels=SIDE * SIDE)
     pixels = preprocess(images, proc).pixel_values.reshape(len(images), 64, -1)
-    labels = np.asarray(labels, np.float32)
     model = init_sharded(tiny(), dtype=jnp.float32, param_dtype=jnp.float32, mesh=make_mesh(), seed=0)
     cfg = model.config
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -92,6 +85,25 @@ def main() -> None:
     def vision(idx):
         vi = prepare_vision_inputs(pixels[idx].reshape(BATCH * 64, -1), grid, cfg, BATCH * 64)
         return {k: jnp.asarray(v) for k, v in vi.arrays().items()}
+    return proc, cfg, graphdef, params, rest, vision
+
+
+def _save(model, out, proc) -> None:
+    save_pretrained(model, out, processor=proc, generation={})
+    load_tokenizer().save_pretrained(out)
+    print("saved", out)
+
+
+def main() -> None:
+    flag = [a for a in sys.argv[1:] if a.startswith("--global-counts") or a == "--colour-cover"]
+    if flag:
+        sys.argv.remove(flag[0])
+        main_counts({"--global-counts": "tokens", "--global-counts=pool": "pool"}.get(flag[0], "colour-cover"))
+        return
+    kind, src, out, steps = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    images, labels = (from_jsonl if kind == "--jsonl" else from_dataset)(src)
+    labels = np.asarray(labels, np.float32)
+    proc, cfg, graphdef, params, rest, vision = _tower(images)
 
     def loss_fn(p, head, vis, y):
         feats = nnx.merge(graphdef, p, rest).encode_images(vis)
@@ -121,9 +133,7 @@ def main() -> None:
             acc = np.mean([np.mean((np.asarray(loss_fn(params, head, vision(test[j:j + BATCH]), 0.0)[1]) > 0)
                                    == (labels[test[j:j + BATCH]] > 0.5)) for j in range(0, 128, BATCH)])
             print(f"{i} loss {float(loss):.4f} held-out token accuracy {acc:.3f} {time.time() - t0:.0f}s", flush=True)
-    save_pretrained(nnx.merge(graphdef, params, rest), out, processor=proc, generation={})
-    load_tokenizer().save_pretrained(out)
-    print("saved", out)
+    _save(nnx.merge(graphdef, params, rest), out, proc)
 
 
 def colour_cover(root: Path) -> np.ndarray:
@@ -146,17 +156,8 @@ def main_counts(mode: str) -> None:
     pool, ccover = mode == "pool", mode == "colour-cover"
     counts = global_counts(src)
     cc = colour_cover(src) if ccover else None
-    proc = QWEN2_5_VL.replace(max_pixels=SIDE * SIDE)
-    pixels = preprocess(images, proc).pixel_values.reshape(len(images), 64, -1)
     labels = np.asarray(labels, np.float32)
-    model = init_sharded(tiny(), dtype=jnp.float32, param_dtype=jnp.float32, mesh=make_mesh(), seed=0)
-    cfg = model.config
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    grid = np.tile(np.array([[1, 8, 8]]), (BATCH, 1))
-
-    def vision(idx):
-        vi = prepare_vision_inputs(pixels[idx].reshape(BATCH * 64, -1), grid, cfg, BATCH * 64)
-        return {k: jnp.asarray(v) for k, v in vi.arrays().items()}
+    proc, cfg, graphdef, params, rest, vision = _tower(images)
 
     def loss_fn(p, head, vis, y, c):
         feats = nnx.merge(graphdef, p, rest).encode_images(vis)
@@ -226,9 +227,7 @@ def main_counts(mode: str) -> None:
             cover, tok, img = held_out(test)
             print(f"{i} loss {float(loss):.4f} held-out token accuracy {cover:.3f} | {'colour cover' if ccover else 'count'} per token red {tok[0]:.3f} "
                   f"blue {tok[1]:.3f} | per image red {img[0]:.3f} blue {img[1]:.3f} {time.time() - t0:.0f}s", flush=True)
-    save_pretrained(nnx.merge(graphdef, params, rest), out, processor=proc, generation={})
-    load_tokenizer().save_pretrained(out)
-    print("saved", out)
+    _save(nnx.merge(graphdef, params, rest), out, proc)
 
 
 if __name__ == "__main__":

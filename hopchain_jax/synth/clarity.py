@@ -149,19 +149,23 @@ class ClearScene:
             raise Reject
         return counted
 
+    def side(self, inst: dict, axis: str) -> float:
+        """Signed pixel offset of inst's center from the middle line: axis "x" from x = W / 2 (negative: left
+        half), "y" from y = H / 2 (negative: top half)."""
+        k = 0 if axis == "x" else 1
+        return self.geo.center(inst)[k] - (self.width if axis == "x" else self.height) / 2.0
+
     def clear_side(self, anchor: dict, category: str, axis: str) -> list[dict]:
         """The instances of `category` in the same half of the picture as `anchor` (axis "x": left / right
         of the vertical middle line; "y": above / below the horizontal one); Reject when the anchor or any
         instance of the category lies within side_margin_px of the line, or the count is out of range."""
-        k = 0 if axis == "x" else 1
-        middle = (self.width if axis == "x" else self.height) / 2.0
         margin = self.cfg.side_margin_px * self.px
-        side = self.geo.center(anchor)[k] - middle
+        side = self.side(anchor, axis)
         if abs(side) < margin:
             raise Reject
         counted = []
         for c in self.by_cat.get(category, []):
-            offset = self.geo.center(c)[k] - middle
+            offset = self.side(c, axis)
             if abs(offset) < margin:
                 raise Reject
             if c["id"] != anchor["id"] and (offset > 0) == (side > 0):

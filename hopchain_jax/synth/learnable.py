@@ -61,7 +61,7 @@ from hopchain_jax.synth import phrasing
 from hopchain_jax.synth.balance import AnswerBalance
 from hopchain_jax.synth.clarity import ClearScene, Reject
 from hopchain_jax.synth.composer_config import ComposerConfig
-from hopchain_jax.synth.hops import HOP_FORMS, templates
+from hopchain_jax.synth.hops import HOP_FORMS, templates, there_are
 from hopchain_jax.synth.realize import RealizedQuery
 from hopchain_jax.synth.counterfactual import counterfactual_failures
 from hopchain_jax.synth.program import DIRECTIONS, ProgramError
@@ -222,14 +222,6 @@ def sample_learnable_scene(seed: int, scene: SceneConfig, cfg: LearnableConfig) 
 
 # ------------------------------------------------------------------------------------------------
 # questions
-def _there_are(n: int) -> str:
-    return f"There is {n}" if n == 1 else f"There are {n}"
-
-
-def _cap(text: str) -> str:
-    return text[0].upper() + text[1:]
-
-
 class _Query:
     """One question being built: program steps, hops (value filled in after execution), sentences."""
 
@@ -291,16 +283,16 @@ class LearnableComposer:
         cat = inst["category"]
         if form == "count_parts":
             parts = phrasing.parts_word(cat)
-            text = _cap(phrasing.choose(templates("count_parts"), rng).format(parts=parts, ref=ref))
+            text = phrasing.say(templates("count_parts"), rng, parts=parts, ref=ref)
             sid = q.step("count_parts", {"instance": arg})
             explain = lambda env: f"It has {env[sid]} {phrasing.parts_word(cat, env[sid])}."
             fmt = {"parts": parts, "ref": ref}
         else:
-            text = _cap(phrasing.choose(templates("read_number"), rng).format(ref=ref))
+            text = phrasing.say(templates("read_number"), rng, ref=ref)
             sid = q.step("read_number", {"instance": arg})
             explain = lambda env: f"It shows {env[sid]}."
             fmt = {"ref": ref}
-        question = _cap(phrasing.choose(HOP_FORMS[form].questions, rng).format(**fmt))
+        question = phrasing.say(HOP_FORMS[form].questions, rng, **fmt)
         q.hop("perception", 1, form, [inst["id"]], depends, text, sid, explain, question)
 
     def _counted(self, ids: Sequence[str]) -> str:
@@ -313,10 +305,10 @@ class LearnableComposer:
         fmt = {"cats": phrasing.plural(cat), "color": filt.get("color")}
         sentences, questions = ((COUNT_COLOR_SENTENCES, COUNT_COLOR_QUESTIONS) if "color" in filt
                                 else (COUNT_SENTENCES, COUNT_QUESTIONS))
-        text = _cap(phrasing.choose(sentences, rng).format(**fmt))
+        text = phrasing.say(sentences, rng, **fmt)
         sid = q.step("count", {"filter": dict(filt)})
-        explain = lambda env: f"{_there_are(env[sid])}: {self._counted(ids)}."
-        question = _cap(phrasing.choose(questions, rng).format(**fmt)) if last else None
+        explain = lambda env: f"{there_are(env[sid])}: {self._counted(ids)}."
+        question = phrasing.say(questions, rng, **fmt) if last else None
         q.hop("perception", 2, "count", ids, depends, text, sid, explain, question)
 
     def _found(self, sid: str) -> Callable[[dict], str]:
@@ -369,12 +361,12 @@ class LearnableComposer:
                     q = _Query("count_rel", "single")
                     a = q.step("select", {"filter": filt})
                     fmt = {"cats": phrasing.plural(cat), "rel": phrasing.RELATION_WORDS[relation], "ref": phrase}
-                    text = _cap(phrasing.choose(templates("count_relative"), rng).format(**fmt))
+                    text = phrasing.say(templates("count_relative"), rng, **fmt)
                     sid = q.step("count", {"filter": {"category": cat}, "relation": relation, "anchor": {"ref": a}})
                     ids = [c["id"] for c in counted]
-                    question = _cap(phrasing.choose(HOP_FORMS["count_relative"].questions, rng).format(**fmt))
+                    question = phrasing.say(HOP_FORMS["count_relative"].questions, rng, **fmt)
                     q.hop("perception", 2, "count", [anchor["id"], *ids], [], text, sid,
-                          lambda env, sid=sid, ids=ids: f"{_there_are(env[sid])}: {self._counted(ids)}.", question)
+                          lambda env, sid=sid, ids=ids: f"{there_are(env[sid])}: {self._counted(ids)}.", question)
                     yield q
 
     def _half_relate(self, rng):
@@ -398,7 +390,7 @@ class LearnableComposer:
                         key, fmt["rel"] = "relate_direction", phrasing.RELATION_WORDS[relation]
                     else:
                         key = f"relate_{relation}"
-                    text = _cap(phrasing.choose(templates(key), rng).format(**fmt))
+                    text = phrasing.say(templates(key), rng, **fmt)
                     sid = q.step("relate", {"anchor": {"ref": a}, "relation": relation, "filter": {"category": cat}})
                     q.hop("instance_chain", 2, "relate", [anchor["id"], target["id"]], [], text, sid, self._found(sid))
                     self._value_hop(q, target, {"ref": sid}, f"that {cat}", [0], rng)
@@ -414,8 +406,8 @@ class LearnableComposer:
                 except Reject:
                     continue
                 q = _Query("superlative", "half")
-                text = _cap(phrasing.choose(templates("superlative_position"), rng).format(
-                    cat=cat, sup=phrasing.SUPERLATIVE_WORDS[key, order]))
+                text = phrasing.say(templates("superlative_position"), rng, cat=cat,
+                                    sup=phrasing.SUPERLATIVE_WORDS[key, order])
                 sid = q.step("superlative", {"filter": {"category": cat}, "key": key, "order": order})
                 q.hop("perception", 2, "superlative", [best["id"]], [], text, sid, self._found(sid))
                 self._value_hop(q, best, {"ref": sid}, f"that {cat}", [0], rng)
@@ -430,8 +422,7 @@ class LearnableComposer:
                 if len(self.ex.matches(filt)) != 1:
                     continue
                 q = _Query("select", "half")
-                template = phrasing.choose(templates("select_color"), rng)
-                text = _cap(template.format(cat=cat, color=filt["color"]))
+                text = phrasing.say(templates("select_color"), rng, cat=cat, color=filt["color"])
                 sid = q.step("select", {"filter": filt})
                 q.hop("perception", 1, "select", [inst["id"]], [], text, sid, self._found(sid))
                 self._value_hop(q, inst, {"ref": sid}, f"that {cat}", [0], rng)

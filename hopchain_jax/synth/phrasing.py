@@ -47,6 +47,12 @@ def choose(templates: tuple[str, ...], rng: np.random.Generator) -> str:
     return templates[int(rng.integers(len(templates)))]
 
 
+def say(templates: tuple[str, ...], rng: np.random.Generator, **fields) -> str:
+    """One of `templates` (drawn from rng), formatted with `fields`, first letter capitalised."""
+    text = choose(templates, rng).format(**fields)
+    return text[0].upper() + text[1:]
+
+
 def extreme_phrase(key: str, order: str, category: str, members: int) -> str:
     """How an extreme of a category is named: "the largest star", or of exactly two "the larger of the two stars"."""
     if members == 2 and (key, order) in COMPARATIVE_WORDS:

@@ -17,7 +17,7 @@ import numpy as np
 
 from hopchain_jax.synth import phrasing
 from hopchain_jax.synth.clarity import ClearScene, Reject
-from hopchain_jax.synth.hops import HOP_FORMS, HopSpec, there_are
+from hopchain_jax.synth.hops import HOP_FORMS, HopSpec
 from hopchain_jax.synth.program import ProgramError
 
 
@@ -91,8 +91,7 @@ class Realizer:
     # -- helpers for the forms' emitters -------------------------------------------------------------
     def say(self, templates: tuple[str, ...], **fields) -> str:
         """One of `templates` (drawn from the run's rng), formatted, first letter capitalised."""
-        text = phrasing.choose(templates, self.rng).format(**fields)
-        return text[0].upper() + text[1:]
+        return phrasing.say(templates, self.rng, **fields)
 
     def step(self, op: str, args: dict) -> str:
         """Append a program step of the current hop; returns its id."""
@@ -163,5 +162,3 @@ class Realizer:
         self.explain[h] = explain
         self.question_parts.append(question)
 
-
-__all__ = ["RealizedQuery", "Realizer", "realize", "there_are"]

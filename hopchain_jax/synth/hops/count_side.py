@@ -44,8 +44,7 @@ def emit(r, spec):
     s = r.say(SENTENCES["count_side"], cats=phrasing.plural(cat), halves=_halves(axis), ref=ref)
     sid = r.main_step("count_side", {"filter": {"category": cat}, "anchor": arg, "axis": axis})
     subject = r.subject(spec)
-    k = 0 if axis == "x" else 1
-    half = HALVES[axis][int(r.scene.geo.center(subject)[k] > (r.scene.width, r.scene.height)[k] / 2.0)]
+    half = HALVES[axis][int(r.scene.side(subject, axis) > 0)]
     return s, lambda env: f"That {subject['category']} is in the {half} half; {there_are(env[sid]).lower()} there: {r.counted(spec)}."
 
 
