@@ -2,9 +2,11 @@
 with themselves, subtractions that cancel, compare steps whose swap leaves the answer unchanged, size classes
 that contradict what is seen, and how much of an image's questions share one answer.
 
-  python benchmarks/audit_data.py DATASET_DIR [--variant full]
+  python benchmarks/audit_data.py DATASET_DIR [--variant full half single]
 
-Prints one JSON line. The near-duplicate test is independent of synth/signature.py: two queries of an image
+Prints one JSON line per variant, with its blind baselines: stats.py's most-common answer and text-only rule
+(priors fitted on that variant's records) and the learned one of synth/blind_classifier.py (TF-IDF + logistic
+regression trained on other images' questions). The near-duplicate test is independent of synth/signature.py: two queries of an image
 are duplicates when they use the same instances, the same (op, instances, value) of every number-valued hop,
 the same combine ops and the same answer.
 """
@@ -19,7 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hopchain_jax.data.store import HopChainDataset  # noqa: E402
+from hopchain_jax.synth.blind_classifier import classifier_baseline  # noqa: E402
 from hopchain_jax.synth.program import Executor, ProgramError  # noqa: E402
+from hopchain_jax.synth.stats import blind_baselines  # noqa: E402
 
 
 def _is_number(v) -> bool:
@@ -83,10 +87,15 @@ def audit(records: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset")
-    parser.add_argument("--variant", default="full")
+    parser.add_argument("--variant", nargs="+", default=["full"])
     args = parser.parse_args()
-    records = [r for r in HopChainDataset(args.dataset).records() if r["variant"] == args.variant]
-    print(json.dumps({"variant": args.variant, **audit(records)}))
+    every = list(HopChainDataset(args.dataset).records())
+    for variant in args.variant:
+        records = [r for r in every if r["variant"] == variant]
+        rule = blind_baselines(records, variant)
+        blind = {"most_common": rule["most_common"], "text_only": rule["text_only"],
+                 "classifier": classifier_baseline(records)["accuracy"]}
+        print(json.dumps({"variant": variant, **audit(records), "blind": blind}), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
   python benchmarks/learning.py --out runs/learning --seeds 1,2,3     # 3 seeds, CPU (2 cores: ~45 min)
   python benchmarks/learning.py --out runs/learning --seeds 0 --rl-steps 4   # a quick look
+  python benchmarks/learning.py --out runs/ablation --seeds 1 --ablation     # + SAPO on half / single only
 
 The settings (Plan) were fixed from one pilot run on seed 0 (its SFT loss curve and step times) and one
 look at seed 1 after 40 SFT steps (greedy answers did not yet end within 100 tokens: no RL signal), hence
@@ -20,7 +21,11 @@ Per seed, on the project's own learnable world (`hopchain synth --preset learnab
   3. shuffled the same SAPO run with each step's rewards permuted over the rollout batch (control: the
               same updates without the information of which answer was right);
   4. sft+     SFT continued from the SFT checkpoint for the wall time the SAPO phase took (control: is RL
-              better than more SFT?).
+              better than more SFT?);
+  5. --ablation: the paper's ablation at small scale -- the SAPO run again on one chain variant only
+              (sapo_half: 2-hop chains, sapo_single: 1-hop; TrainConfig.train_variants), evaluated on the
+              held-out records of every variant. The learnable world has no full (>= 3 hop) chains, so its
+              longest chains (half) stand in for the paper's full ones (70.4 / 66.7 / 64.3 there).
 Held-out accuracy is `hopchain eval`'s (greedy, mean@1 with its 95% interval) on a test set synthesized
 with another seed (whole images never trained on): before training (random init), after SFT and after
 each of the three branches, beside the test set's blind baseline (most common answer), and after training
@@ -69,6 +74,7 @@ class Plan:
     vision_steps: int = 300
     vision_batch: int = 32
     vision_lr: float = 3e-3
+    ablation: bool = False
 
 
 def _base(plan: Plan, seed: int, data: Path, out: Path, **kw):
@@ -159,7 +165,10 @@ def one_seed(seed: int, root: Path, plan: Plan, progress: bool) -> dict:
     result["eval"]["sft"] = evaluate(sft["hf"], test, root / "eval-sft", plan)
     rl = dict(mode="rl", model=sft["hf"], steps=plan.rl_steps, prompts_per_step=plan.rl_prompts,
               group_size=plan.rl_group, minibatches=2, lr=plan.rl_lr, eval_every=every(plan.rl_steps), **frozen)
-    for name, extra in (("sapo", {}), ("shuffled", {"shuffle_rewards": True})):
+    branches = [("sapo", {}), ("shuffled", {"shuffle_rewards": True})]
+    if plan.ablation:   # the paper's ablation: the same SAPO run on one chain variant only
+        branches += [(f"sapo_{v}", {"train_variants": (v,)}) for v in VARIANTS]
+    for name, extra in branches:
         phase = run_phase(name, _base(plan, seed, data, root / name, **rl, **extra), progress)
         result["phases"][name] = phase
         result["eval"][name] = evaluate(phase["hf"], test, root / f"eval-{name}", plan)
@@ -171,6 +180,24 @@ def one_seed(seed: int, root: Path, plan: Plan, progress: bool) -> dict:
     result["phases"]["sft+"] = phase
     result["eval"]["sft+"] = evaluate(phase["hf"], test, root / "eval-sft_more", plan)
     return result
+
+
+def ablation_table(results: list[dict]) -> str:
+    """The ablation (--ablation): held-out accuracy (%) after SAPO trained on every variant vs on one, overall
+    and per held-out variant, per seed; the paper's full / half / single: 70.4 / 66.7 / 64.3 (its benchmarks)."""
+    lines = ["| seed | SAPO trained on | held-out all | held-out half (2 hops) | held-out single (1 hop) | − SFT start |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        e = r["eval"]
+        for name, label in (("sft", "(SFT start)"), ("sapo", "half + single"), *((f"sapo_{v}", f"{v} only") for v in VARIANTS)):
+            if name not in e:
+                continue
+            x = e[name]
+            by = "".join(f" {100 * x['by_variant'].get(v, float('nan')):.1f} |" for v in VARIANTS)
+            delta = "-" if name == "sft" else f"{100 * (x['accuracy'] - e['sft']['accuracy']):+.1f}"
+            lines.append(f"| {r['seed']} | {label} | {100 * x['accuracy']:.1f} [{100 * x['low']:.0f}, {100 * x['high']:.0f}] |"
+                         f"{by} {delta} |")
+    return "\n".join(lines) + "\n"
 
 
 def table(results: list[dict]) -> str:
@@ -196,12 +223,15 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    colours = {"sapo": "tab:blue", "shuffled": "tab:orange", "sft+": "tab:green"}
+    colours = {"sapo": "tab:blue", "shuffled": "tab:orange", "sft+": "tab:green", "sapo_half": "tab:purple",
+               "sapo_single": "tab:red"}
     for r in results:
         sft = r["phases"]["sft"]
         axes[0].plot([c["step"] for c in sft["curve"]], [c["eval_accuracy"] for c in sft["curve"]], marker="o",
                      color="tab:gray", alpha=0.8, label=f"SFT seed {r['seed']}")
         for name, colour in colours.items():
+            if name not in r["phases"]:
+                continue
             ph = r["phases"][name]
             base = ph["curve"][0]["eval_accuracy"] if ph["curve"] else 0
             x = [c["step"] / max(ph["steps"], 1) for c in ph["curve"]]
@@ -222,7 +252,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/learning")
     p.add_argument("--seeds", default="1,2,3")
     for f in dataclasses.fields(Plan):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        if isinstance(f.default, bool):
+            p.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     plan = Plan(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Plan)})
@@ -253,12 +286,14 @@ def main(argv=None) -> int:
                             "device": jax.devices()[0].device_kind, "cpus": os.cpu_count()}}
     (out / "results.json").write_text(json.dumps({"plan": dataclasses.asdict(plan), "results": results,
                                                   "verdict": verdict}, indent=1))
-    (out / "results.md").write_text(table(results) + "\n" + json.dumps(verdict) + "\n")
+    ablation = ablation_table(results) if plan.ablation else ""
+    (out / "results.md").write_text(table(results) + "\n" + ablation + "\n" + json.dumps(verdict) + "\n")
     try:
         plot(results, out / "curves.png")
     except ImportError:
         print("matplotlib is not installed (pip install matplotlib): no curves.png", file=sys.stderr)
     print(table(results))
+    print(ablation)
     print(json.dumps(verdict))
     return 0
 

@@ -35,6 +35,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--loss", help="policy loss of RL (rl/losses.py): sapo (default), grpo, dr_grpo, gspo")
     p.add_argument("--freeze-vision", action="store_true", default=None,
                    help="keep the vision tower fixed (e.g. after a --mode vision warm-up)")
+    p.add_argument("--train-variants", nargs="+", metavar="VARIANT",
+                   help="train only on records of these variants (full, half, single, external): the paper's "
+                        "ablation; held-out evaluation is not restricted")
     p.add_argument("--out", help="run directory (checkpoints, metrics, config)")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -78,7 +81,8 @@ def main(argv=None) -> int:
         return 2
     overrides = {k: v for k, v in (("model", args.model), ("mode", args.mode), ("steps", args.steps),
                                    ("out_dir", args.out), ("seed", args.seed),
-                                   ("freeze_vision", args.freeze_vision), ("loss", args.loss)) if v is not None}
+                                   ("freeze_vision", args.freeze_vision), ("loss", args.loss),
+                                   ("train_variants", tuple(args.train_variants or ()) or None)) if v is not None}
     if args.data:
         try:
             overrides["data"] = tuple((d.rsplit(":", 1)[0], float(d.rsplit(":", 1)[1]) if ":" in d else 1.0)

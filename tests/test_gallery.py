@@ -19,6 +19,7 @@ class Page(HTMLParser):
     def __init__(self):
         super().__init__()
         self.cards, self.stack, self.errors = [], [], []
+        self.in_relatives = False
         self.stats_seen, self.bars, self.in_stats, self.text = False, 0, False, []
         self.card = None
         self.group = None
@@ -36,8 +37,8 @@ class Page(HTMLParser):
         cls = (a.get("class") or "").split()
         if tag == "section" and "card" in cls:
             self.card = {"id": a["id"], "variant": a["data-variant"], "answer": a["data-answer"],
-                         "ops": a["data-ops"].split(), "imgs": [], "svgs": [], "groups": [], "hops": [], "steps": [],
-                         "legend": [], "links": []}
+                         "ops": a["data-ops"].split(), "world": a["data-world"], "imgs": [], "svgs": [], "groups": [],
+                         "hops": [], "steps": [], "legend": [], "links": [], "relatives": []}
             self.cards.append(self.card)
         if tag == "section" and a.get("id") == "stats":
             self.stats_seen = self.in_stats = True
@@ -64,6 +65,10 @@ class Page(HTMLParser):
             c["legend"].append(a["data-inst"])
         elif tag == "a" and a.get("href", "").startswith("#"):
             c["links"].append(a["href"][1:])
+        elif tag == "div" and "relatives" in cls:
+            self.in_relatives = True
+        elif tag == "span" and "q" in cls and self.in_relatives:
+            c["relatives"].append(None)   # filled by handle_data
 
     def handle_endtag(self, tag):
         if tag in VOID:
@@ -72,12 +77,16 @@ class Page(HTMLParser):
             self.errors.append(f"</{tag}> closes {self.stack[-1:]}")
             return
         self.stack.pop()
+        if tag == "div" and self.in_relatives and "div" not in self.stack[-3:]:
+            self.in_relatives = False
         if tag == "section":
             self.card = None
             self.in_stats = False
 
     def handle_data(self, data):
         self.text.append(data)
+        if self.card is not None and self.card["relatives"] and self.card["relatives"][-1] is None:
+            self.card["relatives"][-1] = data
 
 
 def parse(path) -> Page:
@@ -265,3 +274,33 @@ def test_an_instance_keeps_its_colour_across_the_variants_of_a_chain(dataset):
     colors = instance_colors(rec, [f"i{len(PALETTE) + 1}", "i1", "i2"])
     assert colors == {f"i{len(PALETTE) + 1}": PALETTE[3], "i1": PALETTE[1], "i2": PALETTE[2]}
     assert list(colors) == [f"i{len(PALETTE) + 1}", "i1", "i2"]
+
+
+def test_ablations_sit_beside_their_chain_with_world_filter_and_thumbnails(dataset, tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from hopchain_jax.inspect.gallery import MAX_SIDE, record_world
+    root, records = dataset
+    page = _gallery(root, tmp_path / "r.html", "--limit", 60)
+    children = {}
+    for r in records.values():
+        if r.get("variant_of"):
+            children.setdefault(r["variant_of"], []).append(r)
+    for card in page.cards:
+        rec = records[card["id"]]
+        # a full chain lists its half / single variants' questions; a variant its full chain's
+        want = [records[rec["variant_of"]]] if rec.get("variant_of") else children.get(rec["id"], [])
+        assert sorted(card["relatives"]) == sorted(o["question"] for o in want), card["id"]
+        assert card["world"] == record_world(rec) == "procedural"
+        (src,) = card["imgs"]
+        thumb = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert max(thumb.size) <= MAX_SIDE
+    assert any(c["relatives"] for c in page.cards if c["variant"] == "full")
+    assert (tmp_path / "r.html").stat().st_size < 2_000_000 * len(page.cards) / 60
+    assert 'id="f-world"' in (tmp_path / "r.html").read_text()
+    assert record_world({"variant": "external"}) == "external"
+    assert record_world({"variant": "full", "provenance": {"backend": {"composition": "learnable-chain-v1"}}}) == "learnable"
+    assert record_world({"variant": "full", "provenance": {"backend": {"composition": "vlm-writer"}}}) == "photo"

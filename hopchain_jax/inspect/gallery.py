@@ -6,7 +6,9 @@ Each card shows the image once (JPEG data URL) under an SVG overlay with the bou
 instance the query uses (dashed: an object it only counts), tagged with its id (the tags are for the reader of the gallery, never part of a
 question), a legend of those instances, the question, the answer, the variant (linked to its full chain
 when that card is on the page), the hops (hovering or clicking a hop highlights its instances and its
-program steps), the program and the gold rationale. Filters in the page hide cards without reloading.
+program steps), the program and the gold rationale; beside a full chain, its half / single variants' questions and answers,
+and beside a variant, its full chain's. Images are JPEG thumbnails (MAX_SIDE). Filters in the page (variant,
+op, answer, world) hide cards without reloading.
 The page needs no external asset.
 """
 from __future__ import annotations
@@ -30,8 +32,11 @@ VARIANTS = CHAIN_VARIANTS
 # Instance colours, dark enough for white id tags (instance_colors picks them).
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0a9396", "#f032e6", "#9a6324", "#800000",
            "#000075", "#808000", "#469990")
-JPEG_QUALITY = 85
-MAX_SIDE = 1024  # embedded images are downscaled to this longest side (bboxes are normalised, so unaffected)
+JPEG_QUALITY = 65
+MAX_SIDE = 384   # embedded images are thumbnails of this longest side (shown at 480 px; bboxes are
+                 # normalised, so unaffected): 60 cards of the default world stay under 2 MB
+#: provenance.backend.composition prefix -> the world a record comes from (photos: any other composer)
+WORLDS = (("procedural-chain", "procedural"), ("learnable-chain", "learnable"))
 
 e = html.escape
 
@@ -61,6 +66,15 @@ def record_ops(rec: dict) -> list[str]:
     steps = (rec.get("program") or {}).get("steps") or []
     ops = [s.get("op") for s in steps] if steps else [h.get("op") for h in rec.get("hops") or []]
     return list(dict.fromkeys(str(op) for op in ops if op))
+
+
+def record_world(rec: dict) -> str:
+    """The world a record comes from: "procedural" (the default synthetic world), "learnable" (synth/
+    learnable.py), "photo" (real images through the model-driven pipeline) or "external" (imported)."""
+    if rec.get("variant") == "external":
+        return "external"
+    composition = str((((rec.get("provenance") or {}).get("backend")) or {}).get("composition") or "")
+    return next((world for prefix, world in WORLDS if composition.startswith(prefix)), "photo")
 
 
 def counted_only(rec: dict) -> set[str]:
@@ -199,34 +213,49 @@ def _program_table(rec: dict) -> str:
             f'<tbody>{rows}</tbody></table></details>')
 
 
-def _card(ds: HopChainDataset, rec: dict, on_page: set[str], variants_here: dict[str, list[tuple[str, str]]]) -> str:
+def _relatives(rec: dict, on_page: set[str], by_id: dict[str, dict], children: dict[str, list[dict]]) -> str:
+    """Beside a full chain, its half / single variants (question and answer, linked when on the page); beside
+    a variant, its full chain: the ablations and the chain they come from read side by side."""
+    parent_id = str(rec.get("variant_of") or "")
+    parent = by_id.get(parent_id)
+    others = [parent] if parent else children.get(str(rec.get("id")), [])
+    if parent_id and not parent:
+        return (f'<div class="relatives"><h3>its full chain</h3><ul><li>{e(parent_id)} <small>(not in this dataset)'
+                f'</small></li></ul></div>')
+    if not others:
+        return ""
+    rows = []
+    for o in sorted(others, key=lambda o: VARIANTS.index(o["variant"]) if o.get("variant") in VARIANTS else 9):
+        oid, variant = str(o.get("id")), str(o.get("variant"))
+        badge = f'<span class="variant {e(variant)}">{e(variant)}</span>'
+        badge = f'<a href="#{e(oid)}">{badge}</a>' if oid in on_page else badge + " <small>(not on this page)</small>"
+        rows.append(f'<li>{badge} <span class="q">{e(str(o.get("question", "")))}</span> '
+                    f'<b>= {e(_fmt(o.get("answer")))}</b> <small>({len(o.get("hops") or [])} hops)</small></li>')
+    title = "its full chain" if parent else "its ablations"
+    return f'<div class="relatives"><h3>{title}</h3><ul>{"".join(rows)}</ul></div>'
+
+
+def _card(ds: HopChainDataset, rec: dict, relatives: str = "") -> str:
     used = used_instances(rec)
     colors = instance_colors(rec, used)
     ref = rec.get("image") or {}
     img = _jpeg_data_url(ds.image(ref["shard"], ref["index"]))
     rid, variant = str(rec.get("id", "")), str(rec.get("variant", ""))
     answer = _fmt(rec.get("answer"))
-    link = ""
-    parent = rec.get("variant_of")
-    if parent:
-        link = (f'<span class="vof">variant of <a href="#{e(parent)}">{e(parent)}</a></span>' if parent in on_page
-                else f'<span class="vof">variant of {e(parent)} (not on this page)</span>')
-    elif variants_here.get(rid):
-        link = '<span class="vof">ablations here: ' + ", ".join(
-            f'<a href="#{e(vid)}">{e(v)}</a>' for v, vid in variants_here[rid]) + "</span>"
     rationale = e(str(rec["rationale"])) if rec.get("rationale") else "<i>none</i>"
     scene = f'{e(str(ref.get("shard")))} #{e(str(ref.get("index")))}'
     ops = e(" ".join(record_ops(rec)))
     return f"""
-<section class="card" id="{e(rid)}" data-variant="{e(variant)}" data-answer="{e(answer)}" data-ops="{ops}">
+<section class="card" id="{e(rid)}" data-variant="{e(variant)}" data-answer="{e(answer)}" data-ops="{ops}" data-world="{e(record_world(rec))}">
   <div class="left"><div class="imgwrap"><img src="{img}" alt="scene {scene}">{_overlay(rec, used, colors)}</div>
   {_legend(rec, used, colors)}</div>
   <div class="body">
-    <div class="meta"><span class="variant {e(variant)}">{e(variant)}</span>{link}
+    <div class="meta"><span class="variant {e(variant)}">{e(variant)}</span>
       <span>{len(rec.get('hops') or [])} hops</span><span>{scene} ({ref.get('width')}×{ref.get('height')})</span>
       <span class="rid">{e(rid)}</span></div>
     <p class="question">{e(str(rec.get('question', '')))}</p>
     <p class="answer">Answer: <b>{e(answer)}</b></p>
+    {relatives}
     {_hops_table(rec)}
     {_program_table(rec)}
     <details><summary>gold rationale</summary><p class="rationale">{rationale}</p></details>
@@ -283,16 +312,18 @@ def _stats_section(stats: dict) -> str:
             + "</div></section>")
 
 
-def _filter_bar(cards_meta: list[tuple[str, list[str], str]]) -> str:
-    variants = sorted({v for v, _, _ in cards_meta}, key=lambda v: (VARIANTS.index(v) if v in VARIANTS else 9, v))
-    ops = sorted({op for _, ops, _ in cards_meta for op in ops})
-    answers = sorted({a for _, _, a in cards_meta}, key=_num_key)
+def _filter_bar(cards_meta: list[tuple[str, list[str], str, str]]) -> str:
+    variants = sorted({v for v, _, _, _ in cards_meta}, key=lambda v: (VARIANTS.index(v) if v in VARIANTS else 9, v))
+    ops = sorted({op for _, ops, _, _ in cards_meta for op in ops})
+    answers = sorted({a for _, _, a, _ in cards_meta}, key=_num_key)
+    worlds = sorted({w for _, _, _, w in cards_meta})
 
     def select(name: str, values: Sequence[str]) -> str:
         opts = "".join(f'<option value="{e(v)}">{e(v)}</option>' for v in values)
         return f'<label>{name} <select id="f-{name}"><option value="">all</option>{opts}</select></label>'
 
     return (f'<div class="filters">{select("variant", variants)}{select("op", ops)}{select("answer", answers)}'
+            f'{select("world", worlds)}'
             f'<span id="f-count">{len(cards_meta)} of {len(cards_meta)} cards shown</span></div>')
 
 
@@ -328,24 +359,28 @@ td.hbar{width:120px} td.hbar div{height:10px;background:#4363d8;border-radius:2p
 .bars .n{font-size:10px;color:#555} .bars .k{font-size:11px;margin-top:2px;height:14px}
 .rule{font-size:13px;color:#444} .filters{position:sticky;top:0;background:#f4f4f6;padding:8px 0;margin-bottom:10px;z-index:2}
 .filters label{margin-right:14px;font-size:14px} #f-count{color:#555;font-size:13px}
+.relatives{background:#f7f7fa;border-radius:6px;padding:6px 10px;margin:6px 0;font-size:13px}
+.relatives ul{margin:0;padding-left:4px;list-style:none} .relatives li{margin:3px 0} .relatives a{text-decoration:none}
 """
 
 SCRIPT = """
 (function(){
   var cards = Array.prototype.slice.call(document.querySelectorAll('section.card'));
   var fv = document.getElementById('f-variant'), fo = document.getElementById('f-op'),
-      fa = document.getElementById('f-answer'), count = document.getElementById('f-count');
+      fa = document.getElementById('f-answer'), fw = document.getElementById('f-world'),
+      count = document.getElementById('f-count');
   function apply(){
     var n = 0;
     cards.forEach(function(c){
       var ok = (!fv.value || c.dataset.variant === fv.value)
             && (!fo.value || (c.dataset.ops || '').split(' ').indexOf(fo.value) >= 0)
-            && (!fa.value || c.dataset.answer === fa.value);
+            && (!fa.value || c.dataset.answer === fa.value)
+            && (!fw.value || c.dataset.world === fw.value);
       c.hidden = !ok; if (ok) n++;
     });
     count.textContent = n + ' of ' + cards.length + ' cards shown';
   }
-  [fv, fo, fa].forEach(function(s){ if (s) s.addEventListener('change', apply); });
+  [fv, fo, fa, fw].forEach(function(s){ if (s) s.addEventListener('change', apply); });
   cards.forEach(function(card){
     var pinned = null;
     function show(ids, hop){
@@ -403,12 +438,13 @@ def write_gallery(root: str | os.PathLike, out_html: str | os.PathLike, limit: i
     stats = dataset_stats(all_records)
     sample, n_passed = select_records(enumerate(all_records), limit, seed, variants, ops, answers)
     on_page = {str(r.get("id")) for _, r in sample}
-    variants_here: dict[str, list[tuple[str, str]]] = {}
-    for _, r in sample:
-        if r.get("variant_of") and r["variant_of"] in on_page:
-            variants_here.setdefault(r["variant_of"], []).append((str(r.get("variant")), str(r.get("id"))))
-    cards = [_card(ds, r, on_page, variants_here) for _, r in sample]
-    meta = [(str(r.get("variant", "")), record_ops(r), _fmt(r.get("answer"))) for _, r in sample]
+    by_id = {str(r.get("id")): r for r in all_records}
+    children: dict[str, list[dict]] = {}
+    for r in all_records:
+        if r.get("variant_of"):
+            children.setdefault(str(r["variant_of"]), []).append(r)
+    cards = [_card(ds, r, _relatives(r, on_page, by_id, children)) for _, r in sample]
+    meta = [(str(r.get("variant", "")), record_ops(r), _fmt(r.get("answer")), record_world(r)) for _, r in sample]
     filters = [f"{name}: {', '.join(map(str, vals))}" for name, vals in
                (("variant", variants), ("op", ops), ("answer", answers)) if vals]
     title = e(str(root))

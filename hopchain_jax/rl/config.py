@@ -57,6 +57,8 @@ class TrainConfig:
       image hash, data/split.py; recorded in OUT/heldout.json), never trains on them, and scores greedy
       accuracy on eval_items of their records (eval_variants) before the first step, every eval_every steps
       and at the end (eval_max_new_tokens, 0: max_new_tokens), logged as eval_accuracy beside the reward.
+    train_variants: train only on records of these variants (e.g. ("half",): the paper's ablation of full vs
+      half vs single chains); () trains on every record. The held-out evaluation is not restricted by it.
     Step shapes: a step's rows are padded to its length bucket (rl.sequences.LENGTH_BUCKETS) and each
       micro-batch's images to a power-of-two patch count, and every new (length, patches) pair compiles
       the scoring and update programs again. pad_to_tokens / pad_to_patches (0: off) pad every step to at
@@ -116,6 +118,7 @@ class TrainConfig:
     eval_variants: tuple[str, ...] = ("full", "external")
     eval_max_new_tokens: int = 0
     heldout_fraction: float = 0.1
+    train_variants: tuple[str, ...] = ()
 
     def __post_init__(self):
         settings = self.loss_settings.items() if isinstance(self.loss_settings, dict) else self.loss_settings
@@ -133,6 +136,10 @@ class TrainConfig:
         if self.grad_accum < 1 or rows % self.grad_accum:
             raise ValueError(f"grad_accum={self.grad_accum} must divide the {rows} rows of each optimizer step "
                              "(prompts_per_step x group_size / minibatches; prompts_per_step for sft and vision)")
+        from hopchain_jax.variants import ALL_VARIANTS
+        unknown = [v for v in (*self.train_variants, *self.eval_variants) if v not in ALL_VARIANTS]
+        if unknown:
+            raise ValueError(f"train_variants / eval_variants: unknown variant(s) {unknown}; use {ALL_VARIANTS}")
         from hopchain_jax.models.stack import REMAT
         if self.remat not in REMAT:
             raise ValueError(f"remat must be one of {sorted(REMAT)}, got {self.remat!r}")
@@ -195,8 +202,9 @@ class TrainConfig:
         if legacy and data.get("loss", "sapo") == "sapo":
             settings = {**{k: v for k, v in legacy.items() if v != {"tau_pos": 1.0, "tau_neg": 1.05}[k]}, **settings}
         data["loss_settings"] = settings
-        if "eval_variants" in data:
-            data["eval_variants"] = tuple(data["eval_variants"])
+        for key in ("eval_variants", "train_variants"):
+            if key in data:
+                data[key] = tuple(data[key])
         if data.get("rollout_mesh") is not None:
             data["rollout_mesh"] = tuple(data["rollout_mesh"])
         return cls(**data)

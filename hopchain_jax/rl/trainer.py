@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 
 from hopchain_jax.data.mixture import make_mixture
 from hopchain_jax.data.prompts import BuildPrompt, PromptConfig, prompt_transforms
-from hopchain_jax.data.split import SplitSource, split_sources
+from hopchain_jax.data.split import SplitSource, keep_variants, split_sources
 from hopchain_jax.eval.run import select_records
 from hopchain_jax.eval.scoring import score_response
 from hopchain_jax.infer.engine import InferenceEngine, Request, SamplingParams
@@ -165,11 +165,13 @@ class Trainer:
     # -- held-out split and evaluation -------------------------------------------------------------------
     def _split(self, sources: list[tuple[str, float]]):
         """(training sources, held-out parts): with eval_every > 0 each source's held-out images are taken
-        out of training (data/split.py); _eval_prompts records the split in OUT/heldout.json."""
+        out of training (data/split.py); _eval_prompts records the split in OUT/heldout.json. With
+        train_variants the training sources keep only those variants' records."""
+        only = (lambda src: keep_variants(src, self.cfg.train_variants)) if self.cfg.train_variants else (lambda src: src)
         if not self.cfg.eval_every:
-            return sources, None
+            return [(only(d), w) for d, w in sources], None
         parts = [split_sources(d, self.cfg.heldout_fraction) for d, _ in sources]
-        return [(train, w) for (train, _), (_, w) in zip(parts, sources)], [heldout for _, heldout in parts]
+        return [(only(train), w) for (train, _), (_, w) in zip(parts, sources)], [heldout for _, heldout in parts]
 
     def _eval_prompts(self, heldout: list[SplitSource], merge_size: int) -> list[dict]:
         """eval_items held-out records of eval_variants (a fixed sample: the lowest id hashes), as prompts;

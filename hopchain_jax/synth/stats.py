@@ -65,9 +65,10 @@ def blind_guess(program: Mapping[str, Any], said: Mapping[str, Any], prior: Call
     return env.get(program["output"])
 
 
-def blind_baselines(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Accuracy of the two blind baselines on the full-chain records among `records`."""
-    full = [r for r in records if r["variant"] == "full" and r.get("program")]
+def blind_baselines(records: Iterable[Mapping[str, Any]], variant: str = "full") -> dict[str, Any]:
+    """Accuracy of the two blind baselines on the records of `variant` (default: the full chains) among
+    `records`; the priors are fitted on that variant's records only."""
+    full = [r for r in records if r["variant"] == variant and r.get("program")]
     if not full:
         return {"most_common": None, "text_only": None, "text_only_rule": TEXT_ONLY_RULE, "queries": 0}
     answers = collections.Counter(r["answer"] for r in full)
