@@ -83,3 +83,40 @@ def test_served_vlm_solvers_and_an_engine_calibrator_keep_verified_queries(oracl
         cal = rec["verification"]["calibration"]
         assert cal["model"] == "tiny" and cal["samples"] == 8 and cal["correct"] < 8   # random: never all right
         assert vlm.book[rec["question"]] == rec["answer"]
+
+
+def test_the_command_exits_nonzero_while_items_wait_and_stops_on_an_unreachable_endpoint(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """Exit status and console of `hopchain synth --images`: 1 with the rerun instruction while items wait for
+    the model (photo_pipeline's "pending"); 2, before any image, when the probe cannot reach the endpoint."""
+    import portpicker
+
+    from hopchain_jax.cli import main
+    from hopchain_jax.vlm import photo_pipeline, sam3
+    (tmp_path / "sam3").mkdir()
+    (tmp_path / "sam3" / "config.json").write_text("{}")
+    monkeypatch.setattr(sam3.Sam3Segmenter, "from_pretrained", classmethod(lambda cls, *a, **k: object()))
+    write_scene_photos(tmp_path / "photos", (0,))
+    dead = f"m@http://127.0.0.1:{portpicker.pick_unused_port()}/v1"
+    argv = ["synth", "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--vlm", dead,
+            "--sam3", str(tmp_path / "sam3"), "--no-progress"]
+    real = photo_pipeline.run_photo_synthesis
+
+    def waiting(root, config, stages, progress=True):
+        summary = {"out": str(root), "shards": 1, "shards_resumed": 0, "partial_shards_removed": 0,
+                   "images_in_folder": 1, "unreadable": {}, "instances_kept": 0, "instances_dropped": {},
+                   "stages": {s: {"in": 0, "accepted": 0, "rejected": {}} for s in photo_pipeline.STAGES},
+                   "records": 0, "this_run": {"shards": 0, "records": 0, "seconds": 0.0},
+                   "pending": {"shard": 0, "shards_left": 1, "items": 3, "by_stage": {"queries": 3},
+                               "first": {"stage": "queries", "item": "scene-000.png [i0,i1,i2]",
+                                         "reason": "model error: APIConnectionError: Connection refused"}}}
+        return summary
+    monkeypatch.setattr(photo_pipeline, "run_photo_synthesis", waiting)
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "3 items could not reach the model: rerun the same command to retry" in out + err
+    monkeypatch.setattr(photo_pipeline, "run_photo_synthesis", real)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot be reached" in err and "start the server or fix the URL" in err
+    assert not list((tmp_path / "out" / "shards").glob("shard-*"))

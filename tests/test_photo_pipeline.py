@@ -165,7 +165,8 @@ def test_model_errors_and_a_crashing_segmenter_are_reported_per_item(photos, tmp
                 raise RuntimeError("CUDA out of memory")
             seg, report = super().segment_with_report(image, categories)
             if image.source.endswith("002.png"):  # SAM3 found only two objects: the paper skips the image
-                return dataclasses.replace(seg, instances=seg.instances[:2]), {"low_score": 5, "duplicate": 1}
+                return dataclasses.replace(seg, instances=seg.instances[:2]), {
+                    "low_score": 5, "duplicate": 1, "empty_categories": ["kite"], "errors": {"mug": "ValueError: bad"}}
             return seg, report
 
     stages.segmenter = Crashing(scenes)
@@ -178,6 +179,13 @@ def test_model_errors_and_a_crashing_segmenter_are_reported_per_item(photos, tmp
     assert st["categories"]["rejected"] == {"unreadable image": 1, "no JSON list of category names in the output": 1}
     assert st["segmentation"]["rejected"] == {"segmenter error": 1, "fewer than N instances": 1}
     assert summary["instances_dropped"]["low_score"] == 5 and summary["instances_dropped"]["duplicate"] == 1
+    # SAM3's categories without an instance and failing categories are not dropped instances
+    assert not {"empty_categories", "errors"} & set(summary["instances_dropped"])
+    assert summary["categories"] == {"without an instance": 1, "failed": 1}
+    text = format_photo_summary(summary)
+    assert "categories: 1 without an instance, 1 failed" in text and "mug: ValueError: bad [scene-002.png]" in text
+    # each reason is printed with one real example, the model's first message verbatim
+    assert "e.g. model error: InternalServerError: 500 upstream down [scene-" in text
     assert st["queries"]["in"] == 1 * 4 and st["queries"]["rejected"] == {"model error": 1 * 4}
     events = [e for p in sorted((tmp_path / "out" / "shards").glob("shard-*"))
               for e in json.loads((p / "shard.json").read_text())["events"]]
@@ -204,3 +212,116 @@ def test_instance_sets_and_crops():
     piece = crop(pixels, [500, 200, 600, 400], margin=0.0, max_side=64, min_side=8)
     assert piece.shape == (20, 20, 3) and piece.min() == 255
     assert crop(pixels, [0, 0, 5, 5], margin=0.0, min_side=28).shape[:2] == (28, 28)
+
+
+class FlakyEndpoint:
+    """An OracleVLM behind what OpenAIChatBackend gives the stages: successful responses cached, and while
+    `down`, every third call not in the cache fails the way an endpoint that outlasts its retries does
+    (ChatResult.transient). `sent`: the requests that reached the model (cache misses), by key."""
+
+    def __init__(self, inner):
+        self.inner, self.model, self.down = inner, inner.model, True
+        self.cache, self.sent, self.calls = {}, [], 0
+
+    @staticmethod
+    def _key(req):
+        return json.dumps([req.messages, req.n, req.temperature, req.max_tokens, req.salt], sort_keys=True)
+
+    def complete(self, requests):
+        from hopchain_jax.vlm.chat import ChatResult
+        out = []
+        for req in requests:
+            key = self._key(req)
+            if key in self.cache:
+                out.append(self.cache[key])
+                continue
+            self.calls += 1
+            if self.down and self.calls % 3 == 0:
+                out.append(ChatResult([], [], {}, attempts=6, error="APIConnectionError: Connection refused",
+                                      transient=True))
+                continue
+            self.sent.append(key)
+            out.append(self.cache.setdefault(key, self.inner.complete([req])[0]))
+        return out
+
+
+def _flaky_stages(scenes, blind):
+    stages, vlm, calibrator = make_stages(scenes, blind)
+    flaky, flaky_cal = FlakyEndpoint(vlm), FlakyEndpoint(calibrator)
+    stages.identifier.backend = stages.writer.backend = flaky
+    stages.verifier = AgreementVerifier([flaky], calibrator=flaky_cal)
+    return stages, flaky, flaky_cal
+
+
+def _records(root):
+    return sorted((r["image"]["sha256"], r["question"], r["answer"]) for r in HopChainDataset(root).records())
+
+
+def test_an_endpoint_that_drops_calls_loses_nothing_and_a_rerun_matches_an_undisturbed_run(photos, tmp_path):
+    folder, scenes, blind = photos
+    calm, _, _ = make_stages(scenes, blind)
+    run_photo_synthesis(tmp_path / "calm", config(folder), calm, progress=False)
+    stages, flaky, flaky_cal = _flaky_stages(scenes, blind)
+    out = tmp_path / "out"
+    first = run_photo_synthesis(out, config(folder), stages, progress=False)
+    pending = first["pending"]
+    # the shard with a dropped call is not written, nor any after it; nothing was rejected for the outage
+    assert pending and pending["items"] >= 1 and pending["first"]["reason"].startswith("model error: APIConnectionError")
+    assert first["this_run"]["shards"] == pending["shard"] and pending["shards_left"] == 3 - pending["shard"]
+    assert sorted(p.name for p in (out / "shards").glob("shard-*")) == [f"shard-{k:05d}" for k in range(pending["shard"])]
+    assert all("APIConnection" not in k for st in first["stages"].values() for k in st["rejected"])
+    text = format_photo_summary(first)
+    assert f"{pending['items']} items could not reach the model: rerun the same command to retry" in text
+    # the endpoint recovers: the same command finishes the run, repeating no completed call
+    flaky.down = flaky_cal.down = False
+    n, n_cal = len(flaky.sent), len(flaky_cal.sent)
+    second = run_photo_synthesis(out, config(folder), stages, progress=False)
+    assert second["pending"] is None and second["shards_resumed"] == pending["shard"]
+    resent = (set(flaky.sent[n:]) | set(flaky_cal.sent[n_cal:])) & (set(flaky.sent[:n]) | set(flaky_cal.sent[:n_cal]))
+    assert not resent and len(flaky.sent) > n
+    assert _records(out) == _records(tmp_path / "calm") and _records(out)
+
+
+def test_the_probe_stops_a_misconfigured_run_before_any_image(photos, tmp_path):
+    folder, scenes, blind = photos
+    stages, vlm, _ = make_stages(scenes, blind)
+
+    class Misconfigured:
+        model = "big-vlm"
+
+        def probe(self, max_tokens):
+            return f"big-vlm@http://x/v1 refuses max_tokens={max_tokens}: lower --max-tokens"
+
+        def complete(self, requests):
+            raise AssertionError("no image may reach a model that the probe refused")
+
+    stages.identifier.backend = stages.writer.backend = Misconfigured()
+    with pytest.raises(ValueError, match=r"cannot be used as configured:\n  - big-vlm@http://x/v1 refuses "
+                                         r"max_tokens=4096: lower --max-tokens$"):   # one probe: the largest budget
+        run_photo_synthesis(tmp_path / "out", config(folder), stages, progress=False)
+    assert not list((tmp_path / "out" / "shards").glob("shard-*"))
+
+
+@pytest.mark.parametrize("reason, key", [
+    ("the last hop's value 'i1' is not the answer 7", "the last hop's value is not the answer N"),
+    ("no Level-2 perception hop", "no Level-N perception hop"),
+    ("no instance-chain hop", "no instance-chain hop"),
+    ("the answer 'seven' is not a single number", "the answer is not a single number"),
+    ("hop 2 has kind 'look' level 3", "hop N has kind level N"),
+    ("the question refers to things the solver does not see: ['crop', 'i3']",
+     "the question refers to things the solver does not see"),
+    ("the chain uses 2 instances; it needs 3 to 6", "the chain uses N instances"),
+    ("2 hops; a chain needs at least 3", "N hops"),
+    ("the chain uses objects it was not given: ['i9']", "the chain uses objects it was not given"),
+    ("model error: InternalServerError: Error code: 500", "model error"),
+    ("solver error: big-vlm: BadRequestError: 400", "solver error"),
+    ("solvers disagree: 3 of 4 give the answer 5", "solvers disagree"),
+    ("too easy: the calibration model solved it 8 of 8 times", "too easy"),
+    ("unreadable image: OSError: cannot identify image file", "unreadable image"),
+    ("segmenter error: RuntimeError: CUDA out of memory", "segmenter error"),
+    ("fewer than 3 instances (2 found)", "fewer than N instances"),
+    ("the answer was cut off by max_tokens before the list ended",
+     "the answer was cut off by max_tokens before the list ended"),
+])
+def test_reason_keys_stay_readable(reason, key):
+    assert reason_key(reason) == key

@@ -14,7 +14,8 @@ from hopchain_jax.vlm.parse import parse_categories
 class FakeEndpoint:
     """/v1/chat/completions that answers with the request's text reversed, sample k suffixed with k.
 
-    script: per-call behaviour consumed in order ("500", "429", "400", "slow", or None for normal)."""
+    script: per-call behaviour consumed in order ("500", "429", "400", "404", "slow", or None for normal;
+    "400:message" sends that error message)."""
 
     def __init__(self):
         self.calls, self.script, self.bodies = 0, [], []
@@ -31,11 +32,12 @@ class FakeEndpoint:
                     outer.calls += 1
                     outer.bodies.append(body)
                     action = outer.script.pop(0) if outer.script else None
-                if action in ("500", "429", "400"):
-                    self.send_response(int(action))
+                if action and action.split(":")[0] in ("500", "429", "400", "404"):
+                    code, _, message = action.partition(":")
+                    self.send_response(int(code))
                     self.send_header("Content-Type", "application/json")
                     self.end_headers()
-                    self.wfile.write(json.dumps({"error": {"message": f"scripted {action}"}}).encode())
+                    self.wfile.write(json.dumps({"error": {"message": message or f"scripted {code}"}}).encode())
                     return
                 if action == "slow":
                     time.sleep(1.5)
@@ -116,7 +118,32 @@ def test_failures_are_per_item_and_never_cached(endpoint, tmp_path):
 def test_timeouts_are_retried_then_reported(endpoint, tmp_path):
     endpoint.script = ["slow", "slow"]
     result = backend(endpoint, tmp_path, timeout_s=0.5, max_retries=1).complete([ChatRequest([user_message("x")])])[0]
-    assert result.attempts == 2 and "Timeout" in result.error
+    assert result.attempts == 2 and "Timeout" in result.error and result.transient
+
+
+def test_errors_say_whether_a_later_retry_may_succeed(endpoint, tmp_path):
+    endpoint.script = ["500", "500", "400"]
+    b = backend(endpoint, tmp_path, max_retries=1, max_concurrency=1)
+    down, bad = b.complete([ChatRequest([user_message("a")]), ChatRequest([user_message("b")])])
+    assert "InternalServerError" in down.error and down.transient        # 5xx outlasted its retries
+    assert "BadRequestError" in bad.error and not bad.transient           # the request itself is wrong
+    assert b.complete([ChatRequest([user_message("ok")])])[0].transient is False
+
+
+def test_the_probe_names_what_would_fail_every_call_and_its_fix(endpoint, tmp_path):
+    b = backend(endpoint, tmp_path, max_retries=0)
+    endpoint.script = ["400:max_tokens=4096 does not fit the model's context of 4096 tokens"]
+    problem = b.probe(4096)
+    assert "lower --max-tokens" in problem and "4096 does not fit the model's context" in problem
+    endpoint.script = ["404:The model `tiny-vlm` does not exist."]
+    assert "does not serve the model 'tiny-vlm'" in b.probe(64)
+    assert b.probe(64) is None and endpoint.calls == 3                   # the endpoint answers: no problem
+    calls = endpoint.calls
+    assert backend(endpoint, tmp_path).probe(64) is None and endpoint.calls == calls   # a rerun's probe is cached
+    import portpicker
+    gone = OpenAIChatBackend(f"http://127.0.0.1:{portpicker.pick_unused_port()}/v1", model="m", max_retries=0,
+                             timeout_s=2.0)
+    assert "cannot be reached" in gone.probe(64) and "start the server or fix the URL" in gone.probe(64)
 
 
 @pytest.mark.parametrize("text, expected", [

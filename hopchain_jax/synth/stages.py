@@ -57,11 +57,13 @@ class Segmentation:
 
 @dataclasses.dataclass(frozen=True)
 class Verification:
-    """Schema-v1 `verification` field; `accepted` False carries the reason in `reason`."""
+    """Schema-v1 `verification` field; `accepted` False carries the reason in `reason`; transient: not
+    accepted only because a model call failed in a way that may not repeat (retry the record later)."""
 
     accepted: bool
     record_field: dict
     reason: str = ""
+    transient: bool = False
 
 
 class CategoryIdentifier(Protocol):

@@ -43,7 +43,7 @@ class VLMCategoryIdentifier:
         out = []
         for res in results:
             if res.error:
-                out.append(CategoryParse([], f"model error: {res.error}"))
+                out.append(CategoryParse([], f"model error: {res.error}", transient=res.transient))
             elif res.finish_reasons and res.finish_reasons[0] == "length" and "]" not in res.texts[0]:
                 out.append(CategoryParse([], "the answer was cut off by max_tokens before the list ended"))
             else:

@@ -49,7 +49,9 @@ class ChatRequest:
 @dataclasses.dataclass
 class ChatResult:
     """texts: one per sample (empty on error); finish_reasons: "stop" | "length" | ...; usage: token
-    counts; cached: served from the cache; attempts: calls made; error: why the item failed, or None."""
+    counts; cached: served from the cache; attempts: calls made; error: why the item failed, or None;
+    transient: the error may not repeat (a connection error, timeout, 429 or 5xx that outlasted every
+    retry): the item should be retried later, never recorded as a final rejection."""
 
     texts: list[str]
     finish_reasons: list[str]
@@ -57,3 +59,4 @@ class ChatResult:
     cached: bool = False
     attempts: int = 0
     error: str | None = None
+    transient: bool = False

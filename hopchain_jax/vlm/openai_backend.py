@@ -6,8 +6,10 @@
 
 Requests run concurrently (`max_concurrency` threads), each with its own timeout. Connection errors,
 timeouts, 429 and 5xx responses are retried with exponential backoff and jitter; other errors (400 bad
-request, 401, ...) fail that item at once. Every failure is reported on its item (`ChatResult.error`),
-never raised, so one bad request cannot stop a batch. With `cache_dir`, every successful response is
+request, 401, ...) fail that item at once. Every failure is reported on its item (`ChatResult.error`,
+with `transient` set when it was one of the retried kinds: a caller retries such items later instead of
+rejecting them), never raised, so one bad request cannot stop a batch. `probe(max_tokens)` checks the
+endpoint, the model name and the answer budget with one call before a run. With `cache_dir`, every successful response is
 stored before it is returned: a rerun after a crash (or a kill -9) repeats no call that completed.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import random
+import re
 import threading
 import time
 from typing import Sequence
@@ -53,7 +56,7 @@ class OpenAIChatBackend:
             return True  # APITimeoutError is an APIConnectionError
         return isinstance(err, o.APIStatusError) and err.status_code in (408, 409)
 
-    def _one(self, req: ChatRequest) -> ChatResult:
+    def _one(self, req: ChatRequest, max_retries: int | None = None) -> ChatResult:
         payload = self._payload(req)
         key = request_key({"base_url": self.base_url, "payload": payload, "salt": req.salt})
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
@@ -66,11 +69,12 @@ class OpenAIChatBackend:
             try:
                 resp = self.client.chat.completions.create(**payload)
             except Exception as err:  # noqa: BLE001 - every failure becomes the item's error
-                if self._retryable(err) and attempts <= self.max_retries:
+                if self._retryable(err) and attempts <= (self.max_retries if max_retries is None else max_retries):
                     delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1))
                     time.sleep(delay * random.uniform(0.5, 1.0))
                     continue
-                return ChatResult([], [], {}, attempts=attempts, error=f"{type(err).__name__}: {err}")
+                return ChatResult([], [], {}, attempts=attempts, error=f"{type(err).__name__}: {err}",
+                                  transient=self._retryable(err))
             choices = sorted(resp.choices, key=lambda c: c.index)
             texts = [c.message.content or "" for c in choices]
             usage = resp.usage.model_dump() if resp.usage is not None else {}
@@ -81,6 +85,27 @@ class OpenAIChatBackend:
             if self.cache is not None:
                 self.cache.put(key, value)
             return ChatResult(texts, value["finish_reasons"], usage, attempts=attempts)
+
+    def probe(self, max_tokens: int) -> str | None:
+        """One small call with a stage's answer budget before a run, so that what would fail every call is
+        found first: None when the endpoint answers, else the problem and its fix (an unreachable endpoint,
+        a model it does not serve, a max_tokens its context cannot hold). A success is cached like any
+        response, so a rerun's probe calls nothing; at most 2 retries."""
+        res = self._one(ChatRequest([user_message("Reply with the word OK.")], max_tokens=max_tokens, salt="probe"),
+                        max_retries=min(self.max_retries, 2))   # a check, not work: ~3 s of backoff at most
+        if res.error is None:
+            return None
+        where = f"{self.model}@{self.base_url}"
+        if res.transient:
+            return (f"{where} cannot be reached ({res.error}): start the server or fix the URL, then rerun the same "
+                    "command")
+        if res.error.startswith("NotFoundError"):
+            return (f"{where}: the endpoint does not serve the model {self.model!r} ({res.error}); give the name it "
+                    f"serves before '@' (GET {self.base_url}/models lists them)")
+        if res.error.startswith("BadRequestError") and re.search(r"max_tokens|context|length", res.error, re.I):
+            return (f"{where} refuses max_tokens={max_tokens} ({res.error}): lower --max-tokens, or serve the "
+                    "model with a longer context (e.g. vLLM --max-model-len)")
+        return f"{where} refused a probe request ({res.error}); fix the endpoint or the model flags, then rerun"
 
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """Results in the order of `requests`; failures are reported per item, never raised."""

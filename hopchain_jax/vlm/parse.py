@@ -23,10 +23,12 @@ _KEEP = ("ss", "us", "is", "ous")  # glass, bus, tennis, ...: not plurals
 
 @dataclasses.dataclass(frozen=True)
 class CategoryParse:
-    """categories: normalised, distinct, in the model's order; problem: why nothing usable was found."""
+    """categories: normalised, distinct, in the model's order; problem: why nothing usable was found;
+    transient: the problem is a model call that may succeed later (ChatResult.transient)."""
 
     categories: list[str]
     problem: str | None = None
+    transient: bool = False
 
 
 def singular(noun: str) -> str:

@@ -83,4 +83,8 @@ def run_photos(args: argparse.Namespace) -> int:
         print(f"hopchain synth --images: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1) if args.json else format_photo_summary(summary))
+    if summary.get("pending"):   # not final: a rerun of the same command retries exactly the unwritten shards
+        print(f"hopchain synth --images: {summary['pending']['items']} items could not reach the model: rerun the "
+              "same command to retry", file=sys.stderr)
+        return 1
     return 0

@@ -10,9 +10,16 @@ split into shards of `images_per_shard`. Each shard runs the four stages over it
 stage as one batched call) and is written atomically (data/store.py), so a killed run resumes by
 rerunning the same command: committed shards are kept, the shard in flight is redone, and with the
 response cache (OUT/vlm-cache by default) none of its completed model calls is paid for twice. Every
-item a stage drops is counted under a short reason, and the shard's log (shard.json "events") keeps
-each item's full reason, so a bad image, a malformed model answer or an HTTP error is reported, never a
-crash.
+item a stage drops is counted under a short reason (reason_key; the summary prints one real example per
+reason), and the shard's log (shard.json "events") keeps each item's full reason, so a bad image or a
+malformed model answer is reported, never a crash.
+
+Nothing is lost to a failure that may not repeat: before any image, one probe call per endpoint finds
+what would fail every call (unreachable endpoint, unknown model, a max_tokens the context cannot hold)
+and names the fix; during the run, a model call that outlasts its retries with a connection error,
+timeout, 429 or 5xx (ChatResult.transient) is never recorded as a rejection: its shard is left
+unwritten, the run stops there, and the summary's "pending" says how many items wait for a rerun of the
+same command (the CLI exits 1).
 """
 from __future__ import annotations
 
@@ -80,13 +87,34 @@ class PhotoStages:
         return {"categories": self.identifier.name, "segmentation": self.segmenter.name,
                 "composition": self.writer.name, "verification": self.verifier.name}
 
+    def probe(self) -> list[str]:
+        """One probe call per distinct endpoint, with the largest answer budget the stages ask of it (backends
+        with a `probe(max_tokens)`, e.g. OpenAIChatBackend; local checkpoints need none), before any image: the
+        problems that would fail every call (unreachable endpoint, unknown model name, a max_tokens the
+        model's context cannot hold), each with its fix; [] when every endpoint answers."""
+        uses = [(self.identifier, getattr(self.identifier, "backend", None)),
+                (self.writer, getattr(self.writer, "backend", None)),
+                *((self.verifier, s) for s in getattr(self.verifier, "solvers", ()) or ()),
+                (self.verifier, getattr(self.verifier, "calibrator", None))]
+        budgets: dict[int, tuple[object, int]] = {}   # per backend, the largest answer budget a stage asks of it
+        for stage, backend in uses:
+            budget = getattr(stage, "max_tokens", None)
+            if backend is not None and hasattr(backend, "probe") and budget:
+                budgets[id(backend)] = (backend, max(budget, budgets.get(id(backend), (None, 0))[1]))
+        problems = []
+        for backend, budget in budgets.values():
+            problem = backend.probe(budget)
+            if problem:
+                problems.append(problem)
+        return problems
+
 
 def reason_key(reason: str) -> str:
     """A short, countable form of a reason: its first clause (before the first ':', '(' or ';') with
     numbers and quoted names blanked ("hop 3 names unknown instances ['i9']" -> "hop N names unknown
     instances")."""
     head = re.split(r"[:(;]", reason, maxsplit=1)[0]
-    head = re.sub(r"\[[^\]]*\]|'[^']*'|\"[^\"]*\"", "", head)
+    head = re.sub(r"\[[^\]]*\]|(?<![A-Za-z])'[^']*'(?![A-Za-z])|\"[^\"]*\"", "", head)
     head = re.sub(r"\d+(\.\d+)?", "N", head)
     return re.sub(r"\s+", " ", head).strip() or reason[:60]
 
@@ -96,22 +124,34 @@ class _StageCounts:
 
     def __init__(self):
         self.stats = {s: {"in": 0, "accepted": 0, "rejected": collections.Counter()} for s in STAGES}
+        self.examples: dict[str, dict[str, str]] = {s: {} for s in STAGES}   # stage -> reason key -> first reason
         self.dropped_instances: collections.Counter = collections.Counter()
+        self.category_notes: collections.Counter = collections.Counter()      # SAM3: categories without / failing
         self.instances_kept = 0
         self.events: list[dict] = []
+        self.pending: list[dict] = []   # items whose model call failed transiently: retried by a rerun
 
     def accept(self, stage: str, n: int = 1) -> None:
         self.stats[stage]["in"] += n
         self.stats[stage]["accepted"] += n
 
     def reject(self, stage: str, item: str, reason: str) -> None:
+        key = reason_key(reason)
         self.stats[stage]["in"] += 1
-        self.stats[stage]["rejected"][reason_key(reason)] += 1
+        self.stats[stage]["rejected"][key] += 1
+        self.examples[stage].setdefault(key, f"{reason} [{item}]")   # the reason first: the item may be long
         self.events.append({"stage": stage, "item": item, "reason": reason})
 
+    def defer(self, stage: str, item: str, reason: str) -> None:
+        """The item's model call failed in a way that may not repeat (ChatResult.transient): not a
+        rejection; the shard is left unwritten so that a rerun retries it."""
+        self.pending.append({"stage": stage, "item": item, "reason": reason})
+
     def as_json(self) -> dict:
-        return json.loads(json.dumps({"stages": self.stats, "instances_kept": self.instances_kept,
-                                      "instances_dropped": self.dropped_instances}))
+        return json.loads(json.dumps({"stages": self.stats, "examples": self.examples,
+                                      "instances_kept": self.instances_kept,
+                                      "instances_dropped": self.dropped_instances,
+                                      "categories": self.category_notes}))
 
 
 def load_photo(path: Path, max_side: int) -> np.ndarray:
@@ -157,7 +197,9 @@ def synthesize_photo_shard(config: PhotoSynthConfig, stages: PhotoStages, paths:
     # stage 1: categories, one batched call
     found = []
     for image, parse in zip(images, stages.identifier.identify_many(images)):
-        if parse.problem:
+        if parse.problem and getattr(parse, "transient", False):
+            counts.defer("categories", image.source, parse.problem)
+        elif parse.problem:
             counts.reject("categories", image.source, parse.problem)
         else:
             counts.accept("categories")
@@ -175,7 +217,13 @@ def synthesize_photo_shard(config: PhotoSynthConfig, stages: PhotoStages, paths:
             counts.reject("segmentation", image.source, f"segmenter error: {type(e).__name__}: {e}")
             continue
         for key, value in (report or {}).items():
-            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            if key == "empty_categories":       # categories that ran but kept no instance: not dropped instances
+                counts.category_notes["without an instance"] += len(value)
+            elif key == "errors":               # {category: message}: the first message is kept as the example
+                counts.category_notes["failed"] += len(value)
+                for cat, message in value.items():
+                    counts.examples["segmentation"].setdefault("category failed", f"{cat}: {message} [{image.source}]")
+            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
                 counts.dropped_instances[key] += int(value)
             elif isinstance(value, (list, tuple, dict)):
                 counts.dropped_instances[key] += len(value)
@@ -195,6 +243,9 @@ def synthesize_photo_shard(config: PhotoSynthConfig, stages: PhotoStages, paths:
         for draft in image_drafts:
             item = f"{image.source} [{','.join(draft.instance_ids)}]"
             problems = draft.problems
+            if getattr(draft, "transient", False):
+                counts.defer("queries", item, "; ".join(problems))
+                continue
             record = None
             if not problems:
                 seed = int.from_bytes(bytes.fromhex(image.sha256[:8]), "big")
@@ -215,6 +266,9 @@ def synthesize_photo_shard(config: PhotoSynthConfig, stages: PhotoStages, paths:
     records = []
     for (image, seg, rec), verdict in zip(candidates, verdicts):
         item = f"{image.source}: {rec['question']}"
+        if not verdict.accepted and getattr(verdict, "transient", False):
+            counts.defer("verification", item, verdict.reason)
+            continue
         if not verdict.accepted:
             counts.reject("verification", item, verdict.reason)
             continue
@@ -229,7 +283,7 @@ def synthesize_photo_shard(config: PhotoSynthConfig, stages: PhotoStages, paths:
     stats = counts.as_json()
     stats["images_seen"] = len(paths)
     stats["answers"] = dict(collections.Counter(str(r["answer"]) for r in records))
-    return kept_images, kept_labels, records, {"stats": stats, "events": counts.events}
+    return kept_images, kept_labels, records, {"stats": stats, "events": counts.events, "pending": counts.pending}
 
 
 def prepare_photo_output(root: str | os.PathLike, config: PhotoSynthConfig) -> list[Path]:
@@ -261,13 +315,18 @@ def prepare_photo_output(root: str | os.PathLike, config: PhotoSynthConfig) -> l
 
 def _merge(parts: Sequence[dict]) -> dict:
     total: dict[str, Any] = {"images_seen": 0, "instances_kept": 0, "instances_dropped": collections.Counter(),
-                             "answers": collections.Counter(),
+                             "categories": collections.Counter(), "answers": collections.Counter(),
+                             "examples": {s: {} for s in STAGES},
                              "stages": {s: {"in": 0, "accepted": 0, "rejected": collections.Counter()} for s in STAGES}}
     for part in parts:
         total["images_seen"] += part["images_seen"]
         total["instances_kept"] += part["instances_kept"]
         total["instances_dropped"].update(part["instances_dropped"])
+        total["categories"].update(part.get("categories", {}))   # shards written before the split lack it
         total["answers"].update(part["answers"])
+        for s in STAGES:
+            for key, example in part.get("examples", {}).get(s, {}).items():
+                total["examples"][s].setdefault(key, example)
         for s in STAGES:
             total["stages"][s]["in"] += part["stages"][s]["in"]
             total["stages"][s]["accepted"] += part["stages"][s]["accepted"]
@@ -285,14 +344,24 @@ def run_photo_synthesis(root: str | os.PathLike, config: PhotoSynthConfig, stage
     done = store.committed_shards(root)
     n_shards = -(-len(paths) // config.images_per_shard)
     todo = [i for i in range(n_shards) if i not in done]
+    if todo:   # what would fail every call is found before any image is processed
+        problems = stages.probe() if hasattr(stages, "probe") else []
+        if problems:
+            raise ValueError("the models cannot be used as configured:\n  - " + "\n  - ".join(problems))
     start = time.perf_counter()
     made = 0
+    pending: list[dict] = []
+    pending_shard = None
     bar = tqdm.tqdm(total=len(paths), unit="img", desc="photos", disable=not progress,
                     initial=min(len(paths), len([i for i in done if i < n_shards]) * config.images_per_shard))
     try:
         for shard in todo:
             chunk = paths[shard * config.images_per_shard:(shard + 1) * config.images_per_shard]
             images, labels, records, info = synthesize_photo_shard(config, stages, chunk, shard)
+            pending = info.pop("pending")
+            if pending:   # a model call failed transiently: nothing of this shard is final, the rest waits
+                pending_shard = shard
+                break
             store.write_shard(root, shard, images, labels, records, info)
             made += len(records)
             bar.update(len(chunk))
@@ -305,7 +374,15 @@ def run_photo_synthesis(root: str | os.PathLike, config: PhotoSynthConfig, stage
     return {"out": str(root), "images_in_folder": len(paths) + len(manifest["unreadable"]),
             "unreadable": manifest["unreadable"], "shards": n_shards, "shards_resumed": len(done),
             "partial_shards_removed": cleaned, **total, "records": len(HopChainDataset(root)) if shards else 0,
-            "this_run": {"shards": len(todo), "records": made, "seconds": round(elapsed, 2)}}
+            "this_run": {"shards": len(todo) if pending_shard is None else todo.index(pending_shard),
+                         "records": made, "seconds": round(elapsed, 2)},
+            "pending": None if pending_shard is None else {
+                "shard": pending_shard, "shards_left": len(todo) - todo.index(pending_shard), "items": len(pending),
+                "by_stage": dict(collections.Counter(p["stage"] for p in pending)), "first": pending[0]}}
+
+
+def _short(text: str, limit: int = 240) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def format_photo_summary(summary: dict) -> str:
@@ -319,12 +396,26 @@ def format_photo_summary(summary: dict) -> str:
             "verification": "queries"}
     for k, stage in enumerate(STAGES, 1):
         s = summary["stages"][stage]
+        examples = summary.get("examples", {}).get(stage, {})
         lines.append(f"stage {k} {stage}: {s['in']} {what[stage]} in, {s['accepted']} accepted, "
                      f"{s['in'] - s['accepted']} rejected"
-                     + "".join(f"\n  - {why}: {n}" for why, n in sorted(s["rejected"].items(), key=lambda kv: -kv[1])))
+                     + "".join(f"\n  - {why}: {n}" + (f"\n      e.g. {_short(examples[why])}" if why in examples else "")
+                               for why, n in sorted(s["rejected"].items(), key=lambda kv: -kv[1])))
         if stage == "segmentation":
-            dropped = ", ".join(f"{k}={v}" for k, v in summary["instances_dropped"].items()) or "none"
+            dropped = ", ".join(f"{k}={v}" for k, v in summary["instances_dropped"].items() if v) or "none"
             lines.append(f"  instances kept: {summary['instances_kept']}; dropped: {dropped}")
+            notes = summary.get("categories") or {}
+            if any(notes.values()):
+                lines.append("  categories: " + ", ".join(f"{notes[why]} {why}" for why in ("without an instance", "failed")
+                                                          if notes.get(why))
+                             + (f"\n      e.g. {_short(examples['category failed'])}" if "category failed" in examples
+                                else ""))
     lines.append(f"records: {summary['records']}; this run: {summary['this_run']['records']} new in "
                  f"{summary['this_run']['shards']} shards, {summary['this_run']['seconds']} s")
+    pending = summary.get("pending")
+    if pending:
+        first = pending["first"]
+        lines.append(f"{pending['items']} items could not reach the model: rerun the same command to retry "
+                     f"({pending['shards_left']} shards left, from shard {pending['shard']}; completed model calls are "
+                     f"cached and not repeated). First: stage {first['stage']}, {first['item']}: {first['reason']}")
     return "\n".join(lines)

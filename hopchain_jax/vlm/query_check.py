@@ -103,7 +103,7 @@ def check_query(text: str, instance_ids: Sequence[str]) -> CheckedQuery:
     if not 3 <= len(used) <= 6:
         problems.append(f"the chain uses {len(used)} instances; it needs 3 to 6")
     kinds = {(h["kind"], h["level"]) for h in hops}
-    for need, what in ((("perception", 1), "a Level-1 perception hop"), (("perception", 2), "a Level-2 perception hop")):
+    for need, what in ((("perception", 1), "Level-1 perception hop"), (("perception", 2), "Level-2 perception hop")):
         if need not in kinds:
             problems.append(f"no {what}")
     if not any(h["kind"] == "instance_chain" for h in hops):

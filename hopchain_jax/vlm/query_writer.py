@@ -41,12 +41,14 @@ Answer with JSON only:
 @dataclasses.dataclass(frozen=True)
 class QueryDraft:
     """One stage-3 answer: the instance ids the model was given, the check of its output (question,
-    answer, schema-v2 hops, problems) and the model's raw text (kept for the run log)."""
+    answer, schema-v2 hops, problems) and the model's raw text (kept for the run log); error: the model
+    call's failure, transient when it may succeed later (ChatResult.transient)."""
 
     instance_ids: tuple[str, ...]
     checked: CheckedQuery
     raw: str
     error: str | None = None
+    transient: bool = False
 
     @property
     def problems(self) -> list[str]:
@@ -144,7 +146,8 @@ class VLMQueryWriter:
         drafts: list[list[QueryDraft]] = [[] for _ in jobs]
         for (k, combo), res in zip(plan, results):
             if res.error:
-                drafts[k].append(QueryDraft(combo, CheckedQuery(None, None, [], []), "", error=res.error))
+                drafts[k].append(QueryDraft(combo, CheckedQuery(None, None, [], []), "", error=res.error,
+                                            transient=res.transient))
                 continue
             text = res.texts[0] if res.texts else ""
             checked = check_query(text, [inst["id"] for inst in jobs[k][1]])

@@ -87,7 +87,8 @@ class AgreementVerifier:
         for k, (record, got) in enumerate(zip(records, answers)):
             failed = [f"{model}: {res.error}" for model, res in got if res.error]
             if failed:
-                verdicts.append(Verification(False, {}, "solver error: " + "; ".join(failed)))
+                verdicts.append(Verification(False, {}, "solver error: " + "; ".join(failed),
+                                             transient=any(res.transient for _, res in got if res.error)))
                 continue
             texts = [t for _, res in got for t in res.texts]
             agreeing = sum(is_equivalent(t, record["answer"]) for t in texts)
@@ -104,7 +105,8 @@ class AgreementVerifier:
                                salt="calibration") for k in calibrate])
             for k, res in zip(calibrate, results):
                 if res.error:
-                    verdicts[k] = Verification(False, {}, f"calibration error: {self.calibrator.model}: {res.error}")
+                    verdicts[k] = Verification(False, {}, f"calibration error: {self.calibrator.model}: {res.error}",
+                                               transient=res.transient)
                     continue
                 correct = sum(is_equivalent(t, records[k]["answer"]) for t in res.texts)
                 field = dict(verdicts[k].record_field, calibration={
