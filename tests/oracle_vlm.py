@@ -96,6 +96,8 @@ class OracleVLM:
         content = req.messages[-1]["content"]
         images = [decode_part(p) for p in content if p["type"] == "image_url"]
         text = "\n".join(p["text"] for p in content if p["type"] == "text")
+        if not images:   # e.g. the photo pipeline's probe call: a real VLM answers text alone too
+            return self._result("OK", req.n)
         scene = self.scenes[pixels_sha(images[0])]
         if text == CATEGORY_PROMPT:
             return self._result(self._categories(scene), req.n)

@@ -46,7 +46,8 @@ def test_synth_images_command_with_a_served_vlm_and_tiny_sam3(oracle_server, tmp
     assert summary["instances_dropped"]["duplicate"] > 0
     assert st["queries"]["in"] >= st["segmentation"]["accepted"] > 0
     assert sum(st["queries"]["rejected"].values()) == st["queries"]["in"] - st["queries"]["accepted"]
-    assert vlm.requests == 2 + st["queries"]["in"] + 4 * st["queries"]["accepted"]  # over HTTP, batched
+    # over HTTP: the probe, then each stage batched (every solver sample its own request)
+    assert vlm.requests == 1 + 2 + st["queries"]["in"] + 4 * st["queries"]["accepted"]
     assert (out / "vlm-cache").is_dir() and any((out / "vlm-cache").rglob("*.json"))  # answers cached on disk
     calls = vlm.calls
     assert main(argv) == 0                                # a rerun finds every shard done and calls no model

@@ -325,3 +325,21 @@ def test_the_probe_stops_a_misconfigured_run_before_any_image(photos, tmp_path):
 ])
 def test_reason_keys_stay_readable(reason, key):
     assert reason_key(reason) == key
+
+
+def test_the_summary_warns_when_the_writer_grades_itself_or_calibration_is_skipped(photos):
+    _, scenes, blind = photos
+    stages, vlm, _ = make_stages(scenes, blind, calibrate=False)
+    self_graded, skipped = stages.warnings()
+    assert "query writer (oracle-vlm) also solves its own queries" in self_graded and "--solver" in self_graded
+    assert "calibration was skipped (no --calibrator)" in skipped
+    other = OracleVLM(scenes, model="other-vlm", book=vlm.book)
+    stages.verifier = AgreementVerifier([other], calibrator=OracleVLM(scenes, model="weak", book=vlm.book))
+    assert stages.warnings() == []
+    text = format_photo_summary({"out": "o", "shards": 0, "shards_resumed": 0, "partial_shards_removed": 0,
+                                 "images_in_folder": 0, "unreadable": {}, "instances_kept": 0,
+                                 "instances_dropped": {}, "records": 0, "warnings": [skipped],
+                                 "stages": {s: {"in": 0, "accepted": 0, "rejected": {}} for s in
+                                            ("categories", "segmentation", "queries", "verification")},
+                                 "this_run": {"shards": 0, "records": 0, "seconds": 0}})
+    assert "warning: difficulty calibration was skipped" in text

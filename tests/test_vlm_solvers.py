@@ -7,10 +7,12 @@ from hopchain_jax.vlm.solvers import AgreementVerifier
 
 
 class Scripted:
-    """A backend answering each question from a table: question -> list of answers (cycled)."""
+    """A backend answering each question from a table: question -> list of answers, the i-th answer a
+    question gets (over all its requests and samples) is table[i % len(table)]."""
 
     def __init__(self, model, answers, error_for=()):
         self.model, self.answers, self.error_for, self.requests = model, answers, set(error_for), []
+        self.asked = {}
 
     def complete(self, requests):
         self.requests += list(requests)
@@ -20,9 +22,11 @@ class Scripted:
             if question in self.error_for:
                 out.append(ChatResult([], [], {}, error="RateLimitError: slow down"))
                 continue
-            table = self.answers[question]
-            out.append(ChatResult([f"... so the answer is \\boxed{{{table[i % len(table)]}}}." for i in range(req.n)],
-                                  ["stop"] * req.n, {}))
+            table, texts = self.answers[question], []
+            for _ in range(req.n):
+                i = self.asked[question] = self.asked.get(question, -1) + 1
+                texts.append(f"... so the answer is \\boxed{{{table[i % len(table)]}}}.")
+            out.append(ChatResult(texts, ["stop"] * req.n, {}))
         return out
 
 
@@ -37,9 +41,12 @@ def test_unanimous_solvers_keep_a_query_and_one_dissent_drops_it():
     big = Scripted("big", {"Q1": [7], "Q2": [7, 7, 7, 8]})
     verdicts = AgreementVerifier([big], IMAGE).verify_many([rec("Q1", 7), rec("Q2", 7)])
     assert verdicts[0].accepted and verdicts[0].record_field == {
-        "method": "agreement", "solvers": ["big"], "samples": 4, "agreeing": 4, "calibration": None}
+        "method": "agreement", "solvers": ["big"], "samples": 4, "agreeing": 4, "required": 4,
+        "independence": "independent samples of one model", "calibration": None}
     assert not verdicts[1].accepted and "3 of 4" in verdicts[1].reason
-    assert [r.n for r in big.requests] == [4, 4]  # one batched call, four samples per query
+    # one batched call; every sample its own request with its own salt (cache key and seed)
+    assert [r.n for r in big.requests] == [1] * 8
+    assert [r.salt for r in big.requests] == [f"solver-sample-{k}" for k in range(4)] * 2
     # solvers see the image and the question with the boxed-answer instruction, nothing else
     content = big.requests[0].messages[0]["content"]
     assert content[0]["type"] == "image_url" and "\\boxed{}" in content[1]["text"]
@@ -49,7 +56,20 @@ def test_samples_are_spread_over_several_solvers():
     a, b, c = (Scripted(m, {"Q": [5]}) for m in "abc")
     verdict = AgreementVerifier([a, b, c], IMAGE, solver_samples=4).verify(rec("Q", 5))
     assert verdict.accepted and verdict.record_field["solvers"] == ["a", "b", "c"]
-    assert [r.n for r in a.requests + b.requests + c.requests] == [2, 1, 1]
+    assert verdict.record_field["independence"] == "distinct models"
+    assert [len(a.requests), len(b.requests), len(c.requests)] == [2, 1, 1]
+    assert [r.salt for r in a.requests + b.requests + c.requests] == [f"solver-sample-{k}" for k in range(4)]
+
+
+def test_one_model_listed_twice_samples_independently_and_required_sets_the_bar():
+    big = Scripted("big", {"Q": [5, 5, 5, 6]})
+    verdict = AgreementVerifier([big, big], IMAGE).verify(rec("Q", 5))      # --solver X --solver X
+    assert len({r.salt for r in big.requests}) == 4 and not verdict.accepted and "(4 required)" in verdict.reason
+    big = Scripted("big", {"Q": [5, 5, 5, 6]})
+    verdict = AgreementVerifier([big], IMAGE, required=3).verify(rec("Q", 5))
+    assert verdict.accepted and verdict.record_field["agreeing"] == 3 and verdict.record_field["required"] == 3
+    with pytest.raises(ValueError, match="--solvers-required"):
+        AgreementVerifier([big], IMAGE, required=5)
 
 
 def test_calibration_drops_what_the_weaker_model_always_solves():

@@ -96,9 +96,12 @@ class OpenAIChatBackend:
         if res.error is None:
             return None
         where = f"{self.model}@{self.base_url}"
-        if res.transient:
+        if res.transient and res.error.startswith(("APIConnectionError", "APITimeoutError")):
             return (f"{where} cannot be reached ({res.error}): start the server or fix the URL, then rerun the same "
                     "command")
+        if res.transient:
+            return (f"{where} answers with an error ({res.error}): the server is up but failing; check its log, "
+                    "then rerun the same command")
         if res.error.startswith("NotFoundError"):
             return (f"{where}: the endpoint does not serve the model {self.model!r} ({res.error}); give the name it "
                     f"serves before '@' (GET {self.base_url}/models lists them)")

@@ -5,7 +5,8 @@
         --sam3 checkpoints/sam3 --calibrator checkpoints/Qwen2.5-VL-7B-Instruct
 
 SPEC: a checkpoint directory (run on our JAX engine) or MODEL@URL (any OpenAI-compatible endpoint).
---vlm serves stages 1 and 3 and, unless --solver is given, the solvers of stage 4.
+--vlm serves stages 1 and 3 and, unless --solver is given, the solvers of stage 4 (then the summary warns
+that the writer grades its own queries; it warns too when no --calibrator is given).
 """
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ def add_photo_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sam3", help="SAM3 checkpoint directory (transformers Sam3Model) for stage 2")
     g.add_argument("--solver", action="append", help="stage-4 solver model (repeatable; default: --vlm)")
     g.add_argument("--calibrator", help="weaker model for difficulty calibration (default: none, no calibration)")
-    g.add_argument("--solver-samples", type=int, default=4, help="solver answers per query, all must agree (default 4)")
+    g.add_argument("--solver-samples", type=int, default=4,
+                   help="solver answers per query, each its own request and seed (default 4, the paper's four)")
+    g.add_argument("--solvers-required", type=int,
+                   help="how many of them must give the query's answer (default: all, the paper's unanimity)")
     g.add_argument("--calibration-samples", type=int, default=8, help="calibrator samples per query (default 8)")
     g.add_argument("--combos-per-image", type=int, default=4, help="sets of 3-6 instances offered per image (default 4)")
     g.add_argument("--sam3-score", type=float, default=0.5, help="SAM3 instance score threshold (default 0.5)")
@@ -59,8 +63,12 @@ def run_photos(args: argparse.Namespace) -> int:
                              "directory")
         if args.solver_samples < 1 or args.calibration_samples < 1 or args.combos_per_image < 1:
             raise ValueError("--solver-samples, --calibration-samples and --combos-per-image must be >= 1")
+        required = args.solver_samples if args.solvers_required is None else args.solvers_required
+        if not 1 <= required <= args.solver_samples:
+            raise ValueError(f"--solvers-required {required}: must lie in 1..--solver-samples ({args.solver_samples})")
         models = {"categories": args.vlm, "segmentation": str(Path(args.sam3).resolve()), "queries": args.vlm,
-                  "solvers": solvers, "solver_samples": args.solver_samples, "calibrator": args.calibrator,
+                  "solvers": solvers, "solver_samples": args.solver_samples, "solvers_required": required,
+                  "calibrator": args.calibrator,
                   "calibration_samples": args.calibration_samples, "combos_per_image": args.combos_per_image,
                   "sam3_score": args.sam3_score, "max_tokens": args.max_tokens,
                   "engine_max_pixels": args.engine_max_pixels}
@@ -75,7 +83,7 @@ def run_photos(args: argparse.Namespace) -> int:
             segmenter=Sam3Segmenter.from_pretrained(args.sam3, score_threshold=args.sam3_score),
             writer=VLMQueryWriter(vlm, combos_per_image=args.combos_per_image, max_tokens=args.max_tokens),
             verifier=AgreementVerifier([pool.get(s, "--solver") for s in solvers],
-                                       solver_samples=args.solver_samples,
+                                       solver_samples=args.solver_samples, required=required,
                                        calibrator=pool.get(args.calibrator, "--calibrator") if args.calibrator else None,
                                        calibration_samples=args.calibration_samples, max_tokens=args.max_tokens))
         summary = run_photo_synthesis(args.out, config, stages, progress=not args.no_progress)

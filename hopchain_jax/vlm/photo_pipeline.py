@@ -87,6 +87,19 @@ class PhotoStages:
         return {"categories": self.identifier.name, "segmentation": self.segmenter.name,
                 "composition": self.writer.name, "verification": self.verifier.name}
 
+    def warnings(self) -> list[str]:
+        """What makes stage 4 weaker than the paper's, said plainly in the summary: the query writer grading
+        its own queries, and difficulty calibration skipped."""
+        out = []
+        writer = getattr(self.writer, "backend", None)
+        if writer is not None and any(s is writer for s in getattr(self.verifier, "solvers", ()) or ()):
+            out.append(f"the query writer ({writer.model}) also solves its own queries, so its mistakes can agree "
+                       "with themselves; give --solver with other models for independent verification")
+        if hasattr(self.verifier, "calibrator") and self.verifier.calibrator is None:
+            out.append("difficulty calibration was skipped (no --calibrator): queries a weaker model always "
+                       "solves are kept")
+        return out
+
     def probe(self) -> list[str]:
         """One probe call per distinct endpoint, with the largest answer budget the stages ask of it (backends
         with a `probe(max_tokens)`, e.g. OpenAIChatBackend; local checkpoints need none), before any image: the
@@ -376,6 +389,7 @@ def run_photo_synthesis(root: str | os.PathLike, config: PhotoSynthConfig, stage
             "partial_shards_removed": cleaned, **total, "records": len(HopChainDataset(root)) if shards else 0,
             "this_run": {"shards": len(todo) if pending_shard is None else todo.index(pending_shard),
                          "records": made, "seconds": round(elapsed, 2)},
+            "warnings": stages.warnings() if hasattr(stages, "warnings") else [],
             "pending": None if pending_shard is None else {
                 "shard": pending_shard, "shards_left": len(todo) - todo.index(pending_shard), "items": len(pending),
                 "by_stage": dict(collections.Counter(p["stage"] for p in pending)), "first": pending[0]}}
@@ -412,6 +426,7 @@ def format_photo_summary(summary: dict) -> str:
                                 else ""))
     lines.append(f"records: {summary['records']}; this run: {summary['this_run']['records']} new in "
                  f"{summary['this_run']['shards']} shards, {summary['this_run']['seconds']} s")
+    lines += [f"warning: {w}" for w in summary.get("warnings") or []]
     pending = summary.get("pending")
     if pending:
         first = pending["first"]

@@ -43,9 +43,12 @@ class AgreementVerifier:
     """QueryVerifier for model-written queries.
 
     solvers: one or several backends; solver_samples (default 4, the paper's four annotators) are spread
-    over them round-robin, and every sample must give the record's answer. calibrator: the weaker model;
-    of its calibration_samples answers, if all are right the query is too easy and is dropped.
-    image_of: record -> uint8 [H, W, 3] (or give the images to verify_many)."""
+    over them round-robin. Every sample is a request of its own (n = 1, salt "solver-sample-k": its own
+    cache key and seed), so the samples are independent even when one model gives them all or one model is
+    listed twice; `required` of them (default: all, the paper's unanimity) must give the record's answer.
+    The record says which kind of independence it had: "distinct models" or "independent samples of one
+    model". calibrator: the weaker model; of its calibration_samples answers, if all are right the query is
+    too easy and is dropped. image_of: record -> uint8 [H, W, 3] (or give the images to verify_many)."""
 
     solvers: Sequence[ChatBackend]
     image_of: Callable[[dict], np.ndarray] | None = None
@@ -55,10 +58,14 @@ class AgreementVerifier:
     temperature: float = 0.6
     max_tokens: int = 4096
     name: str = "agreement"
+    required: int | None = None
 
     def __post_init__(self):
         if not self.solvers or self.solver_samples < 1:
             raise ValueError("AgreementVerifier: give at least one solver and solver_samples >= 1")
+        if self.required is not None and not 1 <= self.required <= self.solver_samples:
+            raise ValueError(f"AgreementVerifier: required={self.required} must lie in 1..solver_samples="
+                             f"{self.solver_samples} (--solvers-required)")
 
     def _shares(self) -> list[int]:
         k, m = self.solver_samples, len(self.solvers)
@@ -75,13 +82,18 @@ class AgreementVerifier:
                 raise ValueError("AgreementVerifier.verify_many: give images= or construct with image_of=")
             images = [self.image_of(r) for r in records]
         answers: list[list[tuple[str, ChatResult]]] = [[] for _ in records]
+        first = 0   # sample k over all solvers: its own salt, so a model listed twice samples independently
         for solver, share in zip(self.solvers, self._shares()):
             if share == 0:
                 continue
-            results = solver.complete([solver_request(im, r["question"], share, self.temperature, self.max_tokens)
-                                       for im, r in zip(images, records)])
-            for got, result in zip(answers, results):
-                got.append((solver.model, result))
+            samples = range(first, first + share)
+            first += share
+            results = solver.complete([solver_request(im, r["question"], 1, self.temperature, self.max_tokens,
+                                                      salt=f"solver-sample-{k}")
+                                       for im, r in zip(images, records) for k in samples])
+            for i, got in enumerate(answers):
+                got.extend((solver.model, res) for res in results[i * share:(i + 1) * share])
+        required = self.solver_samples if self.required is None else self.required
         verdicts: list[Verification | None] = []
         calibrate = []
         for k, (record, got) in enumerate(zip(records, answers)):
@@ -92,12 +104,16 @@ class AgreementVerifier:
                 continue
             texts = [t for _, res in got for t in res.texts]
             agreeing = sum(is_equivalent(t, record["answer"]) for t in texts)
-            if agreeing < len(texts):
+            if agreeing < required:
                 verdicts.append(Verification(False, {}, f"solvers disagree: {agreeing} of {len(texts)} give "
-                                                        f"the answer {record['answer']}"))
+                                                        f"the answer {record['answer']} ({required} required)"))
                 continue
-            verdicts.append(Verification(True, {"method": "agreement", "solvers": [m for m, _ in got],
-                                                "samples": len(texts), "agreeing": agreeing, "calibration": None}))
+            models = list(dict.fromkeys(m for m, _ in got))
+            verdicts.append(Verification(True, {
+                "method": "agreement", "solvers": models, "samples": len(texts), "agreeing": agreeing,
+                "required": required,
+                "independence": "distinct models" if len(models) > 1 else "independent samples of one model",
+                "calibration": None}))
             calibrate.append(k)
         if self.calibrator is not None and calibrate:
             results = self.calibrator.complete([
