@@ -83,6 +83,12 @@ def test_batch_in_order_with_samples_images_and_usage(endpoint, tmp_path):
     assert all(r.error is None and r.usage["completion_tokens"] == 6 and not r.cached for r in results)
     first = endpoint.bodies[0]["messages"][0]["content"][0]
     assert first["type"] == "image_url" and first["image_url"]["url"].startswith("data:image/png;base64,")
+    # a sampled request carries its own seed, from its key: each independent sample (salt) its own
+    b = backend(endpoint, tmp_path, max_concurrency=1)
+    b.complete([ChatRequest([user_message("s")], temperature=0.6, salt=f"solver-sample-{k}") for k in range(3)]
+               + [ChatRequest([user_message("greedy")])])
+    seeds = [body.get("seed") for body in endpoint.bodies[-4:]]
+    assert len(set(seeds[:3])) == 3 and None not in seeds[:3] and seeds[3] is None
 
 
 def test_a_rerun_repeats_no_completed_call(endpoint, tmp_path):

@@ -43,6 +43,12 @@ class OpenAIChatBackend:
         self.calls = 0  # HTTP calls made by this instance (cache hits make none)
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _seed(req: ChatRequest, key: str) -> dict:
+        """A sampled request's own seed, from its cache key (so from its salt): reproducible, and different
+        for each independent sample (solvers.AgreementVerifier's "solver-sample-k"). Not part of the key."""
+        return {"seed": int(key[:8], 16) & 0x7FFFFFFF} if req.temperature > 0 else {}
+
     def _payload(self, req: ChatRequest) -> dict:
         payload = {"model": self.model, "messages": req.messages, "n": req.n, "temperature": req.temperature,
                    "top_p": req.top_p, "max_tokens": req.max_tokens}
@@ -67,7 +73,7 @@ class OpenAIChatBackend:
             with self._lock:
                 self.calls += 1
             try:
-                resp = self.client.chat.completions.create(**payload)
+                resp = self.client.chat.completions.create(**payload, **self._seed(req, key))
             except Exception as err:  # noqa: BLE001 - every failure becomes the item's error
                 if self._retryable(err) and attempts <= (self.max_retries if max_retries is None else max_retries):
                     delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1))
