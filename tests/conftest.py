@@ -27,7 +27,8 @@ import pytest  # noqa: E402
 # running long tests alone at the end while the other has nothing to steal.
 _LONG_MODULE_SECONDS = {"test_train.py": 840, "test_engine.py": 520, "test_scale.py": 300, "test_gpu_suite.py": 160,
                         "test_memory_fit.py": 120, "test_reward.py": 90, "test_photo_pipeline.py": 80,
-                        "test_eval.py": 70, "test_packaging.py": 100, "test_photo_e2e.py": 50, "test_store.py": 45}
+                        "test_eval.py": 70, "test_packaging.py": 100, "test_photo_e2e.py": 50, "test_store.py": 45,
+                        "test_rl_learns.py": 60, "test_photo_real.py": 25}
 
 
 def pytest_collection_modifyitems(items):
