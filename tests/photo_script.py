@@ -8,8 +8,10 @@ on the pixels it is sent:
            many coins lie to the right of that coin?", the count taken over every object the classical
            segmentation finds in the photo; every fourth draft (by a hash of the offered set) is prose
            instead of JSON (a rule breaker, rejected at stage 3);
-  stage 4  the answer the writer recorded, except for questions whose hash is 0 mod 3 (one more: a
-           disagreeing solver).
+  stage 4  the smallest answer the writer recorded for that question (two offered sets can give one question
+           text different counts; the smallest keeps the solver's answer a function of the question alone,
+           whatever order the writer's requests were served in), except for questions whose hash is 0 mod
+           3 (one more: a disagreeing solver).
 OtsuSegmenter is stage 2 for the countable categories ("coin", "star"): an Otsu threshold, connected
 components of at least MIN_AREA pixels; other categories find nothing (the photo is then skipped: fewer
 than 3 instances).
@@ -90,11 +92,11 @@ class OtsuSegmenter:
 
 class ScriptedPhotoVLM:
     """ChatBackend (model, complete) answering from the photos' pixels (module docstring). `book` maps a
-    question to the answer its writer recorded."""
+    question to the answers its writer recorded for it."""
 
     def __init__(self, photos: dict[str, list[str]], model: str = "photo-script"):
         self.photos, self.model = photos, model
-        self.book: dict[str, int] = {}
+        self.book: dict[str, set[int]] = {}
         self.calls = self.requests = 0
 
     def complete(self, requests):
@@ -117,7 +119,7 @@ class ScriptedPhotoVLM:
         if text.startswith("Objects to use:"):
             return self._result(self._write(images[0], text), req.n)
         question = text.split("\nThink step by step", 1)[0]
-        answer = self.book[question] + (1 if stable_hash(question) % 3 == 0 else 0)
+        answer = min(self.book[question]) + (1 if stable_hash(question) % 3 == 0 else 0)
         return self._result(f"I count them one by one, so the answer is \\boxed{{{answer}}}.", req.n)
 
     def _write(self, pixels: np.ndarray, text: str) -> str:
@@ -139,7 +141,7 @@ class ScriptedPhotoVLM:
         plural = category + "s"
         question = (f"Find the {word} {category}. Find the {category} nearest to it. How many {plural} lie to the "
                     f"right of that {category}?")
-        self.book[question] = count
+        self.book.setdefault(question, set()).add(count)
         hops = [{"kind": "perception", "level": 1, "instances": [a], "depends_on": [],
                  "text": f"Find the {word} {category}.", "value": a},
                 {"kind": "instance_chain", "level": 2, "instances": [a, b], "depends_on": [0],

@@ -73,7 +73,7 @@ def test_a_recorded_run_on_real_photos_counts_every_stage_exactly(served, tmp_pa
     assert summary["warnings"] and "calibration was skipped" in summary["warnings"][-1]
     for rec in HopChainDataset(tmp_path / "out").records():
         assert validate_record(rec, check_program=False) == []
-        assert vlm.book[rec["question"]] == rec["answer"] and rec["verification"]["agreeing"] == 4
+        assert min(vlm.book[rec["question"]]) == rec["answer"] and rec["verification"]["agreeing"] == 4
         assert rec["provenance"]["source"] in ("coins.png", "hubble.png")
     text = format_photo_summary(summary)
     assert "e.g. fewer than 3 instances (0 found) [astronaut.png]" in text

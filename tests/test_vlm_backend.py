@@ -173,3 +173,17 @@ def test_category_lists_are_found_and_normalised(text, expected):
 def test_unreadable_output_gives_a_reason(text, problem):
     parsed = parse_categories(text)
     assert parsed.categories == [] and problem in parsed.problem
+
+
+def test_the_cache_takes_one_key_from_many_threads_at_once(tmp_path):
+    """Two identical requests in one batch (the same question drafted twice) store one key from two pool
+    threads at the same time: each writes its own temp file, and the entry ends complete."""
+    import concurrent.futures
+
+    from hopchain_jax.vlm.cache import ResponseCache
+    cache = ResponseCache(tmp_path / "cache")
+    value = {"texts": ["x" * 20_000], "finish_reasons": ["stop"], "usage": {}}
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda _: cache.put("ab" * 32, value), range(200)))   # raised FileNotFoundError before
+    assert cache.get("ab" * 32) == value and len(cache) == 1
+    assert not list((tmp_path / "cache").rglob("*.tmp"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ class ResponseCache:
     def put(self, key: str, value: dict) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        # one temp file per process *and thread*: the backends put from a thread pool, and two identical
+        # requests in one batch (the same question drafted twice) store the same key at the same time
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(value, sort_keys=True), encoding="utf-8")
         os.replace(tmp, path)
 
