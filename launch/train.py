@@ -90,8 +90,12 @@ def main(argv=None) -> int:
         except ValueError:
             print(f"launch/train.py: --data takes DIR:WEIGHT, got {args.data}", file=sys.stderr)
             return 2
-    cfg = cfg.replace(**overrides)
-    trainer = Trainer(cfg, progress=not args.no_progress)
+    try:   # a bad option or dataset is named by the config or the trainer: say it, no traceback
+        cfg = cfg.replace(**overrides)
+        trainer = Trainer(cfg, progress=not args.no_progress)
+    except ValueError as e:
+        print(f"launch/train.py: {e}", file=sys.stderr)
+        return 2
     try:
         if args.resume:
             if trainer.restore():

@@ -39,3 +39,11 @@ def test_train_config_names_unknown_variants():
     assert TrainConfig.from_json({"train_variants": ["single"]}).train_variants == ("single",)
     with pytest.raises(ValueError, match=r"unknown variant\(s\) \['halves'\]"):
         TrainConfig(train_variants=("halves",))
+
+
+def test_the_launcher_names_a_bad_variant_without_a_traceback(tmp_path, capsys):
+    from hopchain_jax.launch.train import main
+    assert main(["--config", "tiny", "--train-variants", "halves", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "launch/train.py: train_variants / eval_variants: unknown variant(s) ['halves']" in err
+    assert "Traceback" not in err
