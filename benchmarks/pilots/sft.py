@@ -1,6 +1,6 @@
 """One SFT phase of benchmarks/learning.py's setup (its Plan and _base: the tiny model, 112 px, batch 16,
 cosine lr) on the dataset in $DATA, with TrainConfig overrides as JSON ("plan": Plan overrides; "model":
-"small" is a 4-layer, 128-wide LM with a 4-layer, 64-wide tower, registered here only).
+"small" is a 4-layer, 128-wide LM with a 4-layer, 64-wide tower, registered by pilot_models.py).
 
   DATA=DIR sft.py STEPS LR OUT ['{"freeze_vision": true, "model": CKPT, ...}']
 """

@@ -1,9 +1,9 @@
 """Screen warm-up settings on the learnable world (session 6): the trainer's `--mode vision` stage only, on
-seed-0 learnable data (IMAGES images, made once under OUT/../data), printing each held-out evaluation's
+seed-0 learnable data (IMAGES images, made once as OUT/../data<IMAGES>), printing each held-out evaluation's
 head accuracies (counts_present_accuracy: the scene count of the categories present, the quantity the count
 questions ask for).
 
-  warm_screen.py OUT IMAGES STEPS MODEL LR     MODEL: tiny | small (pilots/sft.py's 4-layer, 64-wide tower)
+  warm_screen.py OUT IMAGES STEPS MODEL LR     MODEL: tiny | small (pilot_models.py: a 4-layer, 64-wide tower)
 """
 import json
 import sys
