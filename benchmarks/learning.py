@@ -1,6 +1,6 @@
 """Does training make a model better? SFT, then SAPO, against controls, on held-out images.
 
-  python benchmarks/learning.py --out runs/learning --seeds 1,2,3     # 3 seeds, CPU (2 cores: ~45 min)
+  python benchmarks/learning.py --out runs/learning --seeds 1,2,3     # 3 seeds, CPU (2 cores: ~1 h; ~1.5 h with --ablation)
   python benchmarks/learning.py --out runs/learning --seeds 0 --rl-steps 4   # a quick look
   python benchmarks/learning.py --out runs/ablation --seeds 1 --ablation     # + SAPO on half / single only
 
