@@ -11,6 +11,7 @@ for every seed, and when the dataset grows (an image never changes side).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -33,10 +34,11 @@ class SplitSource(HopChainSource):
     """The records of one part ("train" or "heldout"; "all" with fraction 0: no split) of a dataset directory,
     as a Grain random-access source (``make_mixture`` takes it in place of a directory). ``indices``: the
     dataset rows it holds; ``image_hashes``: the distinct image hashes of those rows (sorted); ``variants``:
-    the record variants it was restricted to (keep_variants; () for all)."""
+    the record variants it was restricted to (``only``; () for all). The rows' image hashes and variants come
+    from the one read of every record that made the split, so restricting it reads nothing again."""
 
     def __init__(self, root: str | os.PathLike, fraction: float, part: str, salt: str = DEFAULT_SALT,
-                 _rows: tuple[list[int], list[str]] | None = None, variants: tuple[str, ...] = ()):
+                 _rows: tuple[list[int], list[str], list[str]] | None = None):
         if part not in PARTS + ("all",):
             raise ValueError(f"SplitSource(part={part!r}): use one of {PARTS}")
         if part != "all" and not 0 < fraction < 1:
@@ -46,13 +48,29 @@ class SplitSource(HopChainSource):
         self.fraction, self.part, self.salt = float(fraction), part, salt
         if _rows is None:
             _rows = _partition(self._ds, self.fraction, salt)[part if part != "all" else "train"]   # "all": fraction 0
-        indices, hashes = _rows
-        if not indices:
+        if not _rows[0]:
             raise ValueError(f"{root}: the {part} part of a {fraction} held-out split is empty ({len(self._ds)} "
                              f"records); use a larger dataset or change TrainConfig.heldout_fraction")
-        self.indices = indices
-        self.image_hashes = hashes
-        self.variants = tuple(variants)
+        self._set_rows(*_rows)
+        self.variants: tuple[str, ...] = ()
+
+    def _set_rows(self, indices: list[int], shas: list[str], row_variants: list[str]) -> None:
+        self.indices, self._shas, self._row_variants = indices, shas, row_variants
+        self.image_hashes = sorted(set(shas))
+
+    def only(self, variants: tuple[str, ...]) -> "SplitSource":
+        """This part restricted to the records whose variant is one of `variants` (same open dataset, nothing
+        read again); raises naming the variants it has when none is kept."""
+        keep = [k for k, v in enumerate(self._row_variants) if v in variants]
+        if not keep:
+            raise ValueError(f"{self._root}: no record of variants {tuple(variants)} (it has "
+                             f"{sorted(set(self._row_variants))}); set TrainConfig.train_variants to variants the "
+                             "data has, or () for all")
+        out = copy.copy(self)
+        out._set_rows([self.indices[k] for k in keep], [self._shas[k] for k in keep],
+                      [self._row_variants[k] for k in keep])
+        out.variants = tuple(variants)
+        return out
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -70,16 +88,17 @@ class SplitSource(HopChainSource):
                 f"split={self.part}:{self.fraction:g}:{self.salt}{only})")
 
 
-def _partition(ds, fraction: float, salt: str) -> dict[str, tuple[list[int], list[str]]]:
-    """part -> (dataset rows, sorted distinct image hashes), from one read of every record."""
-    rows: dict[str, list[int]] = {part: [] for part in PARTS}
-    hashes: dict[str, set[str]] = {part: set() for part in PARTS}
+def _partition(ds, fraction: float, salt: str) -> dict[str, tuple[list[int], list[str], list[str]]]:
+    """part -> (dataset rows, each row's image hash, each row's variant), from one read of every record."""
+    parts: dict[str, tuple[list[int], list[str], list[str]]] = {part: ([], [], []) for part in PARTS}
     for i in range(len(ds)):
-        sha = json.loads(ds.record_bytes(i))["image"]["sha256"]
-        part = "heldout" if heldout_image(sha, fraction, salt) else "train"
-        rows[part].append(i)
-        hashes[part].add(sha)
-    return {part: (rows[part], sorted(hashes[part])) for part in PARTS}
+        rec = json.loads(ds.record_bytes(i))
+        sha = rec["image"]["sha256"]
+        rows, shas, variants = parts["heldout" if heldout_image(sha, fraction, salt) else "train"]
+        rows.append(i)
+        shas.append(sha)
+        variants.append(rec["variant"])
+    return parts
 
 
 def split_sources(root: str | os.PathLike, fraction: float, salt: str = DEFAULT_SALT
@@ -94,23 +113,8 @@ def split_sources(root: str | os.PathLike, fraction: float, salt: str = DEFAULT_
 def keep_variants(source: str | os.PathLike | HopChainSource, variants: tuple[str, ...]) -> SplitSource:
     """The records of `source` (a dataset directory, a HopChainSource or a SplitSource part) whose variant is
     one of `variants` ("full", "half", "single", "external"), e.g. to train on half chains only (the paper's
-    ablation, TrainConfig.train_variants). Keeps the source's part and split; image_hashes are those of the
-    kept records. Raises naming the variants the source has when none is kept."""
-    if isinstance(source, SplitSource):
-        root, fraction, part, salt, rows = source._root, source.fraction, source.part, source.salt, source.indices
-    else:
-        root = source._root if isinstance(source, HopChainSource) else str(source)
-        fraction, part, salt, rows = 0.0, "all", DEFAULT_SALT, None   # the whole dataset: no split
-    base = HopChainSource(root)
-    rows = range(len(base)) if rows is None else rows
-    kept, hashes, seen = [], set(), set()
-    for i in rows:
-        rec = json.loads(base.dataset.record_bytes(i))
-        seen.add(rec["variant"])
-        if rec["variant"] in variants:
-            kept.append(i)
-            hashes.add(rec["image"]["sha256"])
-    if not kept:
-        raise ValueError(f"{root}: no record of variants {tuple(variants)} (it has {sorted(seen)}); set "
-                         "TrainConfig.train_variants to variants the data has, or () for all")
-    return SplitSource(root, fraction, part, salt, _rows=(kept, sorted(hashes)), variants=tuple(variants))
+    ablation, TrainConfig.train_variants). A split part keeps its part and split (SplitSource.only: nothing
+    read again); a directory is read once, as the whole dataset (part "all")."""
+    if not isinstance(source, SplitSource):
+        source = SplitSource(source._root if isinstance(source, HopChainSource) else str(source), 0.0, "all")
+    return source.only(tuple(variants))
