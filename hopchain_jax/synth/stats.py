@@ -68,13 +68,13 @@ def blind_guess(program: Mapping[str, Any], said: Mapping[str, Any], prior: Call
 def blind_baselines(records: Iterable[Mapping[str, Any]], variant: str = "full") -> dict[str, Any]:
     """Accuracy of the two blind baselines on the records of `variant` (default: the full chains) among
     `records`; the priors are fitted on that variant's records only."""
-    full = [r for r in records if r["variant"] == variant and r.get("program")]
-    if not full:
+    chosen = [r for r in records if r["variant"] == variant and r.get("program")]
+    if not chosen:
         return {"most_common": None, "text_only": None, "text_only_rule": TEXT_ONLY_RULE, "queries": 0}
-    answers = collections.Counter(r["answer"] for r in full)
+    answers = collections.Counter(r["answer"] for r in chosen)
     values: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
     saids, envs = [], []
-    for rec in full:
+    for rec in chosen:
         said = blind_keys(rec["program"])
         try:
             _, env = Executor(rec["instances"], rec["image"]["width"], rec["image"]["height"]).run(rec["program"])
@@ -96,9 +96,9 @@ def blind_baselines(records: Iterable[Mapping[str, Any]], variant: str = "full")
         return prior
 
     hits = sum(blind_guess(rec["program"], said, leave_one_out(said, env)) == rec["answer"]
-               for rec, said, env in zip(full, saids, envs))
-    return {"most_common": round(answers.most_common(1)[0][1] / len(full), 4),
-            "text_only": round(hits / len(full), 4), "text_only_rule": TEXT_ONLY_RULE, "queries": len(full)}
+               for rec, said, env in zip(chosen, saids, envs))
+    return {"most_common": round(answers.most_common(1)[0][1] / len(chosen), 4),
+            "text_only": round(hits / len(chosen), 4), "text_only_rule": TEXT_ONLY_RULE, "queries": len(chosen)}
 
 
 def dataset_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
