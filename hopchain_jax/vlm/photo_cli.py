@@ -67,11 +67,12 @@ def run_photos(args: argparse.Namespace) -> int:
         if not 1 <= required <= args.solver_samples:
             raise ValueError(f"--solvers-required {required}: must lie in 1..--solver-samples ({args.solver_samples})")
         models = {"categories": args.vlm, "segmentation": str(Path(args.sam3).resolve()), "queries": args.vlm,
-                  "solvers": solvers, "solver_samples": args.solver_samples, "solvers_required": required,
-                  "calibrator": args.calibrator,
+                  "solvers": solvers, "solver_samples": args.solver_samples, "calibrator": args.calibrator,
                   "calibration_samples": args.calibration_samples, "combos_per_image": args.combos_per_image,
                   "sam3_score": args.sam3_score, "max_tokens": args.max_tokens,
-                  "engine_max_pixels": args.engine_max_pixels}
+                  "engine_max_pixels": args.engine_max_pixels,
+                  # only when set: the default (all agree) is what runs made before the flag used, so they resume
+                  **({"solvers_required": required} if args.solvers_required is not None else {})}
         config = PhotoSynthConfig(images=str(Path(args.images).resolve()), seed=args.seed,
                                   images_per_shard=args.images_per_shard, max_image_side=args.max_image_side,
                                   models=models)
